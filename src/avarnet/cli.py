@@ -1,0 +1,205 @@
+"""Command line: parses, calls the library, prints, sets exit codes.
+
+Exit codes: 0 success, 1 partial failure (some inputs failed; listed), 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import DEFAULT_AUDIO_BACKBONE, DEFAULT_VIDEO_BACKBONE, TrainConfig
+
+log = logging.getLogger("avarnet")
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+
+def _add_backbone_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", choices=["pretrained", "random"], default="pretrained",
+                   help="pretrained backbones (hub id or local folder) or the same architectures with random weights (offline)")
+    p.add_argument("--video-backbone", default=DEFAULT_VIDEO_BACKBONE, help="MobileViT hub id or local folder")
+    p.add_argument("--audio-backbone", default=DEFAULT_AUDIO_BACKBONE, help="Wav2Vec2 hub id or local folder")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    p.add_argument("--model", default=d.model, help="temporal model (see `avarnet models`)")
+    p.add_argument("--modality", choices=["fused", "audio", "video"], default=d.modality)
+    p.add_argument("--fusion", choices=["early", "late"], default=d.fusion)
+    p.add_argument("--seq-len", type=int, default=d.seq_len, help="segments per window (L)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--modality-dropout", type=float, default=d.modality_dropout,
+                   help="probability of blanking one sense per training window")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avarnet", description="Audio-visual anomaly recognition (AVAR-Net).")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic audio-visual dataset OUT/<class>/*.mp4")
+    p.add_argument("out", type=Path)
+    p.add_argument("--clips-per-class", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-seconds", type=float, default=8.0)
+    p.add_argument("--max-seconds", type=float, default=12.0)
+
+    p = sub.add_parser("extract", help="feature store for a dataset folder DATA/<class>/<video>")
+    p.add_argument("data", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    _add_backbone_args(p)
+    p.add_argument("--segment-seconds", type=float, default=1.0)
+    p.add_argument("--frames-per-segment", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="split seed and random-weight seed")
+
+    p = sub.add_parser("train", help="train a temporal model on a feature store")
+    p.add_argument("feats", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    _train_args(p)
+
+    p = sub.add_parser("evaluate", help="metrics.json and plots for a split of a feature store")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("feats", type=Path)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--drop", choices=["audio", "video"], help="evaluate with one sense blanked")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    p = sub.add_parser("predict", help="verdict and anomaly-score timeline for one video")
+    p.add_argument("video", type=Path)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=Path("prediction"))
+    p.add_argument("--causal", action="store_true", help="score each segment from it and the ones before it only")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    p = sub.add_parser("demo", help="synth -> extract -> train -> evaluate -> predict, in one folder")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--clips-per-class", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", choices=["pretrained", "random"], default="pretrained")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    sub.add_parser("models", help="list the registered temporal models")
+    return parser
+
+
+def cmd_synth(a: argparse.Namespace) -> int:
+    from .synth import synthesize_dataset
+
+    paths = synthesize_dataset(a.out, clips_per_class=a.clips_per_class, seed=a.seed,
+                               duration=(a.min_seconds, a.max_seconds), progress=not a.quiet)
+    print(f"wrote {len(paths)} clips to {a.out}")
+    return EXIT_OK
+
+
+def cmd_extract(a: argparse.Namespace) -> int:
+    from .extract import extract_dataset
+
+    if a.weights == "random":
+        log.warning("RANDOM WEIGHTS: backbones are randomly initialised (seed %d); features are for offline use only", a.seed)
+    r = extract_dataset(a.data, a.out, weights=a.weights, video_backbone=a.video_backbone, audio_backbone=a.audio_backbone,
+                        segment_seconds=a.segment_seconds, frames_per_segment=a.frames_per_segment, device=a.device,
+                        seed=a.seed, progress=not a.quiet)
+    print(f"extracted {r.done}, already done {r.skipped}, failed {len(r.failures)} -> {a.out}")
+    for f in r.failures:
+        print(f"  failed: {f['path']}: {f['reason']}")
+    return EXIT_PARTIAL if r.failures else EXIT_OK
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = TrainConfig(model=a.model, modality=a.modality, fusion=a.fusion, seq_len=a.seq_len, epochs=a.epochs,
+                      batch_size=a.batch_size, lr=a.lr, modality_dropout=a.modality_dropout, seed=a.seed, device=a.device)
+    r = train(a.feats, a.out, cfg, progress=not a.quiet)
+    print(f"best epoch {r.best_epoch} (val loss {r.best_val_loss:.4f}), {r.params} parameters, {r.seconds:.0f}s -> {r.checkpoint}")
+    return EXIT_OK
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    m = evaluate(a.checkpoint, a.feats, split=a.split, out=a.out, drop=a.drop, device=a.device)
+    extra = f", binary AP {m['binary_ap']:.4f}" if "binary_ap" in m else ""
+    print(f"{a.split}: n={m['n']} accuracy {m['accuracy']:.4f}, macro F1 {m['f1']:.4f}, macro AP {m['ap']:.4f}{extra}")
+    print(f"report: {a.out / 'metrics.json'}")
+    return EXIT_OK
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from .predict import predict_video
+
+    pred = predict_video(a.video, a.checkpoint, out=a.out, device=a.device, causal=a.causal)
+    top = sorted(pred["probabilities"].items(), key=lambda kv: -kv[1])[:3]
+    peak = max(s["anomaly_score"] for s in pred["segments"])
+    print(f"{a.video}: {pred['label']}  (" + ", ".join(f"{c} {p:.2f}" for c, p in top) + f"); peak anomaly score {peak:.2f}")
+    print(f"timeline: {a.out / 'prediction.json'}, {a.out / 'timeline.png'}")
+    return EXIT_OK
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import DemoOptions, run_demo
+
+    s = run_demo(a.out, DemoOptions(clips_per_class=a.clips_per_class, seed=a.seed, weights=a.weights,
+                                    epochs=a.epochs, device=a.device), progress=not a.quiet)
+    print()
+    print(f"avarnet demo finished in {s['seconds']:.0f}s  [{s['weights_note']}]")
+    print(f"  test accuracy {s['test_accuracy']:.3f}, macro F1 {s['test_macro_f1']:.3f} on {s['test_clips']} held-out clips")
+    print(f"  prediction for {s['predicted_video']}: {s['predicted_label']} (true: {s['true_label']})")
+    print(f"  report: {s['report']}\n  confusion matrix: {s['confusion_matrix']}\n  timeline: {s['timeline']}")
+    return EXIT_OK
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from .config import ModelConfig
+    from .models import count_parameters, create_model, list_models
+
+    for name in list_models():
+        print(f"{name:12s} {count_parameters(create_model(ModelConfig(name=name))):>10,d} parameters (default sizes)")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "synth": cmd_synth, "extract": cmd_extract, "train": cmd_train, "evaluate": cmd_evaluate,
+    "predict": cmd_predict, "demo": cmd_demo, "models": cmd_models,
+}
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from .checkpoint import CheckpointError
+    from .data import DatasetError
+    from .encoders import EncoderLoadError
+    from .evaluate import EvaluateError
+    from .media import MediaError
+    from .store import StoreError
+    from .train import TrainError
+
+    return (CheckpointError, DatasetError, EncoderLoadError, EvaluateError, MediaError, StoreError, TrainError, ValueError,
+            FileNotFoundError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("avarnet").setLevel(logging.INFO)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    except _expected_errors() as e:
+        print(f"avarnet {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Dataset layouts, splits, windows of L segments, torch Dataset + collate."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .store import Entry, FeatureStore
+
+# Containers we look at inside class folders (audio-only ones too: they are reported, not silently ignored).
+MEDIA_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .ts .flv .wmv .3gp .ogv .m4a .mp3 .wav .aac .ogg .flac".split()
+)
+SPLITS = ("train", "val", "test")
+DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)  # train / val / test
+MODALITIES = ("fused", "audio", "video")
+IGNORE_INDEX = -100  # label of padded steps (torch cross-entropy's ignore_index)
+
+
+class DatasetError(Exception):
+    """A dataset folder or split file is unusable."""
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    path: Path
+    rel_path: str  # relative to the dataset root, POSIX style
+    label: str
+    split: str
+
+
+def stratified_split(labels: Sequence[str], seed: int, fractions=DEFAULT_FRACTIONS) -> list[str]:
+    """Deterministic per-class train/val/test assignment; every class with >= 3 items gets one of each."""
+    rng = np.random.default_rng(seed)
+    out = [""] * len(labels)
+    for cls in sorted(set(labels)):
+        idx = [i for i, lab in enumerate(labels) if lab == cls]
+        idx = [idx[j] for j in rng.permutation(len(idx))]
+        n = len(idx)
+        n_test = max(1, round(n * fractions[2])) if n >= 3 else 0
+        n_val = max(1, round(n * fractions[1])) if n >= 3 else 0
+        for rank, i in enumerate(idx):
+            out[i] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+    return out
+
+
+def read_splits_csv(path: Path) -> dict[str, str]:
+    """``path,split`` rows (paths relative to the dataset root) -> {rel_path: split}."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"path", "split"} <= set(rows[0]):
+        raise DatasetError(f"{path}: expected a header 'path,split'")
+    bad = sorted({r["split"] for r in rows} - set(SPLITS))
+    if bad:
+        raise DatasetError(f"{path}: unknown split names {bad}; use {list(SPLITS)}")
+    return {Path(r["path"]).as_posix(): r["split"] for r in rows}
+
+
+def discover_dataset(root: str | Path, seed: int = 0) -> tuple[list[VideoItem], list[str]]:
+    """Videos of a VAAR-style folder ``ROOT/<class>/<video>`` with their split; returns (items, classes)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    found: list[tuple[str, str, Path]] = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in sorted(class_dir.rglob("*")):
+            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in MEDIA_EXTENSIONS:
+                found.append((f.relative_to(root).as_posix(), class_dir.name, f))
+    if not found:
+        raise DatasetError(f"no videos under {root}: expected {root}/<class>/<video>.mp4")
+    classes = sorted({label for _, label, _ in found})
+    splits_file = root / "splits.csv"
+    if splits_file.exists():
+        table = read_splits_csv(splits_file)
+        missing = [rel for rel, _, _ in found if rel not in table]
+        if missing:
+            raise DatasetError(f"{splits_file} has no split for {len(missing)} videos, e.g. {missing[0]}")
+        splits = [table[rel] for rel, _, _ in found]
+    else:
+        splits = stratified_split([label for _, label, _ in found], seed)
+    items = [VideoItem(p, rel, label, s) for (rel, label, p), s in zip(found, splits, strict=True)]
+    return items, classes
+
+
+# -- model inputs -----------------------------------------------------------------------------
+
+
+def select_inputs(tensors: dict[str, np.ndarray], modality: str) -> np.ndarray:
+    """Per-segment model input (T, D) of one video: fused = [video | audio], or one sense alone."""
+    if modality == "fused":
+        return np.concatenate([tensors["video"], tensors["audio"]], axis=1)
+    if modality in ("audio", "video"):
+        return tensors[modality]
+    raise ValueError(f"unknown modality {modality!r}; use one of {MODALITIES}")
+
+
+def input_dims(spec_video_dim: int, spec_audio_dim: int, modality: str) -> tuple[int, int]:
+    """(video part, audio part) widths of the model input for a modality."""
+    return {
+        "fused": (spec_video_dim, spec_audio_dim),
+        "video": (spec_video_dim, 0),
+        "audio": (0, spec_audio_dim),
+    }[modality]
+
+
+@dataclass
+class Normalizer:
+    """Per-feature z-score from training statistics; missing audio stays exactly zero afterwards."""
+
+    mean: np.ndarray  # (D,)
+    std: np.ndarray  # (D,)
+
+    @classmethod
+    def fit(cls, arrays: Sequence[np.ndarray]) -> Normalizer:
+        x = np.concatenate(arrays, axis=0).astype(np.float64)
+        return cls(x.mean(0).astype(np.float32), np.maximum(x.std(0), 1e-6).astype(np.float32))
+
+    def __call__(self, x: np.ndarray, blank: np.ndarray | None = None) -> np.ndarray:
+        """Normalise (T, D); ``blank`` (T, D) bool marks entries to keep at zero (a missing sense)."""
+        y = ((x - self.mean) / self.std).astype(np.float32)
+        if blank is not None:
+            y[blank] = 0.0
+        return y
+
+
+@dataclass
+class Clip:
+    """One video ready for the temporal model."""
+
+    entry: Entry
+    x: np.ndarray  # (T, D) normalised
+    label: int
+    step_labels: np.ndarray | None = None  # (T,) per-segment class index, if known
+
+
+def missing_mask(tensors: dict[str, np.ndarray], modality: str) -> np.ndarray | None:
+    """(T, D) True where the input has no signal (segments without audio)."""
+    if modality == "video" or "audio_mask" not in tensors:
+        return None
+    no_audio = ~tensors["audio_mask"].astype(bool)  # (T,)
+    T, Da = tensors["audio"].shape
+    Dv = tensors["video"].shape[1] if modality == "fused" else 0
+    blank = np.zeros((T, Dv + Da), dtype=bool)
+    blank[no_audio, Dv:] = True
+    return blank
+
+
+def load_clips(
+    store: FeatureStore, entries: Sequence[Entry], modality: str, classes: Sequence[str], norm: Normalizer | None
+) -> list[Clip]:
+    """Model inputs for the given entries (normalised when ``norm`` is given)."""
+    index = {c: i for i, c in enumerate(classes)}
+    clips = []
+    for entry, tensors in store.iter_load(list(entries)):
+        x = select_inputs(tensors, modality)
+        if norm is not None:
+            x = norm(x, missing_mask(tensors, modality))
+        clips.append(Clip(entry, x, index[entry.label]))
+    return clips
+
+
+def window_starts(T: int, L: int, stride: int) -> list[int]:
+    """Start indices of windows of L segments covering 0..T-1 (the last window ends at T)."""
+    if T <= L:
+        return [0]
+    starts = list(range(0, T - L + 1, max(1, stride)))
+    if starts[-1] != T - L:
+        starts.append(T - L)
+    return starts
+
+
+class WindowDataset(Dataset):
+    """Windows of L consecutive segments drawn from each clip; shorter clips are padded and masked."""
+
+    def __init__(self, clips: Sequence[Clip], seq_len: int, stride: int):
+        self.clips = list(clips)
+        self.seq_len = seq_len
+        self.index = [(c, s) for c, clip in enumerate(self.clips) for s in window_starts(len(clip.x), seq_len, stride)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        c, s = self.index[i]
+        clip = self.clips[c]
+        x = clip.x[s : s + self.seq_len]  # (l, D), l <= L
+        n = len(x)
+        xs = np.zeros((self.seq_len, x.shape[1]), dtype=np.float32)
+        xs[:n] = x
+        y = np.full(self.seq_len, IGNORE_INDEX, dtype=np.int64)
+        y[:n] = clip.step_labels[s : s + n] if clip.step_labels is not None else clip.label
+        mask = np.zeros(self.seq_len, dtype=bool)
+        mask[:n] = True
+        return {"x": torch.from_numpy(xs), "mask": torch.from_numpy(mask), "y": torch.from_numpy(y), "clip": c}
+
+
+def collate(batch: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack windows: x (B, L, D), mask (B, L), y (B, L), clip (B,)."""
+    return {
+        "x": torch.stack([b["x"] for b in batch]),
+        "mask": torch.stack([b["mask"] for b in batch]),
+        "y": torch.stack([b["y"] for b in batch]),
+        "clip": torch.tensor([b["clip"] for b in batch]),
+    }
+
+
+def drop_modality(x: torch.Tensor, video_dim: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Blank one sense (video part x[..., :video_dim] or audio part) in each window with probability p.
+
+    x: (B, L, D) fused input. Returns a new tensor.
+    """
+    if p <= 0:
+        return x
+    B = x.shape[0]
+    drop = torch.rand(B, generator=generator) < p  # (B,)
+    which_audio = torch.rand(B, generator=generator) < 0.5  # (B,)
+    x = x.clone()
+    x[drop & ~which_audio, :, :video_dim] = 0.0
+    x[drop & which_audio, :, video_dim:] = 0.0
+    return x

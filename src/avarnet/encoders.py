@@ -1,0 +1,615 @@
+"""MobileViT (video) and Wav2Vec2 (audio) backbones: load, preprocess, encode.
+
+Weights come from a hub id, a local folder (``save_pretrained`` / ``hf download``
+layout) or, with ``weights="random"``, a seeded initialisation of the same
+architecture. Random MobileViT weights only carry information about the input
+when initialised with Kaiming-normal convolutions and unit BatchNorm scales and
+then BatchNorm-recalibrated on real frames (:meth:`VideoEncoder.calibrate`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from huggingface_hub import hf_hub_download
+from torch import nn
+from transformers import (
+    AutoConfig,
+    MobileViTConfig,
+    MobileViTModel,
+    PretrainedConfig,
+    PreTrainedModel,
+    Wav2Vec2Config,
+    Wav2Vec2Model,
+)
+
+from avarnet.config import DEFAULT_AUDIO_BACKBONE, DEFAULT_VIDEO_BACKBONE, SAMPLE_RATE
+
+logger = logging.getLogger("avarnet")
+
+WEIGHT_CHOICES = ("pretrained", "random")
+PREPROCESSOR_FILE = "preprocessor_config.json"
+VIDEO_FLAG = "--video-backbone"
+AUDIO_FLAG = "--audio-backbone"
+
+# apple/mobilevit-small's image processor, used when a source has none.
+DEFAULT_SHORTEST_EDGE = 288
+DEFAULT_CROP_SIZE = 256
+DEFAULT_FLIP_CHANNEL_ORDER = True  # the checkpoints were trained on BGR input
+PIXEL_SCALE = 1.0 / 255.0  # MobileViT rescales to [0, 1] and does not normalise
+
+# Configs of known hub ids, so random weights of these need no network.
+# Overrides of MobileViTConfig() (which is mobilevit-small itself).
+MOBILEVIT_KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
+    "apple/mobilevit-small": {},
+    "apple/mobilevit-x-small": {
+        "hidden_sizes": [96, 120, 144],
+        "neck_hidden_sizes": [16, 32, 48, 64, 80, 96, 384],
+    },
+    "apple/mobilevit-xx-small": {
+        "hidden_sizes": [64, 80, 96],
+        "neck_hidden_sizes": [16, 16, 24, 48, 64, 80, 320],
+        "expand_ratio": 2.0,
+        "hidden_dropout_prob": 0.05,
+    },
+}
+WAV2VEC2_KNOWN_CONFIGS: dict[str, dict[str, Any]] = {"facebook/wav2vec2-base": {}}
+
+RANDOM_VIDEO_INIT = "kaiming_normal(fan_out, relu); bn gamma=1, beta=0"
+RANDOM_AUDIO_INIT = "transformers Wav2Vec2 default init"
+AUDIO_NORM_EPS = 1e-7  # as in Wav2Vec2FeatureExtractor(do_normalize=True)
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+_ModelT = TypeVar("_ModelT", bound=PreTrainedModel)
+
+
+class EncoderLoadError(Exception):
+    """A backbone's weights or config could not be loaded; the message is one line."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> cuda when available else cpu; ``"cuda"`` without CUDA -> ValueError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+# --------------------------------------------------------------------------- loading helpers
+
+
+def _local_dir(source: str) -> Path | None:
+    """The folder ``source`` names, or None when it is not an existing directory."""
+    path = Path(source).expanduser()
+    return path if path.is_dir() else None
+
+
+def _one_line(err: BaseException, limit: int = 160) -> str:
+    """``Type: first line of the message``, truncated."""
+    lines = str(err).strip().splitlines()
+    text = f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _pretrained_error(source: str, flag: str, cause: BaseException) -> EncoderLoadError:
+    return EncoderLoadError(
+        f"could not load pretrained weights from {source!r} ({_one_line(cause)}); "
+        f"download them once (e.g. `hf download {source} --local-dir DIR`, or from_pretrained "
+        f"with network) and pass the local folder with {flag} DIR, "
+        f"or run offline with --weights random"
+    )
+
+
+def _validate_weights(weights: str) -> None:
+    if weights not in WEIGHT_CHOICES:
+        raise ValueError(f"weights must be one of {WEIGHT_CHOICES}, got {weights!r}")
+
+
+_T = TypeVar("_T")
+
+
+def _cache_then_hub(source: str, fetch: Callable[[bool], _T]) -> tuple[_T, bool]:
+    """Run ``fetch(local_files_only)`` on the local cache first, then on the hub.
+
+    Cached models therefore load without touching the network (no timeouts when
+    it is unreachable); the hub call honours ``HF_HUB_OFFLINE``. Returns the
+    result and the ``local_files_only`` value that produced it.
+    """
+    if _local_dir(source) is not None:
+        return fetch(True), True
+    try:
+        return fetch(True), True
+    except (OSError, ValueError):
+        return fetch(False), False
+
+
+def _check_model_type(config: PretrainedConfig, model_type: str, source: str) -> None:
+    if config.model_type != model_type:
+        raise ValueError(f"{source!r} holds a {config.model_type!r} model, expected {model_type!r}")
+
+
+def _load_pretrained(
+    model_cls: type[_ModelT], model_type: str, source: str, flag: str
+) -> tuple[_ModelT, dict[str, Any]]:
+    """``model_cls.from_pretrained(source)`` and the source's preprocessor config ({} if none)."""
+
+    def fetch(local_only: bool) -> tuple[_ModelT, dict[str, Any]]:
+        config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+        _check_model_type(config, model_type, source)
+        model, info = model_cls.from_pretrained(
+            source, config=config, local_files_only=local_only, output_loading_info=True
+        )
+        if info.get("missing_keys"):
+            missing = sorted(info["missing_keys"])
+            logger.warning(
+                "%s: %d weights missing from the checkpoint and left at their initial values: %s",
+                source,
+                len(missing),
+                ", ".join(missing[:5]),
+            )
+        return model, info
+
+    try:
+        (model, _), local_only = _cache_then_hub(source, fetch)
+    except Exception as err:  # any failure means no usable pretrained weights
+        raise _pretrained_error(source, flag, err) from err
+    return model, _read_preprocessor(source, local_only)
+
+
+def _read_preprocessor(source: str, local_files_only: bool) -> dict[str, Any]:
+    """The source's ``preprocessor_config.json`` as a dict; {} when it has none."""
+    folder = _local_dir(source)
+    try:
+        if folder is not None:
+            path = folder / PREPROCESSOR_FILE
+        else:
+            path = Path(
+                hf_hub_download(source, PREPROCESSOR_FILE, local_files_only=local_files_only)
+            )
+        return json.loads(path.read_text())
+    except Exception as err:  # absent or unreadable: the caller falls back to defaults
+        logger.info("%s: no usable %s (%s); using defaults", source, PREPROCESSOR_FILE, err)
+        return {}
+
+
+def _random_config(
+    config_cls: type[PretrainedConfig],
+    model_type: str,
+    source: str,
+    known: dict[str, dict[str, Any]],
+) -> PretrainedConfig:
+    """Architecture config for random weights: known id, local folder, or cached/hub config."""
+    if _local_dir(source) is None and source in known:
+        return config_cls(**known[source])
+    try:
+        config, _ = _cache_then_hub(
+            source,
+            lambda local_only: AutoConfig.from_pretrained(source, local_files_only=local_only),
+        )
+        _check_model_type(config, model_type, source)
+    except Exception as err:
+        raise EncoderLoadError(
+            f"cannot build random weights for {source!r} ({_one_line(err)}): not a known id "
+            f"({', '.join(known)}) and no readable {model_type} config.json; pass a local folder "
+            f"holding the model's config.json"
+        ) from err
+    return config
+
+
+def _build_random(model_cls: type[_ModelT], config: PretrainedConfig, seed: int) -> _ModelT:
+    """``model_cls(config)`` initialised from ``seed`` without disturbing the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config)
+        if isinstance(model, MobileViTModel):
+            init_mobilevit_random(model)
+    return model
+
+
+def _prepare(model: nn.Module, device: torch.device) -> None:
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+
+
+def init_mobilevit_random(model: nn.Module) -> None:
+    """Random init under which MobileViT's activations keep their scale (in place).
+
+    Kaiming-normal (fan_out, relu) conv and linear weights with zero biases,
+    BatchNorm gamma = 1 and beta = 0 with reset statistics, LayerNorm default.
+    transformers draws BatchNorm gamma ~ N(0, 0.02) instead, which shrinks the
+    activations stage by stage until the pooled features are ~1e-37.
+    Uses the global torch RNG.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+            module.reset_running_stats()
+        elif isinstance(module, nn.LayerNorm):
+            module.reset_parameters()
+
+
+def _size_edge(value: Any, keys: tuple[str, ...], default: int) -> int:
+    """An edge length from an image-processor size entry (int or dict)."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, dict):
+        for key in keys:
+            if key in value:
+                return int(value[key])
+    return default
+
+
+def _image_preprocessing(prep: dict[str, Any]) -> tuple[int, int, bool]:
+    """(crop size, shortest edge, flip channel order) from a MobileViT preprocessor config."""
+    crop = _size_edge(prep.get("crop_size"), ("height", "shortest_edge"), DEFAULT_CROP_SIZE)
+    shortest = _size_edge(prep.get("size"), ("shortest_edge", "height"), DEFAULT_SHORTEST_EDGE)
+    flip = bool(prep.get("do_flip_channel_order", DEFAULT_FLIP_CHANNEL_ORDER))
+    return crop, shortest, flip
+
+
+# --------------------------------------------------------------------------- video
+
+
+def _as_batch(frames: np.ndarray) -> np.ndarray:
+    """(H, W, 3) or (N, H, W, 3) uint8 -> (N, H, W, 3)."""
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected RGB frames (N, H, W, 3), got shape {frames.shape}")
+    return frames
+
+
+def _resize_shortest_edge(x: torch.Tensor, edge: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, H', W') with min(H', W') == edge, aspect kept (HF rounding)."""
+    h, w = x.shape[-2:]
+    if min(h, w) == edge:
+        return x
+    if h <= w:
+        size = (edge, int(edge * w / h))
+    else:
+        size = (int(edge * h / w), edge)
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, size, size); zero-pads (centred) sides shorter than ``size``."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = max(size - h, 0), max(size - w, 0)
+    if pad_h or pad_w:
+        x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        h, w = x.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
+class VideoEncoder:
+    """MobileViT per frame -> pooled feature (mobilevit-small: 640-d)."""
+
+    def __init__(
+        self,
+        model: MobileViTModel,
+        *,
+        source: str,
+        weights: str,
+        seed: int,
+        image_size: int,
+        resize_shortest_edge: int,
+        flip_channel_order: bool,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.source = source
+        self.weights = weights
+        self.seed = seed
+        self.image_size = image_size
+        self.resize_shortest_edge = resize_shortest_edge
+        self.flip_channel_order = flip_channel_order
+        self.device = device
+        self.dim = int(model.config.neck_hidden_sizes[-1])
+        self.calibration_frames = 0
+        _prepare(model, device)
+
+    @classmethod
+    def load(
+        cls,
+        source: str = DEFAULT_VIDEO_BACKBONE,
+        weights: str = "pretrained",
+        seed: int = 0,
+        device: str = "auto",
+    ) -> VideoEncoder:
+        """Load MobileViT from a hub id or local folder, or build it with seeded random weights.
+
+        Random weights still need :meth:`calibrate` on real frames before use.
+        Raises EncoderLoadError when pretrained weights (or a random-weights
+        config) cannot be obtained.
+        """
+        _validate_weights(weights)
+        torch_device = resolve_device(device)
+        if weights == "pretrained":
+            model, prep = _load_pretrained(MobileViTModel, "mobilevit", source, VIDEO_FLAG)
+        else:
+            config = _random_config(MobileViTConfig, "mobilevit", source, MOBILEVIT_KNOWN_CONFIGS)
+            model = _build_random(MobileViTModel, config, seed)
+            prep = _read_preprocessor(source, True) if _local_dir(source) else {}
+            logger.warning(
+                "RANDOM weights for the video backbone (%s architecture, seed %d): features "
+                "carry no pretrained knowledge; calibrate BatchNorm on real frames before use",
+                source,
+                seed,
+            )
+        crop, shortest, flip = _image_preprocessing(prep)
+        return cls(
+            model,
+            source=source,
+            weights=weights,
+            seed=seed,
+            image_size=crop,
+            resize_shortest_edge=shortest,
+            flip_channel_order=flip,
+            device=torch_device,
+        )
+
+    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 RGB (N, H, W, 3) -> float (N, 3, S, S) in [0, 1], S = image_size, on the CPU.
+
+        Resizes the shortest edge to ``resize_shortest_edge`` (bilinear, antialiased)
+        when it differs, centre-crops, and flips RGB -> BGR if the model expects it.
+        """
+        x = torch.from_numpy(np.ascontiguousarray(_as_batch(frames)))  # (N, H, W, 3)
+        x = x.permute(0, 3, 1, 2).float()  # (N, 3, H, W)
+        x = _resize_shortest_edge(x, self.resize_shortest_edge)
+        x = _center_crop(x, self.image_size)  # (N, 3, S, S)
+        if self.flip_channel_order:
+            x = x.flip(1)
+        return (x * PIXEL_SCALE).contiguous()
+
+    def _pixel_batches(
+        self, frames: Iterable[np.ndarray] | np.ndarray, batch_size: int
+    ) -> Iterator[torch.Tensor]:
+        """Preprocessed (B, 3, S, S) batches; items may be frames or frame arrays of any size."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        items = [frames] if isinstance(frames, np.ndarray) else frames
+        pending: list[torch.Tensor] = []
+        count = 0
+        for item in items:
+            item = _as_batch(item)
+            for start in range(0, len(item), batch_size):
+                pending.append(self.preprocess(item[start : start + batch_size]))
+                count += len(pending[-1])
+                while count >= batch_size:
+                    merged = torch.cat(pending)
+                    yield merged[:batch_size]
+                    pending, count = [merged[batch_size:]], count - batch_size
+        if count:
+            yield torch.cat(pending)
+
+    def _pooled(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, dim) pooled features."""
+        return self.model(pixel_values=pixels.to(self.device)).pooler_output
+
+    def encode(self, frames: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        """uint8 RGB frames (N, H, W, 3) -> features (N, dim) float32."""
+        frames = _as_batch(frames)
+        outputs = [np.zeros((0, self.dim), dtype=np.float32)]
+        with torch.inference_mode():
+            for pixels in self._pixel_batches(frames, batch_size):
+                outputs.append(self._pooled(pixels).float().cpu().numpy())
+        return np.concatenate(outputs)
+
+    def _batchnorms(self) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+        return [
+            (name, module)
+            for name, module in self.model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        ]
+
+    def calibrate(self, frames: Iterable[np.ndarray] | np.ndarray, batch_size: int = 16) -> int:
+        """Recompute BatchNorm statistics of random weights on real frames; returns frames used.
+
+        ``frames``: one (N, H, W, 3) array or an iterable of frames / frame arrays
+        (e.g. a few frames per video). Statistics are reset and re-estimated as the
+        cumulative average over all batches, with every other layer in eval mode.
+        """
+        if self.weights != "random":
+            raise ValueError(
+                "calibrate() is for random weights; it would overwrite pretrained BatchNorm statistics"
+            )
+        batchnorms = [module for _, module in self._batchnorms()]
+        for bn in batchnorms:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative moving average
+            bn.train()
+        used = 0
+        try:
+            with torch.no_grad():
+                for pixels in self._pixel_batches(frames, batch_size):
+                    self._pooled(pixels)
+                    used += len(pixels)
+        finally:
+            self.model.eval()
+        if used == 0:
+            raise ValueError("calibrate() needs at least one frame")
+        self.calibration_frames = used
+        return used
+
+    def bn_state(self) -> dict[str, torch.Tensor]:
+        """BatchNorm running statistics, ``{"<module>.running_mean": tensor, ...}`` (CPU copies)."""
+        return {
+            f"{name}.{buffer}": getattr(module, buffer).detach().cpu().clone()
+            for name, module in self._batchnorms()
+            for buffer in BN_BUFFERS
+        }
+
+    def load_bn_state(
+        self, state: dict[str, torch.Tensor], calibration_frames: int | None = None
+    ) -> None:
+        """Restore statistics saved by :meth:`bn_state` (keys must match exactly)."""
+        expected = {f"{name}.{buffer}" for name, _ in self._batchnorms() for buffer in BN_BUFFERS}
+        if set(state) != expected:
+            missing, unexpected = expected - set(state), set(state) - expected
+            raise ValueError(
+                f"BatchNorm state does not fit this model: {len(missing)} missing, "
+                f"{len(unexpected)} unexpected keys"
+            )
+        for name, module in self._batchnorms():
+            for buffer in BN_BUFFERS:
+                getattr(module, buffer).copy_(state[f"{name}.{buffer}"])
+        if calibration_frames is not None:
+            self.calibration_frames = calibration_frames
+
+    def describe(self) -> dict[str, Any]:
+        """How random weights were made (for FeatureSpec.random_init); {} for pretrained."""
+        if self.weights != "random":
+            return {}
+        return {
+            "seed": self.seed,
+            "init": RANDOM_VIDEO_INIT,
+            "calibration_frames": self.calibration_frames,
+        }
+
+
+# --------------------------------------------------------------------------- audio
+
+
+def _conv_geometry(config: Wav2Vec2Config) -> tuple[int, int]:
+    """(hop, receptive field) in samples of Wav2Vec2's conv feature encoder (base: 320, 400)."""
+    hop, field = 1, 1
+    for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
+        field += (kernel - 1) * hop
+        hop *= stride
+    return hop, field
+
+
+class AudioEncoder:
+    """Wav2Vec2 last hidden state, one vector per 20 ms frame (base: 768-d)."""
+
+    hop: int = 320  # samples per output frame (wav2vec2-base); set from the config per instance
+
+    def __init__(
+        self,
+        model: Wav2Vec2Model,
+        *,
+        source: str,
+        weights: str,
+        seed: int,
+        sample_rate: int,
+        do_normalize: bool,
+        device: torch.device,
+    ) -> None:
+        if getattr(model.config, "add_adapter", False):
+            raise EncoderLoadError(f"{source!r}: Wav2Vec2 models with an adapter are not supported")
+        self.model = model
+        self.source = source
+        self.weights = weights
+        self.seed = seed
+        self.sample_rate = sample_rate
+        self.do_normalize = do_normalize
+        self.device = device
+        self.dim = int(model.config.hidden_size)
+        self.hop, self.receptive_field = _conv_geometry(model.config)
+        _prepare(model, device)
+
+    @classmethod
+    def load(
+        cls,
+        source: str = DEFAULT_AUDIO_BACKBONE,
+        weights: str = "pretrained",
+        seed: int = 0,
+        device: str = "auto",
+    ) -> AudioEncoder:
+        """Load Wav2Vec2 from a hub id or local folder, or build it with seeded random weights.
+
+        Raises EncoderLoadError when pretrained weights (or a random-weights
+        config) cannot be obtained.
+        """
+        _validate_weights(weights)
+        torch_device = resolve_device(device)
+        if weights == "pretrained":
+            model, prep = _load_pretrained(Wav2Vec2Model, "wav2vec2", source, AUDIO_FLAG)
+        else:
+            config = _random_config(Wav2Vec2Config, "wav2vec2", source, WAV2VEC2_KNOWN_CONFIGS)
+            model = _build_random(Wav2Vec2Model, config, seed)
+            prep = _read_preprocessor(source, True) if _local_dir(source) else {}
+            logger.warning(
+                "RANDOM weights for the audio backbone (%s architecture, seed %d): features "
+                "carry no pretrained knowledge",
+                source,
+                seed,
+            )
+        return cls(
+            model,
+            source=source,
+            weights=weights,
+            seed=seed,
+            sample_rate=int(prep.get("sampling_rate", SAMPLE_RATE)),
+            do_normalize=bool(prep.get("do_normalize", True)),
+            device=torch_device,
+        )
+
+    def num_frames(self, num_samples: int) -> int:
+        """Output frames for a chunk of ``num_samples`` (non-empty chunks give at least 1)."""
+        if num_samples <= 0:
+            return 0
+        return (max(num_samples, self.receptive_field) - self.receptive_field) // self.hop + 1
+
+    def _normalise(self, samples: np.ndarray) -> np.ndarray:
+        """Zero mean, unit variance (as Wav2Vec2FeatureExtractor), if the model expects it."""
+        if not self.do_normalize:
+            return samples
+        return (samples - samples.mean()) / np.sqrt(samples.var() + AUDIO_NORM_EPS)
+
+    def encode_chunk(self, samples: np.ndarray) -> np.ndarray:
+        """Mono float32 samples (S,) at ``sample_rate`` -> features (F, dim) float32.
+
+        F = (S - receptive_field) // hop + 1; chunks shorter than the receptive
+        field (400 samples) are zero-padded to it, so any non-empty chunk gives
+        one frame, and an empty chunk gives (0, dim).
+        """
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim != 1:
+            raise ValueError(f"expected mono samples (S,), got shape {samples.shape}")
+        if samples.size == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        x = self._normalise(samples).astype(np.float32)
+        if x.size < self.receptive_field:
+            x = np.pad(x, (0, self.receptive_field - x.size))
+        inputs = torch.from_numpy(x)[None].to(self.device)  # (1, S)
+        with torch.inference_mode():
+            hidden = self.model(input_values=inputs).last_hidden_state[0]  # (F, dim)
+        return hidden.float().cpu().numpy()
+
+    def frame_times(self, num_frames: int, offset_seconds: float = 0.0) -> np.ndarray:
+        """Centre time (s) of each output frame of a chunk starting at ``offset_seconds``."""
+        starts = np.arange(num_frames, dtype=np.float64) * self.hop  # samples
+        return offset_seconds + (starts + self.receptive_field / 2) / self.sample_rate
+
+    def describe(self) -> dict[str, Any]:
+        """How random weights were made; {} for pretrained."""
+        if self.weights != "random":
+            return {}
+        return {"seed": self.seed, "init": RANDOM_AUDIO_INIT}
+
+
+__all__ = [
+    "AudioEncoder",
+    "EncoderLoadError",
+    "VideoEncoder",
+    "init_mobilevit_random",
+    "resolve_device",
+]

@@ -1,0 +1,194 @@
+"""Training loop: windows of L segments, Adam, LR on plateau, early stopping, best checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .checkpoint import Checkpoint, save_checkpoint
+from .config import ModelConfig, TrainConfig
+from .data import (
+    IGNORE_INDEX,
+    MODALITIES,
+    Clip,
+    Normalizer,
+    WindowDataset,
+    collate,
+    drop_modality,
+    input_dims,
+    load_clips,
+    missing_mask,
+    select_inputs,
+)
+from .encoders import resolve_device
+from .models import count_parameters, create_model
+from .store import FeatureStore, atomic_write_text
+
+log = logging.getLogger("avarnet")
+
+BEST_CHECKPOINT = "best.ckpt"
+HISTORY_FILE = "history.json"
+
+
+class TrainError(Exception):
+    """Training cannot start with the given data or options."""
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    history: list[dict]
+    best_epoch: int
+    best_val_loss: float
+    params: int
+    seconds: float
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def stage_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Cross-entropy on every stage + MS-TCN truncated-MSE smoothing between neighbouring steps.
+
+    logits: (S, B, L, C); y: (B, L) with IGNORE_INDEX at padded steps; mask: (B, L).
+    """
+    S, B, L, C = logits.shape
+    loss = logits.new_zeros(())
+    pair = (mask[:, 1:] & mask[:, :-1]).unsqueeze(-1)  # (B, L-1, 1) both neighbours valid
+    for s in range(S):
+        loss = loss + F.cross_entropy(logits[s].reshape(B * L, C), y.reshape(B * L), ignore_index=IGNORE_INDEX)
+        if cfg.smooth_weight > 0 and L > 1 and pair.any():
+            logp = F.log_softmax(logits[s], dim=-1)  # (B, L, C)
+            diff = (logp[:, 1:] - logp[:, :-1].detach()).clamp(-cfg.smooth_clip, cfg.smooth_clip) ** 2
+            loss = loss + cfg.smooth_weight * (diff * pair).sum() / (pair.sum() * C)
+    return loss
+
+
+def fit_normalizer(store: FeatureStore, modality: str) -> Normalizer:
+    """Feature statistics of the training split (segments without audio excluded from the audio part)."""
+    arrays = []
+    for _, tensors in store.iter_load(store.split("train")):
+        x = select_inputs(tensors, modality)
+        blank = missing_mask(tensors, modality)
+        if blank is not None:
+            x = x[~blank.any(1)] if (~blank.any(1)).any() else x
+        arrays.append(x)
+    return Normalizer.fit(arrays)
+
+
+def model_config_for(store: FeatureStore, cfg: TrainConfig, overrides: dict | None = None) -> ModelConfig:
+    vd, ad = input_dims(store.spec.video_dim, store.spec.audio_dim, cfg.modality)
+    if cfg.fusion == "late" and cfg.modality != "fused":
+        raise TrainError("late fusion needs both senses: use --modality fused with --fusion late")
+    return ModelConfig(
+        name=cfg.model, input_dim=vd + ad, num_classes=len(store.classes), fusion=cfg.fusion, video_dim=vd, audio_dim=ad
+    ).replace(**(overrides or {}))
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device) -> tuple[float, float]:
+    """Mean loss and per-step accuracy over a loader (eval mode)."""
+    model.eval()
+    total, n, correct, steps = 0.0, 0, 0, 0
+    for batch in loader:
+        x, mask, y = batch["x"].to(device), batch["mask"].to(device), batch["y"].to(device)
+        logits = model(x, mask)  # (S, B, L, C)
+        total += float(stage_loss(logits, y, mask, cfg)) * len(x)
+        n += len(x)
+        pred = logits[-1].argmax(-1)
+        correct += int(((pred == y) & mask).sum())
+        steps += int(mask.sum())
+    return total / max(n, 1), correct / max(steps, 1)
+
+
+def _loaders(train: list[Clip], val: list[Clip], cfg: TrainConfig) -> tuple[DataLoader, DataLoader]:
+    g = torch.Generator().manual_seed(cfg.seed)
+    train_ds = WindowDataset(train, cfg.seq_len, cfg.window_stride)
+    val_ds = WindowDataset(val, cfg.seq_len, cfg.seq_len)
+    return (
+        DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=g),
+        DataLoader(val_ds, batch_size=cfg.batch_size * 2, shuffle=False, collate_fn=collate),
+    )
+
+
+def train(
+    feats: str | Path | FeatureStore,
+    out: str | Path,
+    cfg: TrainConfig = TrainConfig(),
+    model_overrides: dict | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a temporal model on a feature store; writes ``OUT/best.ckpt`` and ``OUT/history.json``."""
+    start = time.time()
+    store = feats if isinstance(feats, FeatureStore) else FeatureStore.open(feats)
+    if cfg.modality not in MODALITIES:
+        raise TrainError(f"unknown modality {cfg.modality!r}; use one of {MODALITIES}")
+    train_entries, val_entries = store.split("train"), store.split("val")
+    if not train_entries:
+        raise TrainError(f"{store.root} has no training videos")
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    if store.spec.weights == "random":
+        log.warning("RANDOM WEIGHTS: these features come from randomly initialised backbones")
+    classes = store.classes
+    norm = fit_normalizer(store, cfg.modality)
+    train_clips = load_clips(store, train_entries, cfg.modality, classes, norm)
+    if not val_entries:
+        log.warning("no validation split: monitoring the training loss instead")
+    val_clips = load_clips(store, val_entries, cfg.modality, classes, norm) if val_entries else train_clips
+    mcfg = model_config_for(store, cfg, model_overrides)
+    model = create_model(mcfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    train_loader, val_loader = _loaders(train_clips, val_clips, cfg)
+    drop_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / BEST_CHECKPOINT
+    history: list[dict] = []
+    best, best_epoch, stale = float("inf"), 0, 0
+    bar = tqdm(range(1, cfg.epochs + 1), desc=f"train {mcfg.name}/{cfg.modality}", unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.train()
+        tl, tn = 0.0, 0
+        for batch in train_loader:
+            x, mask, y = batch["x"], batch["mask"], batch["y"]
+            if cfg.modality == "fused":
+                x = drop_modality(x, mcfg.video_dim, cfg.modality_dropout, drop_gen)
+            x, mask, y = x.to(device), mask.to(device), y.to(device)
+            loss = stage_loss(model(x, mask), y, mask, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tl, tn = tl + loss.item() * len(x), tn + len(x)
+        val_loss, val_acc = evaluate_loss(model, val_loader, cfg, device)
+        sched.step(val_loss)
+        rec = {"epoch": epoch, "train_loss": tl / max(tn, 1), "val_loss": val_loss, "val_step_acc": val_acc, "lr": opt.param_groups[0]["lr"]}
+        history.append(rec)
+        if val_loss < best - 1e-6:
+            best, best_epoch, stale = val_loss, epoch, 0
+            extra = {"best_epoch": epoch, "val_loss": val_loss, "val_step_acc": val_acc}
+            save_checkpoint(ckpt_path, Checkpoint(model, mcfg, cfg, classes, store.spec, norm, store.load_encoder_state(), extra))
+        else:
+            stale += 1
+        atomic_write_text(out / HISTORY_FILE, json.dumps(history, indent=1))
+        bar.set_postfix(loss=f"{rec['train_loss']:.3f}", val=f"{val_loss:.3f}", acc=f"{val_acc:.2f}")
+        if stale >= cfg.early_stop_patience:
+            log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+            break
+    return TrainResult(ckpt_path, history, best_epoch, best, count_parameters(model), time.time() - start)
