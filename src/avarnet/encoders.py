@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download
 from torch import nn
 from transformers import (
@@ -66,6 +70,10 @@ RANDOM_VIDEO_INIT = "kaiming_normal(fan_out, relu); bn gamma=1, beta=0"
 RANDOM_AUDIO_INIT = "transformers Wav2Vec2 default init"
 AUDIO_NORM_EPS = 1e-7  # as in Wav2Vec2FeatureExtractor(do_normalize=True)
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+OFFLINE_ENV_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+TRUTHY = {"1", "ON", "YES", "TRUE"}
+PROXY_ENV_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+HUB_PROBE_TIMEOUT_S = 3.0
 
 _ModelT = TypeVar("_ModelT", bound=PreTrainedModel)
 
@@ -93,6 +101,11 @@ def _local_dir(source: str) -> Path | None:
     return path if path.is_dir() else None
 
 
+def _looks_like_path(source: str) -> bool:
+    """True for sources that cannot be hub ids (absolute, ./, ~, or deeper than org/name)."""
+    return Path(source).is_absolute() or source.startswith((".", "~")) or source.count("/") > 1
+
+
 def _one_line(err: BaseException, limit: int = 160) -> str:
     """``Type: first line of the message``, truncated."""
     lines = str(err).strip().splitlines()
@@ -101,9 +114,10 @@ def _one_line(err: BaseException, limit: int = 160) -> str:
 
 
 def _pretrained_error(source: str, flag: str, cause: BaseException) -> EncoderLoadError:
+    hub_id = "ID" if _looks_like_path(source) else source
     return EncoderLoadError(
         f"could not load pretrained weights from {source!r} ({_one_line(cause)}); "
-        f"download them once (e.g. `hf download {source} --local-dir DIR`, or from_pretrained "
+        f"download them once (e.g. `hf download {hub_id} --local-dir DIR`, or from_pretrained "
         f"with network) and pass the local folder with {flag} DIR, "
         f"or run offline with --weights random"
     )
@@ -114,22 +128,53 @@ def _validate_weights(weights: str) -> None:
         raise ValueError(f"weights must be one of {WEIGHT_CHOICES}, got {weights!r}")
 
 
+def _offline() -> bool:
+    """True when the environment asks for no hub traffic (read at call time, not import time)."""
+    flags = (os.environ.get(name, "") for name in OFFLINE_ENV_VARS)
+    return hf_constants.HF_HUB_OFFLINE or any(f.strip().upper() in TRUTHY for f in flags)
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the hub endpoint accepts a TCP connection (assumed yes behind a proxy).
+
+    huggingface_hub retries unreachable hosts with back-off for tens of
+    seconds; one short probe fails fast instead.
+    """
+    if any(os.environ.get(name) for name in PROXY_ENV_VARS):
+        return True
+    url = urlparse(hf_constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 _T = TypeVar("_T")
 
 
 def _cache_then_hub(source: str, fetch: Callable[[bool], _T]) -> tuple[_T, bool]:
-    """Run ``fetch(local_files_only)`` on the local cache first, then on the hub.
+    """Run ``fetch(local_files_only)`` on a local folder or the cache first, then on the hub.
 
-    Cached models therefore load without touching the network (no timeouts when
-    it is unreachable); the hub call honours ``HF_HUB_OFFLINE``. Returns the
-    result and the ``local_files_only`` value that produced it.
+    Cached models load without touching the network; the hub is only tried
+    when it is allowed (no HF_HUB_OFFLINE) and reachable. Returns the result
+    and the ``local_files_only`` value that produced it.
     """
     if _local_dir(source) is not None:
         return fetch(True), True
+    if _looks_like_path(source):
+        raise OSError(f"no such folder: {source}")
     try:
         return fetch(True), True
-    except (OSError, ValueError):
-        return fetch(False), False
+    except OSError as err:
+        if _offline():
+            raise OSError("not in the local cache and hub access is off (HF_HUB_OFFLINE)") from err
+        if not _hub_reachable():
+            raise OSError(
+                f"not in the local cache and {hf_constants.ENDPOINT} is unreachable"
+            ) from err
+    return fetch(False), False
 
 
 def _check_model_type(config: PretrainedConfig, model_type: str, source: str) -> None:
