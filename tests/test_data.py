@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from feature_factory import make_store
 
 from avarnet.data import (
     IGNORE_INDEX,
@@ -14,7 +15,6 @@ from avarnet.data import (
     stratified_split,
     window_starts,
 )
-from feature_factory import make_store
 
 
 def test_stratified_split_is_deterministic_and_covers_every_class():
@@ -22,7 +22,7 @@ def test_stratified_split_is_deterministic_and_covers_every_class():
     s1, s2 = stratified_split(labels, 3), stratified_split(labels, 3)
     assert s1 == s2 and s1 != stratified_split(labels, 4)
     for c in "abc":
-        got = [s for s, lab in zip(s1, labels) if lab == c]
+        got = [s for s, lab in zip(s1, labels, strict=True) if lab == c]
         assert got.count("test") == 2 and got.count("val") == 2 and got.count("train") == 6
 
 

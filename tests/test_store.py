@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from feature_factory import make_store
 
 from avarnet.config import FeatureSpec
 from avarnet.store import INDEX_FILE, Entry, FeatureStore, StoreError, video_id
-from feature_factory import make_store
 
 
 def test_roundtrip_and_reopen(tmp_path):

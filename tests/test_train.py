@@ -3,13 +3,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from feature_factory import make_store
 
 from avarnet.checkpoint import CheckpointError, load_checkpoint
 from avarnet.config import TrainConfig
 from avarnet.evaluate import EvaluateError, evaluate
 from avarnet.predict import step_probabilities
 from avarnet.train import TrainError, stage_loss, train
-from feature_factory import make_store
 
 FAST = dict(epochs=25, batch_size=16, seed=0, device="cpu", lr=3e-3)
 SMALL = dict(hidden=16, stages=2, layers=3, heads=2)

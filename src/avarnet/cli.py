@@ -89,7 +89,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     sub.add_parser("models", help="list the registered temporal models")
+
+    p = sub.add_parser("xdv", help="XD-Violence: import features, weakly supervised training, frame-level evaluation")
+    xdv = p.add_subparsers(dest="xdv_command", required=True)
+    q = xdv.add_parser("import", help="official features (list files) or an extracted store -> XD-Violence store")
+    q.add_argument("--out", type=Path, required=True)
+    q.add_argument("--rgb-list", type=Path, help="training RGB list (<name>__<crop>.npy lines)")
+    q.add_argument("--audio-list", type=Path, help="training audio list (<name>__vggish.npy lines)")
+    q.add_argument("--test-rgb-list", type=Path)
+    q.add_argument("--test-audio-list", type=Path)
+    q.add_argument("--features-root", type=Path, help="folder holding the .npy files when the lists name other paths")
+    q.add_argument("--extracted", type=Path, help="a store made by `avarnet extract` from DATA/train, DATA/test videos")
+    truth = q.add_mutually_exclusive_group()
+    truth.add_argument("--gt", type=Path, help="official flat frame-level ground truth (gt.npy)")
+    truth.add_argument("--annotations", type=Path, help="annotations.txt: name start1 end1 start2 end2 ... (frames)")
+    q.add_argument("--no-crops", action="store_true", help="keep the centre crop only")
+    q.add_argument("--val-fraction", type=float, default=0.1, help="training videos held out for early stopping")
+    q.add_argument("--max-mismatch", type=int, default=1, help="snippets visual and audio features may differ by")
+    q.add_argument("--seed", type=int, default=0)
+    q = xdv.add_parser("recognition", help="six-class recognition store (violent videos, class = first code)")
+    q.add_argument("feats", type=Path)
+    q.add_argument("--out", type=Path, required=True)
+    q = xdv.add_parser("train", help="weakly supervised (MIL) training from video-level labels")
+    q.add_argument("feats", type=Path)
+    q.add_argument("--out", type=Path, required=True)
+    _weak_args(q)
+    q = xdv.add_parser("evaluate", help="frame-level AP (both definitions), ROC-AUC and score curves")
+    q.add_argument("checkpoint", type=Path)
+    q.add_argument("feats", type=Path)
+    q.add_argument("--split", default="test", choices=["train", "val", "test"])
+    q.add_argument("--out", type=Path, required=True)
+    q.add_argument("--drop", choices=["audio", "video"], help="evaluate with one sense blanked")
+    q.add_argument("--plots", type=int, default=12, help="per-video score curves to draw")
+    q.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     return parser
+
+
+def _weak_args(p: argparse.ArgumentParser) -> None:
+    """Options of `xdv train`; unset ones take WeakConfig's defaults (weak.py stays unimported here)."""
+    p.add_argument("--model", help="temporal model (see `avarnet models`; default mtcn)")
+    p.add_argument("--modality", choices=["fused", "audio", "video"])
+    p.add_argument("--fusion", choices=["early", "late"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--max-seq-len", type=int, help="longer training videos are subsampled uniformly (default 200)")
+    p.add_argument("--smooth-weight", type=float, help="weight of the score smoothness term (default 0)")
+    p.add_argument("--sparsity-weight", type=float, help="weight of the score sparsity term (default 0)")
+    p.add_argument("--centre-crop-only", action="store_true", help="train on the centre crop only")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+
+
+_WEAK_FIELDS = ("model", "modality", "fusion", "epochs", "batch_size", "lr", "max_seq_len", "smooth_weight",
+                "sparsity_weight", "seed", "device")
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
@@ -168,9 +221,70 @@ def cmd_models(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_xdv_import(a: argparse.Namespace) -> int:
+    from .xdv import XdvError, import_extracted, import_official
+
+    if a.extracted is not None:
+        if a.rgb_list or a.audio_list or a.gt:
+            raise XdvError("--extracted takes --annotations only (no list files, no gt.npy)")
+        r = import_extracted(a.extracted, a.out, annotations=a.annotations, val_fraction=a.val_fraction,
+                             seed=a.seed, progress=not a.quiet)
+    else:
+        if a.rgb_list is None or a.audio_list is None:
+            raise XdvError("give --rgb-list and --audio-list (official features) or --extracted FEATS")
+        r = import_official(a.out, a.rgb_list, a.audio_list, a.test_rgb_list, a.test_audio_list, gt=a.gt,
+                            annotations=a.annotations, features_root=a.features_root, keep_crops=not a.no_crops,
+                            val_fraction=a.val_fraction, seed=a.seed, max_mismatch=a.max_mismatch,
+                            progress=not a.quiet)
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(r.splits.items()))
+    print(f"imported {r.written}, already done {r.skipped} ({splits}); {r.trimmed} trimmed to the shorter sense; "
+          f"frame-level truth: {'yes' if r.frame_level else 'no'} -> {a.out}")
+    return EXIT_OK
+
+
+def cmd_xdv_recognition(a: argparse.Namespace) -> int:
+    from .xdv import recognition_store
+
+    r = recognition_store(a.feats, a.out, progress=not a.quiet)
+    print(f"recognition store: {r.written + r.skipped} violent videos -> {a.out}")
+    return EXIT_OK
+
+
+def cmd_xdv_train(a: argparse.Namespace) -> int:
+    from .weak import WeakConfig, train_weak
+
+    given = {k: getattr(a, k) for k in _WEAK_FIELDS if getattr(a, k) is not None}
+    cfg = WeakConfig(**given, all_crops=not a.centre_crop_only)
+    r = train_weak(a.feats, a.out, cfg, progress=not a.quiet)
+    print(f"best epoch {r.best_epoch} (val MIL loss {r.best_val_loss:.4f}), {r.params} parameters, {r.seconds:.0f}s -> {r.checkpoint}")
+    return EXIT_OK
+
+
+def cmd_xdv_evaluate(a: argparse.Namespace) -> int:
+    from .weak import evaluate_weak
+
+    m = evaluate_weak(a.checkpoint, a.feats, split=a.split, out=a.out, drop=a.drop, device=a.device, plots=a.plots,
+                      progress=not a.quiet)
+    c = m["constant_baseline"]
+    print(f"{a.split}: {m['n']} videos, {m['frames']} frames ({m['frame_positive_rate']:.3f} violent)")
+    print(f"  frame AP (scikit-learn)   {m['frame_ap']:.4f}   constant score {c['frame_ap']:.4f}")
+    print(f"  frame PR-AUC (trapezoid)  {m['frame_pr_auc']:.4f}   constant score {c['frame_pr_auc']:.4f}")
+    print(f"  frame ROC-AUC             {m['frame_roc_auc']:.4f}   constant score {c['frame_roc_auc']:.4f}")
+    print(f"report: {a.out / 'metrics.json'}, curves: {a.out / 'curves'}")
+    return EXIT_OK
+
+
+XDV_COMMANDS = {"import": cmd_xdv_import, "recognition": cmd_xdv_recognition, "train": cmd_xdv_train,
+                "evaluate": cmd_xdv_evaluate}
+
+
+def cmd_xdv(a: argparse.Namespace) -> int:
+    return XDV_COMMANDS[a.xdv_command](a)
+
+
 COMMANDS = {
     "synth": cmd_synth, "extract": cmd_extract, "train": cmd_train, "evaluate": cmd_evaluate,
-    "predict": cmd_predict, "demo": cmd_demo, "models": cmd_models,
+    "predict": cmd_predict, "demo": cmd_demo, "models": cmd_models, "xdv": cmd_xdv,
 }
 
 

@@ -76,6 +76,7 @@ PROXY_ENV_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 HUB_PROBE_TIMEOUT_S = 3.0
 
 _ModelT = TypeVar("_ModelT", bound=PreTrainedModel)
+_T = TypeVar("_T")
 
 
 class EncoderLoadError(Exception):
@@ -151,9 +152,6 @@ def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
         return False
 
 
-_T = TypeVar("_T")
-
-
 def _cache_then_hub(source: str, fetch: Callable[[bool], _T]) -> tuple[_T, bool]:
     """Run ``fetch(local_files_only)`` on a local folder or the cache first, then on the hub.
 
@@ -187,7 +185,7 @@ def _load_pretrained(
 ) -> tuple[_ModelT, dict[str, Any]]:
     """``model_cls.from_pretrained(source)`` and the source's preprocessor config ({} if none)."""
 
-    def fetch(local_only: bool) -> tuple[_ModelT, dict[str, Any]]:
+    def fetch(local_only: bool) -> _ModelT:
         config = AutoConfig.from_pretrained(source, local_files_only=local_only)
         _check_model_type(config, model_type, source)
         model, info = model_cls.from_pretrained(
@@ -201,10 +199,10 @@ def _load_pretrained(
                 len(missing),
                 ", ".join(missing[:5]),
             )
-        return model, info
+        return model
 
     try:
-        (model, _), local_only = _cache_then_hub(source, fetch)
+        model, local_only = _cache_then_hub(source, fetch)
     except Exception as err:  # any failure means no usable pretrained weights
         raise _pretrained_error(source, flag, err) from err
     return model, _read_preprocessor(source, local_only)

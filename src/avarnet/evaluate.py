@@ -92,6 +92,10 @@ def evaluate(
             {"id": e.id, "label": e.label, "predicted": ckpt.classes[int(p.argmax())]} for e, p in zip(entries, probs, strict=True)
         ],
     )
+    if store.info.get("frame_level"):  # untrimmed benchmark: frame-level detection metrics too
+        from .weak import classifier_frame_metrics
+
+        metrics.update(classifier_frame_metrics(ckpt, store, entries, drop))
     if out is not None:
         from .plots import plot_confusion
 

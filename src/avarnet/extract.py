@@ -157,6 +157,7 @@ def _prepare_store(out: Path, spec: FeatureSpec, video: VideoEncoder, items: lis
     """Create or reopen the store; for random weights, calibrate (or restore) the video encoder's BatchNorm."""
     if (out / "spec.json").exists():
         existing = FeatureStore.open(out)
+        existing.remove_stale_temp_files()
         if existing.spec.replace(random_init={}) != spec:
             raise StoreError(f"{out} holds features made with a different spec; use a new --out folder")
         if spec.weights == "random":

@@ -8,7 +8,6 @@ line that names the file.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,9 +294,9 @@ def _iter_frames(
             if pending == len(times):
                 return
             prev, prev_t = frame, t
-    if prev is None:
-        raise UnreadableMediaError(path, "no video frame could be decoded")
-    last = _to_rgb(prev, size)
+        if prev is None:
+            raise UnreadableMediaError(path, "no video frame could be decoded")
+        last = _to_rgb(prev, size)  # stream ended or broke: later timestamps get the last frame
     for _ in range(pending, len(times)):
         yield last.copy()
 
@@ -449,7 +448,9 @@ def _resampled(path: Path, container, stream, sample_rate: int) -> Iterator[np.n
             yield _mono(out)
     except _AV_ERRORS as e:
         if not got_any:
-            raise UnreadableMediaError(path, f"cannot decode the audio stream ({_reason(e)})") from e
+            raise UnreadableMediaError(
+                path, f"cannot decode the audio stream ({_reason(e)})"
+            ) from e
 
 
 def _mono(frame) -> np.ndarray:
@@ -462,4 +463,3 @@ def load_audio(
     """The whole audio track as float32 mono (S,) at ``sample_rate``; (0,) without audio."""
     chunks = list(iter_audio(path, chunk_seconds=60.0, sample_rate=sample_rate, info=info))
     return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-

@@ -56,3 +56,55 @@ def classification_metrics(
         k = list(classes).index(normal_class)
         out["binary_ap"] = _ap_or_nan(y_true != k, 1.0 - probs[:, k])
     return out
+
+
+# -- frame-level detection (XD-Violence and other untrimmed benchmarks) -----------------------
+
+
+def pr_auc_trapezoid(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the precision-recall curve by the trapezoid rule (sklearn ``auc(recall, precision)``).
+
+    What most public XD-Violence code reports as "AP". It interpolates linearly between operating
+    points, which is optimistic: a constant score gets (1 + positive rate) / 2, not the positive rate.
+    NaN without positives.
+    """
+    from sklearn.metrics import auc, precision_recall_curve
+
+    y_true = np.asarray(y_true)
+    if not y_true.any():
+        return float("nan")
+    precision, recall, _ = precision_recall_curve(y_true, np.asarray(scores, dtype=np.float64))
+    return float(auc(recall, precision))
+
+
+def frame_level_metrics(y_true: np.ndarray, scores: np.ndarray) -> dict:
+    """Frame-level detection metrics of binary truth (N,) against anomaly scores (N,).
+
+    ``frame_ap``: scikit-learn ``average_precision_score`` (step-wise, no interpolation);
+    ``frame_pr_auc``: trapezoidal area under the PR curve (see :func:`pr_auc_trapezoid`);
+    ``frame_roc_auc``: ROC-AUC. Undefined values (one class only) are NaN.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y_true = np.asarray(y_true).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    both = y_true.any() and not y_true.all()
+    return {
+        "frame_ap": _ap_or_nan(y_true, scores),
+        "frame_pr_auc": pr_auc_trapezoid(y_true, scores),
+        "frame_roc_auc": float(roc_auc_score(y_true, scores)) if both else float("nan"),
+        "frames": int(y_true.size),
+        "frame_positive_rate": float(y_true.mean()) if y_true.size else float("nan"),
+    }
+
+
+def snippet_to_frame_scores(scores: np.ndarray, n_frames: int, fps: float, segment_seconds: float) -> np.ndarray:
+    """Per-frame scores (n_frames,) from per-snippet scores (T,): frame i takes the snippet holding its centre.
+
+    With 16-frame snippets at 24 fps and n_frames = 16 T this is ``np.repeat(scores, 16)``, the
+    official XD-Violence evaluation. Frames past the last snippet take the last snippet's score.
+    """
+    scores = np.asarray(scores)
+    per_snippet = fps * segment_seconds  # frames per snippet
+    idx = np.floor((np.arange(n_frames) + 0.5) / per_snippet).astype(np.int64)
+    return scores[np.minimum(idx, len(scores) - 1)]

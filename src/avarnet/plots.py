@@ -56,3 +56,38 @@ def plot_timeline(pred: dict, path: str | Path, threshold: float | None = 0.5) -
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def truth_spans(frame_labels: np.ndarray) -> list[tuple[int, int]]:
+    """Runs of 1 in a 0/1 frame vector as [start, end) frame index pairs."""
+    y = np.concatenate([[0], np.asarray(frame_labels).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(y))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def plot_score_curve(
+    scores: np.ndarray,
+    segment_seconds: float,
+    path: str | Path,
+    frame_labels: np.ndarray | None = None,
+    fps: float = 24.0,
+    title: str = "",
+) -> None:
+    """Per-snippet anomaly scores (T,) over time, ground-truth violent spans (frames at ``fps``) shaded."""
+    scores = np.asarray(scores)
+    T = len(scores)
+    edges = np.arange(T + 1) * segment_seconds
+    fig, ax = plt.subplots(figsize=(9, 2.8))
+    if frame_labels is not None:
+        for k, (s, e) in enumerate(truth_spans(frame_labels)):
+            ax.axvspan(s / fps, e / fps, color="tab:red", alpha=0.18, lw=0, label="ground truth" if k == 0 else None)
+    ax.stairs(scores, edges, color="tab:blue", lw=1.5, label="anomaly score")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlim(0, edges[-1] if T else 1)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("anomaly score")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

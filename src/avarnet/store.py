@@ -145,6 +145,7 @@ class FeatureStore:
         spec_path = root / SPEC_FILE
         if spec_path.exists():
             store = cls.open(root)
+            store.remove_stale_temp_files()
             if store.spec.to_dict() != spec.to_dict():
                 raise StoreError(
                     f"{root} holds features made with a different spec; use a new --out folder "
@@ -165,6 +166,13 @@ class FeatureStore:
         except json.JSONDecodeError as e:
             raise StoreError(f"{root / SPEC_FILE} is damaged: {e}") from None
         return cls(root, FeatureSpec.from_dict(doc["spec"]), doc.get("info", {}))
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete temporary files a killed writer left behind (call only with no other writer running)."""
+        stale = list(self.root.rglob(".tmp-*"))
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return len(stale)
 
     def update_info(self, **fields: Any) -> None:
         self.info.update(fields)

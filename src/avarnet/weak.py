@@ -1,0 +1,530 @@
+"""Weakly supervised anomaly detection: multiple-instance training from video-level labels.
+
+Untrimmed benchmarks such as XD-Violence label training videos as a whole (violent or not) while
+the test truth is per frame. Every temporal model of the registry trains here the same way: its
+two-way head (``normal``, ``anomaly``) gives a per-snippet anomaly logit a_t = l_anomaly - l_normal;
+the video's logit is the mean of its top-k snippet logits, k = floor(T / topk_divisor) + 1, and
+binary cross-entropy ties it to the video label (the MIL objective of the XD-Violence reference
+code). Optional terms, named :class:`WeakConfig` fields: smoothness, the mean squared difference of
+neighbouring snippet scores; sparsity, the mean snippet score of violent videos (Sultani et al.,
+CVPR 2018). Every stage of a multi-stage model is trained; the last one scores.
+
+A snippet's anomaly score is sigmoid(a_t) = p(anomaly); at test time the whole video is scored at
+once and the scores of the visual crops are averaged. Frame scores repeat each snippet's score over
+its frames (16 for the official features) and are compared with the frame truth of the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .config import NORMAL_CLASS, TrainConfig, _DictMixin
+from .data import MODALITIES, Normalizer, drop_modality, missing_mask, select_inputs
+from .encoders import resolve_device
+from .metrics import frame_level_metrics, snippet_to_frame_scores
+from .models import count_parameters, create_model
+from .predict import anomaly_scores, model_input, step_probabilities
+from .store import Entry, FeatureStore, StoreError, atomic_write_text
+from .train import BEST_CHECKPOINT, HISTORY_FILE, TrainError, TrainResult, model_config_for, seed_everything
+
+log = logging.getLogger("avarnet")
+
+WEAK_TASK = "weak-detection"  # Checkpoint.extra["task"] of weakly supervised detectors
+WEAK_CLASSES = (NORMAL_CLASS, "anomaly")  # the two-way head; anomaly score = p(anomaly)
+ANOMALY_INDEX = 1
+EVAL_CHUNK = 4096  # snippets per forward pass when a whole video is scored
+DEFAULT_PLOTS = 12  # per-video score curves written by evaluate_weak
+METRICS_FILE = "metrics.json"
+CURVES_DIR = "curves"
+AP_DEFINITIONS = {
+    "frame_ap": "scikit-learn average_precision_score over all test frames (step-wise, no interpolation)",
+    "frame_pr_auc": "trapezoidal area under precision_recall_curve (auc(recall, precision)), "
+    "what most public XD-Violence code reports as AP",
+    "frame_roc_auc": "scikit-learn roc_auc_score over all test frames",
+}
+
+
+@dataclass(frozen=True)
+class WeakConfig(_DictMixin):
+    """Weakly supervised (multiple-instance) training settings."""
+
+    model: str = "mtcn"
+    modality: str = "fused"  # "fused" | "audio" | "video"
+    fusion: str = "early"
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    max_seq_len: int = 200  # longer training videos are subsampled uniformly to this many snippets
+    topk_divisor: int = 16  # k = T // topk_divisor + 1 snippets pooled per video
+    smooth_weight: float = 0.0  # weight of the mean squared difference of neighbouring scores
+    sparsity_weight: float = 0.0  # weight of the mean score of violent videos
+    all_crops: bool = True  # every visual crop is a training sample (official practice); else centre only
+    modality_dropout: float = 0.0  # probability of blanking one sense per training video
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    early_stop_patience: int = 10
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int = 0
+
+
+# -- objective ---------------------------------------------------------------------------------
+
+
+def anomaly_logit(logits: torch.Tensor) -> torch.Tensor:
+    """(..., 2) two-way logits (or log-probabilities) -> (...) log-odds of the anomaly class."""
+    return logits[..., ANOMALY_INDEX] - logits[..., 1 - ANOMALY_INDEX]
+
+
+def topk_counts(lengths: torch.Tensor, divisor: int) -> torch.Tensor:
+    """k = floor(T / divisor) + 1 per video (never more than T); lengths (B,) -> (B,)."""
+    return torch.minimum(lengths // divisor + 1, lengths.clamp(min=1))
+
+
+def topk_pool(a: torch.Tensor, mask: torch.Tensor, divisor: int) -> torch.Tensor:
+    """Mean of the k largest valid values per row: a (B, L), mask (B, L) -> (B,)."""
+    B, L = a.shape
+    k = topk_counts(mask.sum(1), divisor)  # (B,)
+    ranked = a.masked_fill(~mask, float("-inf")).sort(dim=1, descending=True).values  # (B, L)
+    take = torch.arange(L, device=a.device)[None, :] < k[:, None]  # (B, L)
+    return torch.where(take, ranked, torch.zeros_like(ranked)).sum(1) / k.to(a.dtype)
+
+
+def mil_loss(logits: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, cfg: WeakConfig) -> torch.Tensor:
+    """MIL objective summed over stages.
+
+    logits: (S, B, L, 2); mask: (B, L) True at valid snippets; y: (B,) video labels in {0, 1}.
+    """
+    S = logits.shape[0]
+    pair = mask[:, 1:] & mask[:, :-1]  # (B, L-1) both neighbours valid
+    violent = mask & (y[:, None] > 0.5)  # (B, L)
+    loss = logits.new_zeros(())
+    for s in range(S):
+        a = anomaly_logit(logits[s])  # (B, L)
+        loss = loss + F.binary_cross_entropy_with_logits(topk_pool(a, mask, cfg.topk_divisor), y)
+        p = torch.sigmoid(a)  # (B, L)
+        if cfg.smooth_weight > 0 and pair.any():
+            loss = loss + cfg.smooth_weight * ((p[:, 1:] - p[:, :-1]) ** 2)[pair].mean()
+        if cfg.sparsity_weight > 0 and violent.any():
+            loss = loss + cfg.sparsity_weight * p[violent].mean()
+    return loss
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+def video_label(entry: Entry) -> int:
+    """Binary video label: ``extra["binary"]`` when the store has it, else label != normal."""
+    extra = entry.extra or {}
+    return int(extra["binary"]) if "binary" in extra else int(entry.label != NORMAL_CLASS)
+
+
+def crop_count(entry: Entry) -> int:
+    return int((entry.extra or {}).get("crops", 1))
+
+
+def read_tensors(store: FeatureStore, entry: Entry, crop: int = 0) -> dict[str, np.ndarray]:
+    """video (T, Dv) of one crop (0 = centre), audio (T, Da), audio_mask (T,), frame_labels if any."""
+    path = store.root / entry.file
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            keys = set(f.keys())
+            out = {k: f.get_tensor(k) for k in ("audio", "audio_mask", "frame_labels") if k in keys}
+            out["video"] = f.get_slice("video_crops")[crop] if crop > 0 else f.get_tensor("video")
+    except FileNotFoundError:
+        raise StoreError(f"feature file missing: {path}") from None
+    except Exception as e:
+        raise StoreError(f"cannot read feature file {path}: {e}") from None
+    return out
+
+
+def fit_stream_normalizer(store: FeatureStore, entries: Sequence[Entry], modality: str) -> Normalizer:
+    """Per-feature mean/std of the centre crop over ``entries``, one video in memory at a time.
+
+    Segments without audio are left out, as in :func:`avarnet.train.fit_normalizer`.
+    """
+    total = sq = None
+    n = 0
+    for e in entries:
+        t = read_tensors(store, e)
+        x = select_inputs(t, modality)
+        blank = missing_mask(t, modality)
+        if blank is not None and (~blank.any(1)).any():
+            x = x[~blank.any(1)]
+        x = x.astype(np.float64)
+        total = x.sum(0) if total is None else total + x.sum(0)
+        sq = (x * x).sum(0) if sq is None else sq + (x * x).sum(0)
+        n += len(x)
+    mean = total / n
+    std = np.sqrt(np.maximum(sq / n - mean**2, 0.0))
+    return Normalizer(mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32))
+
+
+def uniform_indices(T: int, max_len: int) -> np.ndarray:
+    """All of 0..T-1, or ``max_len`` of them spread evenly (the reference code's uniform_extract)."""
+    if T <= max_len:
+        return np.arange(T)
+    return np.linspace(0, T - 1, max_len).astype(np.int64)
+
+
+class WeakDataset(Dataset):
+    """One sample per (video, crop): normalised input (l, D) with l <= max_len, and the video label."""
+
+    def __init__(
+        self, store: FeatureStore, entries: Sequence[Entry], modality: str, norm: Normalizer, max_len: int, all_crops: bool
+    ):
+        self.store, self.modality, self.norm, self.max_len = store, modality, norm, max_len
+        crops = all_crops and modality != "audio"
+        self.items = [(e, c) for e in entries for c in (range(crop_count(e)) if crops else [0])]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        entry, crop = self.items[i]
+        t = read_tensors(self.store, entry, crop)
+        x = self.norm(select_inputs(t, self.modality), missing_mask(t, self.modality))  # (T, D)
+        x = x[uniform_indices(len(x), self.max_len)]
+        return {"x": torch.from_numpy(np.ascontiguousarray(x)), "y": float(video_label(entry))}
+
+
+def weak_collate(batch: list[dict]) -> dict[str, torch.Tensor]:
+    """Pad to the longest video: x (B, L, D), mask (B, L), y (B,)."""
+    L = max(len(b["x"]) for b in batch)
+    D = batch[0]["x"].shape[1]
+    x = torch.zeros(len(batch), L, D)
+    mask = torch.zeros(len(batch), L, dtype=torch.bool)
+    for i, b in enumerate(batch):
+        x[i, : len(b["x"])] = b["x"]
+        mask[i, : len(b["x"])] = True
+    return {"x": x, "mask": mask, "y": torch.tensor([b["y"] for b in batch], dtype=torch.float32)}
+
+
+# -- training ----------------------------------------------------------------------------------
+
+
+def as_train_config(cfg: WeakConfig) -> TrainConfig:
+    """The checkpoint's TrainConfig: model, inputs and optimiser of a weak run (seq_len = max_seq_len)."""
+    return TrainConfig(
+        model=cfg.model, modality=cfg.modality, fusion=cfg.fusion, seq_len=cfg.max_seq_len,
+        window_stride=cfg.max_seq_len, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, smooth_weight=0.0, modality_dropout=cfg.modality_dropout,
+        seed=cfg.seed, device=cfg.device, num_threads=cfg.num_threads,
+    )  # fmt: skip
+
+
+def _check_training_set(store: FeatureStore, entries: Sequence[Entry], cfg: WeakConfig) -> None:
+    if cfg.modality not in MODALITIES:
+        raise TrainError(f"unknown modality {cfg.modality!r}; use one of {MODALITIES}")
+    if not entries:
+        raise TrainError(f"{store.root} has no training videos")
+    labels = {video_label(e) for e in entries}
+    if labels != {0, 1}:
+        raise TrainError(f"weak training needs normal and violent training videos; {store.root} has only {labels}")
+    if cfg.topk_divisor < 1 or cfg.max_seq_len < 1:
+        raise TrainError("topk_divisor and max_seq_len must be >= 1")
+
+
+@torch.no_grad()
+def _loader_loss(model: torch.nn.Module, loader: DataLoader, cfg: WeakConfig, device: torch.device) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    for b in loader:
+        x, mask, y = b["x"].to(device), b["mask"].to(device), b["y"].to(device)
+        total += float(mil_loss(model(x, mask), mask, y, cfg)) * len(y)
+        n += len(y)
+    return total / max(n, 1)
+
+
+def _epoch(model, loader, opt, cfg: WeakConfig, video_dim: int, device, gen: torch.Generator) -> float:
+    model.train()
+    total, n = 0.0, 0
+    for b in loader:
+        x = drop_modality(b["x"], video_dim, cfg.modality_dropout, gen) if cfg.modality == "fused" else b["x"]
+        x, mask, y = x.to(device), b["mask"].to(device), b["y"].to(device)
+        loss = mil_loss(model(x, mask), mask, y, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total, n = total + loss.item() * len(y), n + len(y)
+    return total / max(n, 1)
+
+
+def train_weak(
+    feats: str | Path | FeatureStore,
+    out: str | Path,
+    cfg: WeakConfig = WeakConfig(),
+    model_overrides: dict | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a detector from video-level labels; writes ``OUT/best.ckpt`` and ``OUT/history.json``.
+
+    The validation split (video-level labels only) drives early stopping through its MIL loss;
+    frame-level truth is never used in training.
+    """
+    start = time.time()
+    store = feats if isinstance(feats, FeatureStore) else FeatureStore.open(feats)
+    train_entries, val_entries = store.split("train"), store.split("val")
+    _check_training_set(store, train_entries, cfg)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    tcfg = as_train_config(cfg)
+    mcfg = model_config_for(store, tcfg, {"num_classes": len(WEAK_CLASSES), **(model_overrides or {})})
+    norm = fit_stream_normalizer(store, train_entries, cfg.modality)
+    g = torch.Generator().manual_seed(cfg.seed)
+    train_ds = WeakDataset(store, train_entries, cfg.modality, norm, cfg.max_seq_len, cfg.all_crops)
+    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=weak_collate, generator=g)
+    if not val_entries:
+        log.warning("no validation split: monitoring the training loss instead")
+    val_ds = WeakDataset(store, val_entries or train_entries, cfg.modality, norm, cfg.max_seq_len, all_crops=False)
+    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=weak_collate)
+    model = create_model(mcfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, history = out / BEST_CHECKPOINT, []
+    best, best_epoch, stale = float("inf"), 0, 0
+    drop_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    bar = tqdm(range(1, cfg.epochs + 1), desc=f"weak {mcfg.name}/{cfg.modality}", unit="epoch", disable=not progress)
+    for epoch in bar:
+        train_loss = _epoch(model, train_loader, opt, cfg, mcfg.video_dim, device, drop_gen)
+        val_loss = _loader_loss(model, val_loader, cfg, device)
+        sched.step(val_loss)
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": opt.param_groups[0]["lr"]})
+        if val_loss < best - 1e-6:
+            best, best_epoch, stale = val_loss, epoch, 0
+            extra = {"task": WEAK_TASK, "weak_config": cfg.to_dict(), "best_epoch": epoch, "val_loss": val_loss}
+            ckpt = Checkpoint(model, mcfg, tcfg, list(WEAK_CLASSES), store.spec, norm, store.load_encoder_state(), extra)
+            save_checkpoint(ckpt_path, ckpt)
+        else:
+            stale += 1
+        atomic_write_text(out / HISTORY_FILE, json.dumps(history, indent=1))
+        bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
+        if stale >= cfg.early_stop_patience:
+            log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+            break
+    return TrainResult(ckpt_path, history, best_epoch, best, count_parameters(model), time.time() - start)
+
+
+# -- scoring -----------------------------------------------------------------------------------
+
+
+def is_weak(ckpt: Checkpoint) -> bool:
+    return ckpt.extra.get("task") == WEAK_TASK
+
+
+@torch.no_grad()
+def sequence_probabilities(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    """Last-stage class probabilities (T, C) of a whole video x (T, D), in chunks of EVAL_CHUNK."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for s in range(0, len(x), EVAL_CHUNK):
+        xb = torch.from_numpy(np.ascontiguousarray(x[s : s + EVAL_CHUNK]))[None].to(device)  # (1, l, D)
+        mask = torch.ones(xb.shape[:2], dtype=torch.bool, device=device)  # (1, l)
+        out.append(torch.softmax(model(xb, mask)[-1, 0].float(), dim=-1).cpu().numpy())  # (l, C)
+    return np.concatenate(out)
+
+
+def _crop_views(tensors: dict[str, np.ndarray], modality: str) -> list[dict[str, np.ndarray]]:
+    """One tensor dict per visual crop (just the given one without crops or for audio-only models)."""
+    crops = tensors.get("video_crops")
+    if crops is None or modality == "audio":
+        return [tensors]
+    return [tensors | {"video": crops[k]} for k in range(len(crops))]
+
+
+def snippet_scores(ckpt: Checkpoint, tensors: dict[str, np.ndarray], drop: str | None = None) -> np.ndarray:
+    """Anomaly score per snippet (T,), averaged over the visual crops.
+
+    Weak detectors score the whole video at once (p(anomaly)); classifiers score windows of their
+    training length and give 1 - p(normal).
+    """
+    from .evaluate import blank_sense
+
+    total = None
+    views = _crop_views(tensors, ckpt.modality)
+    for view in views:
+        x = model_input(ckpt, view)
+        if drop:
+            x = blank_sense(x, drop, ckpt)
+        if is_weak(ckpt):
+            s = sequence_probabilities(ckpt.model, x)[:, ANOMALY_INDEX]
+        else:
+            s = anomaly_scores(step_probabilities(ckpt.model, x, ckpt.train_config.seq_len), ckpt.classes)
+        total = s.astype(np.float64) if total is None else total + s
+    return (total / len(views)).astype(np.float32)
+
+
+@dataclass
+class VideoScores:
+    """Scores of one video and its frame truth (None when the store has none for it)."""
+
+    entry: Entry
+    scores: np.ndarray  # (T,)
+    frame_labels: np.ndarray | None  # (N,) uint8
+
+
+def score_videos(
+    ckpt: Checkpoint, store: FeatureStore, entries: Sequence[Entry], drop: str | None = None, progress: bool = False
+) -> list[VideoScores]:
+    out = []
+    for e in tqdm(entries, desc="score", unit="video", disable=not progress):
+        t = store.load(e)
+        out.append(VideoScores(e, snippet_scores(ckpt, t, drop), t.get("frame_labels")))
+    return out
+
+
+def frame_arrays(videos: Sequence[VideoScores], segment_seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated frame truth (N,) and frame scores (N,) of the videos that have truth."""
+    ys, ss = [], []
+    for v in videos:
+        if v.frame_labels is None:
+            continue
+        ys.append(v.frame_labels)
+        ss.append(snippet_to_frame_scores(v.scores, len(v.frame_labels), v.entry.fps, segment_seconds))
+    if not ys:
+        return np.zeros(0, np.uint8), np.zeros(0, np.float32)
+    return np.concatenate(ys), np.concatenate(ss)
+
+
+def classifier_frame_metrics(ckpt: Checkpoint, store: FeatureStore, entries: Sequence[Entry], drop: str | None = None) -> dict:
+    """frame_ap / frame_pr_auc / frame_roc_auc of a checkpoint on the entries with frame truth ({} if none)."""
+    flagged = [e for e in entries if (e.extra or {}).get("frame_level")]
+    videos = score_videos(ckpt, store, flagged or entries, drop)
+    y, s = frame_arrays(videos, store.spec.segment_seconds)
+    if not y.size:
+        return {}
+    n = sum(v.frame_labels is not None for v in videos)
+    return frame_level_metrics(y, s) | {"frame_videos": n, "ap_definitions": AP_DEFINITIONS}
+
+
+# -- evaluation --------------------------------------------------------------------------------
+
+
+def _video_level(videos: Sequence[VideoScores], divisor: int) -> dict:
+    """Video AP / ROC-AUC with the video score = mean of its top-k snippet scores."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y = np.array([video_label(v.entry) for v in videos])
+    s = np.array([np.sort(v.scores)[::-1][: len(v.scores) // divisor + 1].mean() for v in videos])
+    if len(set(y.tolist())) < 2:
+        return {}
+    return {"video_ap": float(average_precision_score(y, s)), "video_roc_auc": float(roc_auc_score(y, s))}
+
+
+def _check_spec(ckpt: Checkpoint, store: FeatureStore) -> None:
+    from .evaluate import EvaluateError
+
+    ours, theirs = ckpt.spec.replace(random_init={}), store.spec.replace(random_init={})
+    if ours != theirs:
+        raise EvaluateError(f"checkpoint features ({ours}) differ from the store's ({theirs})")
+
+
+def _plot_curves(videos: Sequence[VideoScores], segment_seconds: float, folder: Path, limit: int) -> list[str]:
+    """Score curves of up to ``limit`` videos, violent ones first; returns the file names."""
+    from .plots import plot_score_curve
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ranked = sorted(videos, key=lambda v: -video_label(v.entry))[:limit]
+    names = []
+    for v in ranked:
+        name = (v.entry.extra or {}).get("name", v.entry.id)
+        fname = f"{v.entry.id.replace('/', '_')}.png"
+        plot_score_curve(v.scores, segment_seconds, folder / fname, v.frame_labels, v.entry.fps,
+                         title=f"{name[:90]}  [{v.entry.label}]")  # fmt: skip
+        names.append(fname)
+    return names
+
+
+def evaluate_weak(
+    checkpoint: str | Path | Checkpoint,
+    feats: str | Path | FeatureStore,
+    split: str = "test",
+    out: str | Path | None = None,
+    drop: str | None = None,
+    device: str = "auto",
+    plots: int = DEFAULT_PLOTS,
+    progress: bool = True,
+) -> dict:
+    """Frame- and video-level detection metrics of any checkpoint on a split with frame truth.
+
+    Writes ``OUT/metrics.json`` and ``OUT/curves/*.png`` (score curves, truth shaded) when ``out``
+    is given. A constant score is reported alongside as the chance baseline of each metric.
+    """
+    from .evaluate import EvaluateError
+
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, resolve_device(device))
+    store = feats if isinstance(feats, FeatureStore) else FeatureStore.open(feats)
+    _check_spec(ckpt, store)
+    entries = store.split(split)
+    if not entries:
+        raise EvaluateError(f"split {split!r} of {store.root} is empty")
+    videos = score_videos(ckpt, store, entries, drop, progress)
+    y, s = frame_arrays(videos, store.spec.segment_seconds)
+    if not y.size:
+        raise EvaluateError(f"split {split!r} of {store.root} has no frame-level truth")
+    divisor = int(ckpt.extra.get("weak_config", {}).get("topk_divisor", WeakConfig.topk_divisor))
+    metrics = frame_level_metrics(y, s) | _video_level(videos, divisor)
+    metrics |= {
+        "constant_baseline": frame_level_metrics(y, np.zeros_like(s)),
+        "ap_definitions": AP_DEFINITIONS,
+        "n": len(videos),
+        "frame_videos": sum(v.frame_labels is not None for v in videos),
+        "split": split,
+        "dropped_sense": drop,
+        "checkpoint": None if isinstance(checkpoint, Checkpoint) else str(checkpoint),
+        "task": ckpt.extra.get("task", "classification"),
+        "features": str(store.root),
+        "model": ckpt.model_config.name,
+        "modality": ckpt.modality,
+        "fusion": ckpt.model_config.fusion,
+        "feature_spec": store.spec.to_dict(),
+        "weights": store.spec.weights,
+        "videos": [_video_record(v) for v in videos],
+    }
+    if out is not None:
+        out = Path(out)
+        metrics["curves"] = _plot_curves(videos, store.spec.segment_seconds, out / CURVES_DIR, plots)
+        atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=1))
+    return metrics
+
+
+def _video_record(v: VideoScores) -> dict:
+    return {
+        "id": v.entry.id,
+        "name": (v.entry.extra or {}).get("name"),
+        "label": v.entry.label,
+        "binary": video_label(v.entry),
+        "max_score": float(v.scores.max()),
+        "mean_score": float(v.scores.mean()),
+    }
+
+
+__all__ = [
+    "WeakConfig",
+    "WEAK_CLASSES",
+    "classifier_frame_metrics",
+    "evaluate_weak",
+    "mil_loss",
+    "snippet_scores",
+    "topk_pool",
+    "train_weak",
+]
