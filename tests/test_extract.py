@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import media_factory as mf
 import numpy as np
 import pytest
 
-import media_factory as mf
 from avarnet.cli import main
 from avarnet.extract import segment_times
 from avarnet.store import FeatureStore

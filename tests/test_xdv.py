@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_FIXTURES
 
 from avarnet.cli import main
 from avarnet.config import FeatureSpec
@@ -28,7 +29,6 @@ from avarnet.xdv import (
     parse_label,
     recognition_store,
 )
-from conftest import SHARED_FIXTURES
 
 # Real test-set annotations from nwpu-zxr/VadCLIP `list/` (Apache-2.0), XD-Violence (Wu et al., ECCV 2020).
 XD_FIXTURES = SHARED_FIXTURES / "xd-violence"

@@ -90,6 +90,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the registered temporal models")
 
+    p = sub.add_parser("ablate", help="the paper's ablation grid on a feature store: results.csv, results.md, results.png")
+    p.add_argument("feats", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--models", nargs="+", help="temporal models (default: all registered)")
+    p.add_argument("--modalities", nargs="+", choices=["fused", "audio", "video"], default=["fused", "audio", "video"])
+    p.add_argument("--fusions", nargs="+", choices=["early", "late"], default=["early"],
+                   help="with late: an early-vs-late table on fused input")
+    p.add_argument("--seq-lens", nargs="+", type=int, default=[TrainConfig().seq_len],
+                   help="with several: a sequence-length table on fused input")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=30, help="epochs per run (early stopping may end it sooner)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    p.add_argument("--lr", type=float, default=TrainConfig().lr)
+    p.add_argument("--hidden", type=int, help="model width override (default: ModelConfig's)")
+    p.add_argument("--layers", type=int, help="model depth override (default: ModelConfig's)")
+    p.add_argument("--stages", type=int, help="MTCN stages override (default: ModelConfig's)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
     p = sub.add_parser("xdv", help="XD-Violence: import features, weakly supervised training, frame-level evaluation")
     xdv = p.add_subparsers(dest="xdv_command", required=True)
     q = xdv.add_parser("import", help="official features (list files) or an extracted store -> XD-Violence store")
@@ -282,9 +301,24 @@ def cmd_xdv(a: argparse.Namespace) -> int:
     return XDV_COMMANDS[a.xdv_command](a)
 
 
+def cmd_ablate(a: argparse.Namespace) -> int:
+    from .ablate import AblationGrid, run_ablation
+
+    grid = AblationGrid(models=tuple(a.models or ()), modalities=tuple(a.modalities), fusions=tuple(a.fusions),
+                        seq_lens=tuple(a.seq_lens), seeds=tuple(a.seeds))
+    overrides = {k: v for k, v in (("hidden", a.hidden), ("layers", a.layers), ("stages", a.stages)) if v is not None}
+    base = TrainConfig(batch_size=a.batch_size, lr=a.lr, device=a.device)
+    r = run_ablation(a.feats, a.out, grid, epochs=a.epochs, split=a.split, model_overrides=overrides, base=base,
+                     progress=not a.quiet)
+    print(f"ablation: {len(r.rows)} runs ({len(r.ran)} run now, {len(r.reused)} reused) -> {a.out}")
+    print(r.winner)
+    print(f"tables: {r.markdown}\nper run: {r.csv}" + (f"\nchart: {r.figure}" if r.figure else ""))
+    return EXIT_OK
+
+
 COMMANDS = {
     "synth": cmd_synth, "extract": cmd_extract, "train": cmd_train, "evaluate": cmd_evaluate,
-    "predict": cmd_predict, "demo": cmd_demo, "models": cmd_models, "xdv": cmd_xdv,
+    "predict": cmd_predict, "demo": cmd_demo, "models": cmd_models, "ablate": cmd_ablate, "xdv": cmd_xdv,
 }
 
 

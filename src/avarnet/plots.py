@@ -91,3 +91,36 @@ def plot_score_curve(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_grouped_bars(
+    labels: list[str],
+    groups: list[str],
+    means: np.ndarray,
+    stds: np.ndarray,
+    path: str | Path,
+    ylabel: str = "",
+    title: str = "",
+) -> None:
+    """Grouped bar chart: one cluster per label, one bar per group, std error bars.
+
+    means, stds: (len(labels), len(groups)); NaN means leave a gap (no bar).
+    """
+    means, stds = np.asarray(means, dtype=float), np.asarray(stds, dtype=float)
+    n, g = means.shape
+    width = 0.8 / max(g, 1)
+    x = np.arange(n)
+    cmap = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * n * max(g, 1) * 0.5 + 2.0), 3.8))
+    for j, group in enumerate(groups):
+        offset = (j - (g - 1) / 2) * width
+        ax.bar(x + offset, means[:, j], width, yerr=stds[:, j], capsize=2, label=group, color=cmap(j % 10))
+    ax.set_xticks(x, labels)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -114,9 +114,15 @@ def predict_video(
     dev = resolve_device(device)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
     extractor = extractor or Extractor.from_spec(ckpt.spec, device, ckpt.encoder_state)
-    tensors, info = extractor(video)
+    if causal:  # features as a live stream computes them (no audio look-ahead), same code as `stream`
+        from .stream import causal_features
+
+        tensors, duration = causal_features(video, extractor)
+    else:
+        tensors, info = extractor(video)
+        duration = info.duration
     probs = step_probabilities(ckpt.model, model_input(ckpt, tensors), ckpt.train_config.seq_len, causal=causal)
-    pred = build_prediction(str(video), probs, ckpt.classes, ckpt.spec.segment_seconds, info.duration)
+    pred = build_prediction(str(video), probs, ckpt.classes, ckpt.spec.segment_seconds, duration)
     pred["causal"] = causal
     pred["weights"] = ckpt.spec.weights
     if out is not None:

@@ -38,7 +38,14 @@ from .metrics import frame_level_metrics, snippet_to_frame_scores
 from .models import count_parameters, create_model
 from .predict import anomaly_scores, model_input, step_probabilities
 from .store import Entry, FeatureStore, StoreError, atomic_write_text
-from .train import BEST_CHECKPOINT, HISTORY_FILE, TrainError, TrainResult, model_config_for, seed_everything
+from .train import (
+    BEST_CHECKPOINT,
+    HISTORY_FILE,
+    TrainError,
+    TrainResult,
+    model_config_for,
+    seed_everything,
+)
 
 log = logging.getLogger("avarnet")
 

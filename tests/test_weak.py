@@ -1,0 +1,225 @@
+"""Weak supervision: MIL objective, frame-level metrics (both AP definitions), training and evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from feature_factory import make_store
+from test_xdv import FakeVideo, official_gt, write_official
+
+from avarnet.checkpoint import load_checkpoint
+from avarnet.cli import main
+from avarnet.config import TrainConfig
+from avarnet.evaluate import evaluate
+from avarnet.metrics import frame_level_metrics, pr_auc_trapezoid, snippet_to_frame_scores
+from avarnet.models import list_models
+from avarnet.store import Entry, FeatureStore
+from avarnet.train import train
+from avarnet.weak import (
+    WEAK_CLASSES,
+    WeakConfig,
+    evaluate_weak,
+    mil_loss,
+    snippet_scores,
+    topk_pool,
+    train_weak,
+    uniform_indices,
+    video_label,
+)
+from avarnet.xdv import import_official
+
+TINY = dict(hidden=16, stages=2, layers=3, heads=2)
+FAST = dict(epochs=12, batch_size=8, lr=3e-3, device="cpu", seed=0)
+
+
+def untrimmed_videos(n: int, seed: int, prefix: str) -> list[FakeVideo]:
+    """Half normal, half violent long videos; violent ones hold one or two short events."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        T = int(rng.integers(24, 60))
+        if i % 2 == 0:
+            out.append(FakeVideo(f"{prefix}{i:03d}__#1_label_A", T, T))
+            continue
+        events = []
+        for _ in range(int(rng.integers(1, 3))):
+            length = int(rng.integers(3, 8))
+            s = int(rng.integers(0, T - length))
+            events.append((s, s + length))
+        out.append(FakeVideo(f"{prefix}{i:03d}__#1_label_B1-0-0", T, T, tuple(sorted(events))))
+    return out
+
+
+@pytest.fixture(scope="module")
+def xd_store(tmp_path_factory) -> FeatureStore:
+    """An XD-Violence store in the official format: 40 training and 16 test untrimmed videos, gt.npy truth."""
+    root = tmp_path_factory.mktemp("xd")
+    train_videos, test_videos = untrimmed_videos(40, 1, "Train."), untrimmed_videos(16, 2, "Test.")
+    rgb, audio = write_official(root / "feats", train_videos, test=False, seed=3)
+    test_rgb, test_audio = write_official(root / "feats", test_videos, test=True, seed=4)
+    np.save(root / "gt.npy", official_gt(test_videos))
+    import_official(root / "store", rgb, audio, test_rgb, test_audio, gt=root / "gt.npy", val_fraction=0.2,
+                    progress=False)  # fmt: skip
+    return FeatureStore.open(root / "store")
+
+
+@pytest.fixture(scope="module")
+def weak_run(xd_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return train_weak(xd_store, out, WeakConfig(**FAST), model_overrides=TINY, progress=False)
+
+
+# -- objective ---------------------------------------------------------------------------------
+
+
+def test_topk_pool_takes_k_largest_valid_steps():
+    a = torch.tensor([[1.0, 5.0, 3.0, 99.0], [2.0, -1.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    assert topk_pool(a, mask, divisor=16).tolist() == [5.0, 2.0]  # k = T // 16 + 1 = 1, padding ignored
+    assert topk_pool(a, mask, divisor=2).tolist() == [4.0, 0.5]  # k = 2: (5 + 3) / 2 and (2 - 1) / 2
+
+
+def test_mil_loss_is_bce_of_pooled_logit_plus_named_terms():
+    logits = torch.zeros(1, 1, 3, 2)
+    logits[0, 0, :, 1] = torch.tensor([0.0, 2.0, 0.0])  # anomaly log-odds (0, 2, 0)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    y = torch.ones(1)
+    base = mil_loss(logits, mask, y, WeakConfig())
+    assert base.item() == pytest.approx(-np.log(1 / (1 + np.exp(-2.0))), rel=1e-5)  # top-1 logit 2
+    p = 1 / (1 + np.exp(-np.array([0.0, 2.0, 0.0])))
+    smooth = mil_loss(logits, mask, y, WeakConfig(smooth_weight=0.5)) - base
+    assert smooth.item() == pytest.approx(0.5 * np.mean(np.diff(p) ** 2), rel=1e-5)
+    sparse = mil_loss(logits, mask, y, WeakConfig(sparsity_weight=0.1)) - base
+    assert sparse.item() == pytest.approx(0.1 * p.mean(), rel=1e-5)
+    normal = mil_loss(logits, mask, torch.zeros(1), WeakConfig(sparsity_weight=0.1))
+    assert normal.item() == pytest.approx(-np.log(1 - p[1]), rel=1e-5)  # sparsity applies to violent videos only
+
+
+def test_uniform_indices_subsample_long_videos():
+    assert uniform_indices(5, 10).tolist() == [0, 1, 2, 3, 4]
+    idx = uniform_indices(1000, 200)
+    assert len(idx) == 200 and idx[0] == 0 and idx[-1] == 999 and (np.diff(idx) > 0).all()
+
+
+# -- frame-level metrics -----------------------------------------------------------------------
+
+
+def test_both_ap_definitions_against_hand_computed_values():
+    y, s = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])
+    # PR points (recall, precision) by threshold: 0.8 -> (1/2, 1), 0.4 -> (1/2, 1/2), 0.35 -> (1, 2/3), 0.1 -> (1, 1/2)
+    # step-wise AP = 1/2 * 1 + 1/2 * 2/3 = 5/6; trapezoid from (0, 1): 1/2 * 1 + 1/2 * (1/2 + 2/3) / 2 = 19/24
+    m = frame_level_metrics(y, s)
+    assert m["frame_ap"] == pytest.approx(5 / 6)
+    assert m["frame_pr_auc"] == pytest.approx(19 / 24)
+    assert m["frame_roc_auc"] == pytest.approx(3 / 4)
+    # a constant score: AP = positive rate, the trapezoid gives (1 + rate) / 2
+    c = frame_level_metrics(np.array([0, 0, 0, 1]), np.zeros(4))
+    assert (c["frame_ap"], c["frame_pr_auc"], c["frame_roc_auc"]) == pytest.approx((0.25, 0.625, 0.5))
+    assert np.isnan(pr_auc_trapezoid(np.zeros(3), np.ones(3)))
+
+
+def test_snippet_scores_repeat_over_their_frames():
+    s = np.array([0.1, 0.7, 0.3])
+    np.testing.assert_array_equal(snippet_to_frame_scores(s, 48, 24.0, 16 / 24), np.repeat(s, 16))
+    f = snippet_to_frame_scores(s, 50, 25.0, 0.64)  # 16 frames per snippet, 2 frames past the last one
+    assert f[15] == 0.1 and f[16] == 0.7 and f[47] == 0.3 and f[49] == 0.3
+    f = snippet_to_frame_scores(s, 6, 3.0, 1.0)  # 3 frames per snippet
+    assert f.tolist() == [0.1, 0.1, 0.1, 0.7, 0.7, 0.7]
+
+
+# -- training and evaluation -------------------------------------------------------------------
+
+
+def test_weak_mtcn_beats_a_constant_score(xd_store, weak_run, tmp_path):
+    hist = json.loads((weak_run.checkpoint.parent / "history.json").read_text())
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    ck = load_checkpoint(weak_run.checkpoint)
+    assert ck.classes == list(WEAK_CLASSES) and ck.extra["task"] == "weak-detection"
+    assert ck.extra["weak_config"]["topk_divisor"] == 16
+    m = evaluate_weak(weak_run.checkpoint, xd_store, out=tmp_path, plots=3, progress=False)
+    base = m["constant_baseline"]
+    assert base["frame_ap"] == pytest.approx(m["frame_positive_rate"])
+    assert m["frame_ap"] > 0.7 and m["frame_ap"] > base["frame_ap"] + 0.4
+    assert m["frame_roc_auc"] > 0.85 and m["video_roc_auc"] > 0.85
+    assert m["frames"] == len(official_gt_for(xd_store))
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"frame_ap", "frame_pr_auc", "frame_roc_auc", "ap_definitions", "constant_baseline"} <= set(on_disk)
+    assert len(on_disk["curves"]) == 3 and all((tmp_path / "curves" / c).stat().st_size > 2000 for c in on_disk["curves"])
+
+
+def official_gt_for(store: FeatureStore) -> np.ndarray:
+    return np.concatenate([store.load(e)["frame_labels"] for e in store.split("test")])
+
+
+def test_weak_training_is_reproducible(xd_store, tmp_path):
+    cfg = WeakConfig(**(FAST | {"epochs": 2}))
+    a = train_weak(xd_store, tmp_path / "a", cfg, model_overrides=TINY, progress=False)
+    b = train_weak(xd_store, tmp_path / "b", cfg, model_overrides=TINY, progress=False)
+    assert [h["train_loss"] for h in a.history] == pytest.approx([h["train_loss"] for h in b.history])
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_trains_through_the_same_loop(xd_store, tmp_path, name):
+    cfg = WeakConfig(**(FAST | {"epochs": 1, "model": name, "all_crops": False}))
+    r = train_weak(xd_store, tmp_path, cfg, model_overrides=TINY, progress=False)
+    ck = load_checkpoint(r.checkpoint)
+    e = xd_store.split("test")[0]
+    s = snippet_scores(ck, xd_store.load(e))
+    assert s.shape == (e.T,) and np.all((s >= 0) & (s <= 1))
+
+
+def test_late_fusion_trains_weakly(xd_store, tmp_path):
+    cfg = WeakConfig(**(FAST | {"epochs": 1, "fusion": "late"}))
+    ck = load_checkpoint(train_weak(xd_store, tmp_path, cfg, model_overrides=TINY, progress=False).checkpoint)
+    assert ck.model_config.fusion == "late"
+    assert snippet_scores(ck, xd_store.load(xd_store.split("test")[0])).min() >= 0
+
+
+def test_test_time_crops_are_averaged(xd_store, weak_run):
+    ck = load_checkpoint(weak_run.checkpoint)
+    t = xd_store.load(xd_store.split("test")[1])
+    assert t["video_crops"].shape[0] == 5
+    per_crop = [snippet_scores(ck, {k: v for k, v in t.items() if k != "video_crops"} | {"video": c})
+                for c in t["video_crops"]]  # fmt: skip
+    np.testing.assert_allclose(snippet_scores(ck, t), np.mean(per_crop, axis=0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(per_crop[0], per_crop[4])  # the crops do differ
+
+
+def test_training_needs_both_kinds_of_videos(tmp_path):
+    store = make_store(tmp_path / "s", classes=("abuse", "crash"), per_class=3)
+    with pytest.raises(ValueError, match="normal and violent"):
+        train_weak(store, tmp_path / "run", WeakConfig(**FAST), model_overrides=TINY, progress=False)
+
+
+def test_video_label_falls_back_to_the_class():
+    e = Entry("a", "f", "crash", "train", "s", 1.0, 1.0, True, 1)
+    assert video_label(e) == 1 and video_label(Entry(**(e.__dict__ | {"label": "normal"}))) == 0
+    assert video_label(Entry(**(e.__dict__ | {"extra": {"binary": 0}}))) == 0
+
+
+def test_evaluate_adds_frame_metrics_for_stores_with_frame_truth(xd_store, tmp_path):
+    ckpt = train(xd_store, tmp_path, TrainConfig(epochs=2, batch_size=16, device="cpu"), model_overrides=TINY,
+                 progress=False).checkpoint  # fmt: skip
+    m = evaluate(ckpt, xd_store, split="test")
+    assert {"frame_ap", "frame_pr_auc", "frame_roc_auc"} <= set(m)
+    assert 0 <= m["frame_ap"] <= 1 and m["frame_videos"] == len(xd_store.split("test"))
+    plain = make_store(tmp_path / "plain", per_class=3)
+    ckpt2 = train(plain, tmp_path / "r2", TrainConfig(epochs=1, device="cpu"), model_overrides=TINY, progress=False)
+    assert "frame_ap" not in evaluate(ckpt2.checkpoint, plain)
+
+
+def test_cli_xdv_train_and_evaluate(xd_store, tmp_path, capsys):
+    run, rep = tmp_path / "run", tmp_path / "rep"
+    assert main(["-q", "xdv", "train", str(xd_store.root), "--out", str(run), "--epochs", "1", "--batch-size", "16",
+                 "--device", "cpu", "--centre-crop-only", "--smooth-weight", "0.1"]) == 0  # fmt: skip
+    assert load_checkpoint(run / "best.ckpt").extra["weak_config"]["smooth_weight"] == 0.1
+    assert main(["-q", "xdv", "evaluate", str(run / "best.ckpt"), str(xd_store.root), "--out", str(rep),
+                 "--plots", "1"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "frame AP (scikit-learn)" in out and "frame PR-AUC (trapezoid)" in out
+    assert json.loads((rep / "metrics.json").read_text())["n"] == 16
+    assert main(["-q", "xdv", "evaluate", str(run / "best.ckpt"), str(Path(tmp_path / "nope")), "--out", str(rep)]) == 2
