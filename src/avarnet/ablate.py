@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from .checkpoint import Checkpoint, load_checkpoint
@@ -57,26 +58,59 @@ DEFAULT_MODALITIES: tuple[str, ...] = ("fused", "audio", "video")
 DEFAULT_FUSIONS: tuple[str, ...] = ("early",)
 DEFAULT_SEQ_LENS: tuple[int, ...] = (TrainConfig().seq_len,)
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
-# 54 default runs (6 models x 3 modalities x 3 seeds) on 10 classes x 20 clips must fit 30 minutes
-# on 2 CPU cores, i.e. about 30 s per run; early stopping ends most runs before the last epoch.
-DEFAULT_EPOCHS = 30
+# The 54 default runs (6 models x 3 modalities x 3 seeds) on 10 classes x 20 clips must fit 30 minutes
+# on 2 CPU cores (about 30 s per run). Measured there with 640/768-d features, one thread per run and
+# 50 epochs: MTCN about 24 s of CPU per run, the baselines 3-5 s (early stopping ends most sooner); the
+# whole default grid took 13 min wall (6.5 min CPU) while other jobs kept the machine busy. The same
+# epochs as `avarnet train` keep ablation numbers comparable with single runs.
+DEFAULT_EPOCHS = TrainConfig().epochs
+# Torch threads per run: these small models train fastest on one, and two threads on a busy 2-core
+# machine spent more than ten times the CPU time in a measurement.
+DEFAULT_THREADS = 1
+RANDOM_WEIGHTS_PREFIX = "RANDOM WEIGHTS"  # train's per-run warning, said once per grid here instead
 
 # Paper order of the rows and the column groups; models outside it follow alphabetically.
 PAPER_MODEL_ORDER: tuple[str, ...] = ("gru", "bigru", "lstm", "bilstm", "transformer", "mtcn")
-MODEL_TITLES = {"gru": "GRU", "bigru": "Bi-GRU", "lstm": "LSTM", "bilstm": "Bi-LSTM", "transformer": "Transformer",
-                "mtcn": "MTCN"}
+MODEL_TITLES = {
+    "gru": "GRU",
+    "bigru": "Bi-GRU",
+    "lstm": "LSTM",
+    "bilstm": "Bi-LSTM",
+    "transformer": "Transformer",
+    "mtcn": "MTCN",
+}
 MODALITY_ORDER: tuple[str, ...] = ("audio", "video", "fused")
-MAIN_METRICS: tuple[tuple[str, str], ...] = (("accuracy", "Acc"), ("precision", "Pre"), ("recall", "Rec"), ("f1", "F1"))
+MAIN_METRICS: tuple[tuple[str, str], ...] = (
+    ("accuracy", "Acc"),
+    ("precision", "Pre"),
+    ("recall", "Rec"),
+    ("f1", "F1"),
+)
 
 CSV_COLUMNS: tuple[str, ...] = (
-    "model", "modality", "fusion", "seq_len", "seed",
-    "accuracy", "precision", "recall", "f1", "ap", "params", "train_seconds",
-    "accuracy_no_audio", "accuracy_no_video", "best_epoch", "epochs_run",
+    "model",
+    "modality",
+    "fusion",
+    "seq_len",
+    "seed",
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "ap",
+    "params",
+    "train_seconds",
+    "accuracy_no_audio",
+    "accuracy_no_video",
+    "best_epoch",
+    "epochs_run",
 )
 
 
 # TrainConfig fields set by each cell, or that do not change results (where and how fast it runs).
-PER_CELL_FIELDS = frozenset({"model", "modality", "fusion", "seq_len", "seed", "device", "num_threads"})
+PER_CELL_FIELDS = frozenset(
+    {"model", "modality", "fusion", "seq_len", "seed", "device", "num_threads"}
+)
 
 
 class AblationError(ValueError):
@@ -97,11 +131,6 @@ class Cell:
     def key(self) -> str:
         """Folder name under ``OUT/runs``, e.g. ``mtcn-fused-early-L10-s0``."""
         return f"{self.model}-{self.modality}-{self.fusion}-L{self.seq_len}-s{self.seed}"
-
-    @property
-    def setting(self) -> tuple[str, str, str, int]:
-        """The cell without its seed: what mean ± std is taken over."""
-        return (self.model, self.modality, self.fusion, self.seq_len)
 
 
 @dataclass(frozen=True)
@@ -129,8 +158,12 @@ class AblationGrid:
         _check_known("model", self.models, list_models())
         _check_known("modality", self.modalities, MODALITIES)
         _check_known("fusion", self.fusions, FUSIONS)
-        for name, values in (("modalities", self.modalities), ("fusions", self.fusions),
-                             ("seq_lens", self.seq_lens), ("seeds", self.seeds)):
+        for name, values in (
+            ("modalities", self.modalities),
+            ("fusions", self.fusions),
+            ("seq_lens", self.seq_lens),
+            ("seeds", self.seeds),
+        ):
             if not values:
                 raise AblationError(f"the grid needs at least one value in {name}")
         if any(L < 1 for L in self.seq_lens):
@@ -185,7 +218,9 @@ def model_title(name: str) -> str:
 # -- running cells -----------------------------------------------------------------------------
 
 
-def run_settings(store: FeatureStore, base: TrainConfig, model_overrides: dict | None, split: str) -> dict:
+def run_settings(
+    store: FeatureStore, base: TrainConfig, model_overrides: dict | None, split: str
+) -> dict:
     """Everything besides the cell that shapes a result; a result.json made with other settings is stale."""
     train_cfg = {k: v for k, v in base.to_dict().items() if k not in PER_CELL_FIELDS}
     return {
@@ -214,28 +249,49 @@ def _sense_accuracy(ckpt: Checkpoint, store: FeatureStore, split: str, sense: st
     return float(evaluate(ckpt, store, split=split, drop=sense)["accuracy"])
 
 
-def run_cell(store: FeatureStore, cell: Cell, run_dir: Path, base: TrainConfig, model_overrides: dict | None,
-             split: str, settings: dict) -> dict:
+def run_cell(
+    store: FeatureStore,
+    cell: Cell,
+    run_dir: Path,
+    base: TrainConfig,
+    model_overrides: dict | None,
+    split: str,
+    settings: dict,
+) -> dict:
     """Train + evaluate one cell from scratch in ``run_dir``; writes metrics.json, then result.json last."""
     if run_dir.exists():
         shutil.rmtree(run_dir)  # leftovers of an interrupted run
-    cfg = base.replace(model=cell.model, modality=cell.modality, fusion=cell.fusion, seq_len=cell.seq_len,
-                       seed=cell.seed)
+    cfg = base.replace(
+        model=cell.model,
+        modality=cell.modality,
+        fusion=cell.fusion,
+        seq_len=cell.seq_len,
+        seed=cell.seed,
+    )
     tr = train(store, run_dir, cfg, model_overrides, progress=False)
     ckpt = load_checkpoint(tr.checkpoint, resolve_device(cfg.device))
     metrics = evaluate(ckpt, store, split=split)
     metrics["checkpoint"] = str(tr.checkpoint)
     drops = {s: _sense_accuracy(ckpt, store, split, s) for s in SENSES}
     row = {
-        "model": cell.model, "modality": cell.modality, "fusion": cell.fusion, "seq_len": cell.seq_len,
+        "model": cell.model,
+        "modality": cell.modality,
+        "fusion": cell.fusion,
+        "seq_len": cell.seq_len,
         "seed": cell.seed,
         **{k: float(metrics[k]) for k in ("accuracy", "precision", "recall", "f1", "ap")},
-        "params": tr.params, "train_seconds": round(tr.seconds, 2),
-        "accuracy_no_audio": drops["audio"], "accuracy_no_video": drops["video"],
-        "best_epoch": tr.best_epoch, "epochs_run": len(tr.history),
+        "params": tr.params,
+        "train_seconds": round(tr.seconds, 2),
+        "accuracy_no_audio": drops["audio"],
+        "accuracy_no_video": drops["video"],
+        "best_epoch": tr.best_epoch,
+        "epochs_run": len(tr.history),
     }
     atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=1))
-    atomic_write_text(run_dir / RESULT_FILE, json.dumps({"cell": cell.key, "settings": settings, "row": row}, indent=1))
+    atomic_write_text(
+        run_dir / RESULT_FILE,
+        json.dumps({"cell": cell.key, "settings": settings, "row": row}, indent=1),
+    )
     return row
 
 
@@ -258,10 +314,51 @@ def run_ablation(
     store = feats if isinstance(feats, FeatureStore) else FeatureStore.open(feats)
     if not store.split(split):
         raise AblationError(f"split {split!r} of {store.root} is empty; nothing to evaluate on")
-    base = (base or TrainConfig()).replace(epochs=epochs)
+    base = (base or TrainConfig(num_threads=DEFAULT_THREADS)).replace(epochs=epochs)
     cells = grid.cells()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if store.spec.weights == "random":
+        log.warning(
+            "%s: every run of this grid uses features of randomly initialised backbones",
+            RANDOM_WEIGHTS_PREFIX,
+        )
+    quiet, threads = _GridLogFilter(RANDOM_WEIGHTS_PREFIX), torch.get_num_threads()
+    log.addFilter(quiet)
+    try:
+        return _run_grid(store, out, grid, cells, base, model_overrides, split, progress)
+    finally:
+        log.removeFilter(quiet)
+        torch.set_num_threads(threads)
+
+
+class _GridLogFilter(logging.Filter):
+    """Keeps the progress bar readable during a grid: drops the per-run chatter of the runs (info
+    from training, e.g. early stops, which history.json records) and a warning given once for the
+    whole grid (records starting with ``repeated``)."""
+
+    def __init__(self, repeated: str):
+        super().__init__()
+        self.repeated = repeated
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(self.repeated):
+            return False
+        return record.levelno >= logging.WARNING or record.module == __name__.rsplit(".", 1)[-1]
+
+
+def _run_grid(
+    store: FeatureStore,
+    out: Path,
+    grid: AblationGrid,
+    cells: list[Cell],
+    base: TrainConfig,
+    model_overrides: dict | None,
+    split: str,
+    progress: bool,
+) -> AblationResult:
+    """Reuse finished cells, run the others with a progress bar, write the tables and the chart."""
+    epochs = base.epochs
     settings = run_settings(store, base, model_overrides, split)
     rows: dict[Cell, dict] = {}
     for c in cells:
@@ -270,9 +367,15 @@ def run_ablation(
             rows[c] = row
     reused, todo = [c for c in cells if c in rows], [c for c in cells if c not in rows]
     if reused:
-        log.info("ablation: %d of %d cells already finished, %d to run", len(reused), len(cells), len(todo))
+        log.info(
+            "ablation: %d of %d cells already finished, %d to run",
+            len(reused),
+            len(cells),
+            len(todo),
+        )
     seconds = 0.0
-    bar = tqdm(total=len(cells), initial=len(reused), unit="run", disable=not progress, dynamic_ncols=True)
+    # smoothing=0: the ETA uses the mean time per run so far, steadier across models of unequal cost
+    bar = tqdm(total=len(cells), initial=len(reused), unit="run", smoothing=0, disable=not progress)
     for c in todo:
         bar.set_description_str(c.key)
         rows[c] = run_cell(store, c, out / RUNS_DIR / c.key, base, model_overrides, split, settings)
@@ -284,7 +387,9 @@ def run_ablation(
     ordered = [rows[c] for c in cells]
     winner = write_tables(out, ordered, store, grid, split, epochs)
     figure = out / RESULTS_PNG if write_figure(out / RESULTS_PNG, ordered, grid) else None
-    return AblationResult(ordered, todo, reused, out / RESULTS_CSV, out / RESULTS_MD, figure, winner, seconds)
+    return AblationResult(
+        ordered, todo, reused, out / RESULTS_CSV, out / RESULTS_MD, figure, winner, seconds
+    )
 
 
 # -- aggregation -------------------------------------------------------------------------------
@@ -302,7 +407,11 @@ class Stat:
         """``89.29 ± 1.20`` in percent; the mean alone when there is a single seed."""
         if math.isnan(self.mean):
             return "–"
-        return f"{100 * self.mean:.2f}" if self.n < 2 else f"{100 * self.mean:.2f} ± {100 * self.std:.2f}"
+        return (
+            f"{100 * self.mean:.2f}"
+            if self.n < 2
+            else f"{100 * self.mean:.2f} ± {100 * self.std:.2f}"
+        )
 
 
 def summarize(rows: Sequence[dict], metric: str) -> dict[tuple[str, str, str, int], Stat]:
@@ -311,7 +420,9 @@ def summarize(rows: Sequence[dict], metric: str) -> dict[tuple[str, str, str, in
     for r in rows:
         value = r.get(metric)
         if value is not None:
-            groups.setdefault((r["model"], r["modality"], r["fusion"], int(r["seq_len"])), []).append(float(value))
+            groups.setdefault(
+                (r["model"], r["modality"], r["fusion"], int(r["seq_len"])), []
+            ).append(float(value))
     return {k: _stat(v) for k, v in groups.items()}
 
 
@@ -328,15 +439,20 @@ def winner_line(rows: Sequence[dict], L0: int) -> str:
         return "No finished runs yet."
     ranked = sorted(acc.items(), key=lambda kv: -kv[1].mean)
     (model, modality, _, _), best = ranked[0]
-    head = (f"Best mean accuracy: {model_title(model)} on {modality} input, {100 * best.mean:.2f}% "
-            f"over {best.n} seed{'s' if best.n != 1 else ''}")
+    head = (
+        f"Best mean accuracy: {model_title(model)} on {modality} input, {100 * best.mean:.2f}% "
+        f"over {best.n} seed{'s' if best.n != 1 else ''}"
+    )
     others = [(k, s) for k, s in ranked if k[0] != model]
     if not others:
         return head + " (the only model in the grid)."
     (m2, mod2, _, _), second = others[0]
     margin = 100 * (best.mean - second.mean)
-    return (f"{head}; {margin:.2f} points above the runner-up model, {model_title(m2)} "
-            f"({100 * second.mean:.2f}% on {mod2} input).")
+    relation = "tied with" if round(margin, 2) == 0 else f"{margin:.2f} points above"
+    return (
+        f"{head}; {relation} the runner-up model, {model_title(m2)} "
+        f"({100 * second.mean:.2f}% on {mod2} input)."
+    )
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -347,21 +463,32 @@ def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]
     return lines + ["| " + " | ".join(r) + " |" for r in body]
 
 
-def main_table(rows: Sequence[dict], models: Sequence[str], modalities: Sequence[str], L0: int) -> list[str]:
+def main_table(
+    rows: Sequence[dict], models: Sequence[str], modalities: Sequence[str], L0: int
+) -> list[str]:
     """Table 2 layout: rows = models; per modality group Acc, Pre, Rec, F1 (mean ± std, %)."""
     groups = [m for m in MODALITY_ORDER if m in modalities]
     stats = {metric: summarize(rows, metric) for metric, _ in MAIN_METRICS}
-    header = ["Model"] + [f"{g.capitalize()}: {short}" if i == 0 else short
-                          for g in groups for i, (_, short) in enumerate(MAIN_METRICS)]
+    header = ["Model"] + [
+        f"{g.capitalize()}: {short}" if i == 0 else short
+        for g in groups
+        for i, (_, short) in enumerate(MAIN_METRICS)
+    ]
     body = []
     for m in models:
-        cells = [stats[metric].get((m, g, "early", L0)) for g in groups for metric, _ in MAIN_METRICS]
+        cells = [
+            stats[metric].get((m, g, "early", L0)) for g in groups for metric, _ in MAIN_METRICS
+        ]
         body.append([model_title(m)] + [s.pct() if s else "–" for s in cells])
     return _md_table(header, body)
 
 
-def _accuracy_table(rows: Sequence[dict], models: Sequence[str], first: str,
-                    columns: Sequence[tuple[str, tuple[str, str, int], str]]) -> list[str]:
+def _accuracy_table(
+    rows: Sequence[dict],
+    models: Sequence[str],
+    first: str,
+    columns: Sequence[tuple[str, tuple[str, str, int], str]],
+) -> list[str]:
     """Rows = models; columns (title, (modality, fusion, L), metric) of mean ± std in %."""
     stats = {metric: summarize(rows, metric) for metric in {c[2] for c in columns}}
     body = []
@@ -371,7 +498,9 @@ def _accuracy_table(rows: Sequence[dict], models: Sequence[str], first: str,
     return _md_table([first] + [c[0] for c in columns], body)
 
 
-def seq_len_table(rows: Sequence[dict], models: Sequence[str], seq_lens: Sequence[int]) -> list[str]:
+def seq_len_table(
+    rows: Sequence[dict], models: Sequence[str], seq_lens: Sequence[int]
+) -> list[str]:
     """Table 3 layout: accuracy per sequence length (fused input, early fusion)."""
     cols = [(f"L = {L}", ("fused", "early", L), "accuracy") for L in sorted(seq_lens)]
     return _accuracy_table(rows, models, "Model", cols)
@@ -379,48 +508,81 @@ def seq_len_table(rows: Sequence[dict], models: Sequence[str], seq_lens: Sequenc
 
 def fusion_table(rows: Sequence[dict], models: Sequence[str], L0: int) -> list[str]:
     """Accuracy and F1 of early vs late fusion on fused input."""
-    cols = [(f"{f.capitalize()} {short}", ("fused", f, L0), metric)
-            for metric, short in (("accuracy", "Acc"), ("f1", "F1")) for f in ("early", "late")]
+    cols = [
+        (f"{f.capitalize()} {short}", ("fused", f, L0), metric)
+        for metric, short in (("accuracy", "Acc"), ("f1", "F1"))
+        for f in ("early", "late")
+    ]
     return _accuracy_table(rows, models, "Model", cols)
 
 
 def missing_sense_table(rows: Sequence[dict], models: Sequence[str], L0: int) -> list[str]:
     """Accuracy of the fused early-fusion models with both senses, and with one blanked at test time."""
     setting = ("fused", "early", L0)
-    cols = [("Both senses", setting, "accuracy"), ("Audio missing", setting, "accuracy_no_audio"),
-            ("Video missing", setting, "accuracy_no_video")]
+    cols = [
+        ("Both senses", setting, "accuracy"),
+        ("Audio missing", setting, "accuracy_no_audio"),
+        ("Video missing", setting, "accuracy_no_video"),
+    ]
     return _accuracy_table(rows, models, "Model", cols)
 
 
 def _weights_banner(store: FeatureStore) -> list[str]:
     if store.spec.weights != "random":
-        return [f"Features: `{store.spec.video_backbone}` (video) + `{store.spec.audio_backbone}` (audio), "
-                f"{store.spec.weights} weights."]
-    return ["> **WARNING — RANDOM WEIGHTS.** These features come from randomly initialised backbones "
-            f"(`--weights random`, seed {store.spec.seed}), not the pretrained MobileViT and Wav2Vec2. The numbers "
-            "below test the pipeline; they say nothing about the paper's models or results."]
+        return [
+            f"Features: `{store.spec.video_backbone}` (video) + `{store.spec.audio_backbone}` (audio), "
+            f"{store.spec.weights} weights."
+        ]
+    return [
+        "> **WARNING — RANDOM WEIGHTS.** These features come from randomly initialised backbones "
+        f"(`--weights random`, seed {store.spec.seed}), not the pretrained MobileViT and Wav2Vec2. The numbers "
+        "below test the pipeline; they say nothing about the paper's models or results."
+    ]
 
 
-def results_markdown(rows: Sequence[dict], store: FeatureStore, grid: AblationGrid, split: str, epochs: int) -> str:
+def results_markdown(
+    rows: Sequence[dict], store: FeatureStore, grid: AblationGrid, split: str, epochs: int
+) -> str:
     """results.md: the main table, then the fusion, sequence-length and missing-sense tables when present."""
     models, L0 = grid.resolved_models(), grid.base_seq_len
     n_seeds = len({r["seed"] for r in rows})
-    lines = ["# Ablation results", "", *_weights_banner(store), "",
-             f"Feature store: `{store.root}` ({len(store.classes)} classes). Evaluated on the `{split}` split "
-             f"({len(store.split(split))} clips); {len(rows)} runs, up to {epochs} epochs each. Values are clip-level "
-             f"metrics in %, mean ± sample std over {n_seeds} seed{'s' if n_seeds != 1 else ''} "
-             "(precision, recall, F1 macro-averaged).", "",
-             f"**{winner_line(rows, L0)}**", "",
-             f"## Modalities (early fusion, sequence length {L0})", "",
-             *main_table(rows, models, grid.modalities, L0)]
+    lines = [
+        "# Ablation results",
+        "",
+        *_weights_banner(store),
+        "",
+        f"Feature store: `{store.root}` ({len(store.classes)} classes). Evaluated on the `{split}` split "
+        f"({len(store.split(split))} clips); {len(rows)} runs, up to {epochs} epochs each. Values are clip-level "
+        f"metrics in %, mean ± sample std over {n_seeds} seed{'s' if n_seeds != 1 else ''} "
+        "(precision, recall, F1 macro-averaged).",
+        "",
+        f"**{winner_line(rows, L0)}**",
+        "",
+        f"## Modalities (early fusion, sequence length {L0})",
+        "",
+        *main_table(rows, models, grid.modalities, L0),
+    ]
     if "late" in grid.fusions:
-        lines += ["", f"## Fusion strategy (fused input, sequence length {L0})", "", *fusion_table(rows, models, L0)]
+        lines += [
+            "",
+            f"## Fusion strategy (fused input, sequence length {L0})",
+            "",
+            *fusion_table(rows, models, L0),
+        ]
     if len(grid.seq_lens) > 1:
-        lines += ["", "## Sequence length (fused input, early fusion; accuracy)", "",
-                  *seq_len_table(rows, models, grid.seq_lens)]
+        lines += [
+            "",
+            "## Sequence length (fused input, early fusion; accuracy)",
+            "",
+            *seq_len_table(rows, models, grid.seq_lens),
+        ]
     if "fused" in grid.modalities:
-        lines += ["", f"## Missing sense at test time (fused early-fusion models, sequence length {L0}; accuracy)",
-                  "", *missing_sense_table(rows, models, L0)]
+        lines += [
+            "",
+            f"## Missing sense at test time (fused early-fusion models, sequence length {L0}; accuracy)",
+            "",
+            *missing_sense_table(rows, models, L0),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -434,8 +596,14 @@ def results_csv(rows: Sequence[dict]) -> str:
     return buf.getvalue()
 
 
-def write_tables(out: Path, rows: Sequence[dict], store: FeatureStore, grid: AblationGrid, split: str,
-                 epochs: int) -> str:
+def write_tables(
+    out: Path,
+    rows: Sequence[dict],
+    store: FeatureStore,
+    grid: AblationGrid,
+    split: str,
+    epochs: int,
+) -> str:
     """Rewrite results.csv and results.md from ``rows``; returns the winner line."""
     atomic_write_text(out / RESULTS_CSV, results_csv(rows))
     atomic_write_text(out / RESULTS_MD, results_markdown(rows, store, grid, split, epochs))
@@ -459,7 +627,13 @@ def write_figure(path: Path, rows: Sequence[dict], grid: AblationGrid) -> bool:
             if s is not None:
                 means[i, j], stds[i, j] = 100 * s.mean, (100 * s.std if s.n > 1 else 0.0)
     n_seeds = len({r["seed"] for r in rows})
-    plot_grouped_bars([model_title(m) for m in models], [g.capitalize() for g in groups], means, stds, path,
-                      ylabel="accuracy (%)",
-                      title=f"Clip accuracy by model and modality (mean ± std over {n_seeds} seeds)")
+    plot_grouped_bars(
+        [model_title(m) for m in models],
+        [g.capitalize() for g in groups],
+        means,
+        stds,
+        path,
+        ylabel="accuracy (%)",
+        title=f"Clip accuracy by model and modality (mean ± std over {n_seeds} seeds)",
+    )
     return True

@@ -80,7 +80,8 @@ def plot_score_curve(
     fig, ax = plt.subplots(figsize=(9, 2.8))
     if frame_labels is not None:
         for k, (s, e) in enumerate(truth_spans(frame_labels)):
-            ax.axvspan(s / fps, e / fps, color="tab:red", alpha=0.18, lw=0, label="ground truth" if k == 0 else None)
+            label = "ground truth" if k == 0 else None
+            ax.axvspan(s / fps, e / fps, color="tab:red", alpha=0.18, lw=0, label=label)
     ax.stairs(scores, edges, color="tab:blue", lw=1.5, label="anomaly score")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlim(0, edges[-1] if T else 1)
