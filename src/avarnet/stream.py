@@ -23,8 +23,11 @@ with ``://`` is a network URL (RTSP is read over TCP). Other capture APIs are re
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
+import signal
+import sys
 import threading
 import time
 import warnings
@@ -32,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import av
 import numpy as np
@@ -40,9 +43,10 @@ import torch
 
 from . import media
 from .alerts import AlertRule, AlertTracker, WebhookPoster
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint
 from .config import FeatureSpec
-from .extract import FRAME_BATCH, Extractor
+from .encoders import AudioEncoder, resolve_device
+from .extract import Extractor
 
 # Decoding helpers of media.read_frames / media.iter_audio: a stream picks the same frames and
 # produces the same samples as extraction does.
@@ -65,7 +69,12 @@ log = logging.getLogger("avarnet")
 AUDIO_CONTEXT_SECONDS = 1.0  # Wav2Vec2 sees this much audio before each segment
 QUEUE_SEGMENTS = 8  # decoded segments waiting for the model (~0.5 MB each at 288p)
 BATCH_SEGMENTS = 8  # most segments encoded together when the model is behind
+CPU_FRAME_BATCH = 4  # MobileViT frames per CPU forward (larger batches fall out of cache: slower)
+GPU_FRAME_BATCH = 64
 AUDIO_LAG_LIMIT_S = 5.0  # a segment waits at most this long (media time) for late audio
+MAX_AUDIO_HELD_S = (
+    60.0  # audio running ahead of the video by more than this is dropped (oldest first)
+)
 READ_TIMEOUT_S = 10.0  # network sources: no data for this long ends the stream
 OPEN_TIMEOUT_S = 15.0
 STOP_GRACE_S = 3.0  # after a stop request, how long to wait for a decoder stuck in a read
@@ -174,6 +183,11 @@ class SegmentCutter:
         return None if self._prev is None else self._prev[1]
 
     @property
+    def audio_held(self) -> int:
+        """Audio samples held for segments not yet handed out."""
+        return self._audio_total - self._audio_base
+
+    @property
     def media_end(self) -> float:
         """End (s) of the video decoded so far: last frame time plus its duration."""
         return 0.0 if self._prev is None else self._prev[1] + self._frame_seconds
@@ -195,10 +209,17 @@ class SegmentCutter:
         return self._finished()
 
     def add_audio(self, samples: np.ndarray) -> list[Segment]:
-        """Mono float32 samples continuing the aligned track; returns finished segments."""
+        """Mono float32 samples continuing the aligned track; returns finished segments.
+
+        At most MAX_AUDIO_HELD_S of audio is held: if the video stalls (or ends) while audio keeps
+        coming, the oldest held samples are dropped, so memory stays bounded.
+        """
         if samples.size:
             self._audio.append(samples)
             self._audio_total += samples.size
+        excess = self.audio_held - round(MAX_AUDIO_HELD_S * self.sr)
+        if excess > 0:
+            self._take_audio(self._audio_base, self._audio_base + excess)
         return self._finished()
 
     def _bounds(self, i: int) -> tuple[int, int]:
@@ -290,7 +311,8 @@ class SegmentSource:
         self.spec = spec
         self.realtime = realtime
         self.stop = stop or threading.Event()
-        self.kind = source_kind(self.source) if input_format is None else "device"
+        kind = source_kind(self.source)
+        self.kind = "device" if input_format is not None and kind == "file" else kind
         self.end_reason = "not started"
         self.complete = False
         self.clock0: float | None = None  # time.monotonic() at media time 0 (live and realtime)
@@ -422,6 +444,10 @@ class SegmentSource:
     def _on_audio(self, frame, cutter: SegmentCutter) -> list[Segment]:
         if self._video_start is None:  # live: audio before the first video frame is dropped
             return []
+        if not self.live and frame.pts is not None and frame.time_base is not None:
+            self._pace(
+                float(frame.pts * frame.time_base) - self._video_start
+            )  # files lead with audio
         frame.pts = None  # the resampler counts samples; gaps are not padded (as media.iter_audio)
         out: list[Segment] = []
         for piece in self._resampler.resample(frame):
@@ -440,11 +466,11 @@ class SegmentSource:
             yield seg
 
     def _pace(self, t: float) -> None:
-        """Hold decoding until media time ``t`` is due (realtime files); note the clock of live ones."""
+        """Note the media clock at the first frame; with ``realtime``, hold decoding until ``t`` is due."""
         now = time.monotonic()
         if self.clock0 is None:
             self.clock0 = now - t
-        if self.realtime and not self.live:
+        if self.realtime:
             delay = self.clock0 + t - now
             if delay > 0:
                 self.stop.wait(delay)
@@ -556,14 +582,14 @@ class SegmentQueue:
 # ----------------------------------------------------------------------------------- features
 
 
-def quantize_audio_encoder(extractor: Extractor) -> None:
-    """Replace Wav2Vec2's linear layers by dynamically quantised int8 ones (CPU only), in place."""
-    if extractor.audio.device.type != "cpu":
+def quantize_audio_encoder(encoder: AudioEncoder) -> None:
+    """Replace Wav2Vec2's linear layers by dynamically quantised int8 ones, in place (CPU only)."""
+    if encoder.device.type != "cpu":
         raise ValueError("int8 dynamic quantisation runs on the CPU only")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notices
-        extractor.audio.model = torch.ao.quantization.quantize_dynamic(
-            extractor.audio.model, {torch.nn.Linear}, dtype=torch.qint8
+        encoder.model = torch.ao.quantization.quantize_dynamic(
+            encoder.model, {torch.nn.Linear}, dtype=torch.qint8
         )
 
 
@@ -616,35 +642,59 @@ class SegmentEncoder:
     def _video(self, segments: Sequence[Segment]) -> np.ndarray:
         k = segments[0].frames.shape[0]
         frames = np.concatenate([s.frames for s in segments])  # (n*k, H, W, 3)
-        out = self.extractor.video.encode(frames, batch_size=FRAME_BATCH)  # (n*k, Dv)
+        batch = GPU_FRAME_BATCH if self.extractor.video.device.type == "cuda" else CPU_FRAME_BATCH
+        out = self.extractor.video.encode(frames, batch_size=batch)  # (n*k, Dv)
         return out.reshape(len(segments), k, -1).mean(axis=1).astype(np.float32)
 
     def _audio(self, segments: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
         enc = self.extractor.audio
         audio = np.zeros((len(segments), enc.dim), np.float32)
         mask = np.zeros(len(segments), bool)
-        for i, seg in enumerate(segments):
-            if self._last_index is not None and seg.index != self._last_index + 1:
-                self._tail = np.zeros(0, np.float32)
-            self._last_index = seg.index
-            if seg.audio.size == 0:
-                self._tail = np.zeros(0, np.float32)
-                continue
-            window = np.concatenate([self._tail, seg.audio])  # (C + S,)
-            feats = enc.encode_chunk(window)  # (F, Da)
-            times = enc.frame_times(
-                len(feats), -len(self._tail) / enc.sample_rate
-            )  # s from segment start
+        windows = self._windows(segments)  # i -> (window, context samples)
+        feats = _encode_windows(enc, [w for w, _ in windows.values()])
+        for (i, (_, context)), f in zip(windows.items(), feats, strict=True):
+            times = enc.frame_times(len(f), -context / enc.sample_rate)  # s from the segment start
             keep = (times >= 0) & (times < self.spec.segment_seconds)
             if keep.any():
-                audio[i] = feats[keep].astype(np.float64).mean(axis=0).astype(np.float32)
+                audio[i] = f[keep].astype(np.float64).mean(axis=0).astype(np.float32)
                 mask[i] = True
-            self._tail = (
-                window[len(window) - self.context_samples :]
-                if self.context_samples
-                else self._tail[:0]
-            )
         return audio, mask
+
+    def _windows(self, segments: Sequence[Segment]) -> dict[int, tuple[np.ndarray, int]]:
+        """[context | segment] sample windows of the segments with audio, and their context lengths."""
+        out = {}
+        for i, seg in enumerate(segments):
+            if self._last_index is not None and seg.index != self._last_index + 1:
+                self._tail = self._tail[:0]  # a gap: the context is not this segment's past
+            self._last_index = seg.index
+            if seg.audio.size == 0:
+                self._tail = self._tail[:0]
+                continue
+            window = np.concatenate([self._tail, seg.audio])  # (C + S,)
+            out[i] = (window, len(self._tail))
+            keep = min(self.context_samples, len(window))
+            self._tail = window[len(window) - keep :]
+        return out
+
+
+def _encode_windows(enc: AudioEncoder, windows: list[np.ndarray]) -> list[np.ndarray]:
+    """Wav2Vec2 frames (F_i, Da) of each window, as ``enc.encode_chunk`` gives them, equal lengths batched."""
+    out: list[np.ndarray | None] = [None] * len(windows)
+    by_length: dict[int, list[int]] = {}
+    for i, w in enumerate(windows):
+        by_length.setdefault(len(w), []).append(i)
+    for length, idx in by_length.items():
+        # (B, S): normalised and padded exactly as encode_chunk does for one window
+        x = np.stack([enc._normalise(windows[i]) for i in idx]).astype(np.float32)
+        if length < enc.receptive_field:
+            x = np.pad(x, ((0, 0), (0, enc.receptive_field - length)))
+        with torch.inference_mode():
+            inputs = torch.from_numpy(x).to(enc.device)
+            hidden = enc.model(input_values=inputs).last_hidden_state  # (B, F, Da)
+        hidden = hidden.float().cpu().numpy()
+        for j, i in enumerate(idx):
+            out[i] = hidden[j]
+    return out
 
 
 def causal_features(
@@ -937,7 +987,7 @@ class _Runner:
             now = time.monotonic()
             lag = (
                 now - (self.source.clock0 + seg.end)
-                if self.source.paced and self.source.clock0
+                if self.source.paced and self.source.clock0 is not None
                 else None
             )
             record = segment_record(
@@ -990,22 +1040,59 @@ class _Runner:
         self.emit(s.record())
 
 
-def load_stream_model(
-    checkpoint: str | Path | Checkpoint, device: str = "auto", quantize: bool = False
-) -> tuple[Checkpoint, Extractor]:
-    """Checkpoint and the encoders its feature spec names (optionally int8 Wav2Vec2 on the CPU)."""
-    from .encoders import resolve_device
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # int8: Wav2Vec2 linears dynamically quantised (CPU)
 
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a precision runs the encoders in (None: fp32 weights and activations).
+
+    bf16 runs on CPUs with bf16 instructions (AVX-512 BF16 / AMX) and on GPUs; fp16 on GPUs only.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 needs a GPU; on a CPU use bf16 or int8")
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError("int8 dynamic quantisation runs on the CPU only; on a GPU use fp16")
+    if (
+        precision == "bf16"
+        and device.type == "cpu"
+        and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    ):
+        log.warning("this CPU has no bf16 instructions: bf16 will be slower than fp32")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def stream_extractor(ckpt: Checkpoint, device: str = "auto", precision: str = "fp32") -> Extractor:
+    """The encoders a checkpoint's feature spec names; ``precision`` int8 quantises Wav2Vec2 (CPU)."""
     dev = resolve_device(device)
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
+    autocast_dtype(precision, dev)  # validates
     extractor = Extractor.from_spec(ckpt.spec, str(dev), ckpt.encoder_state)
-    if quantize:
-        quantize_audio_encoder(extractor)
-    return ckpt, extractor
+    if precision == "int8":
+        quantize_audio_encoder(extractor.audio)
+    return extractor
+
+
+def open_source(
+    source: str | Path,
+    spec: FeatureSpec,
+    options: StreamOptions | None = None,
+    stop: threading.Event | None = None,
+) -> SegmentSource:
+    """Open ``source`` for streaming as ``options`` say; raises SourceError / media.MediaError."""
+    options = options or StreamOptions()
+    return SegmentSource(
+        source,
+        spec,
+        realtime=options.realtime,
+        stop=stop,
+        input_format=options.input_format,
+        options=options.options,
+    )
 
 
 def run_stream(
-    source: str | Path,
+    source: str | Path | SegmentSource,
     ckpt: Checkpoint,
     extractor: Extractor,
     emit: Callable[[dict], None],
@@ -1016,20 +1103,18 @@ def run_stream(
 ) -> StreamSummary:
     """Read ``source`` to its end (or until ``stop`` is set) and emit one record per segment.
 
-    ``emit`` receives, in order: ``{"type": "segment", ...}`` per segment, ``{"type": "event",
-    "state": "open"|"closed", ...}`` per alert change (also POSTed to ``webhook``), and a final
-    ``{"type": "summary", ...}``. On a stop request or end of input, queued segments are still
-    processed and open events closed. Raises :class:`SourceError` / ``media.MediaError`` when the
-    source cannot be opened.
+    ``source`` is a path or URL, or a :class:`SegmentSource` opened by :func:`open_source` (then
+    its own reading options and stop event apply). ``emit`` receives, in order: ``{"type":
+    "segment", ...}`` per segment, ``{"type": "event", "state": "open"|"closed", ...}`` per alert
+    change (also POSTed to ``webhook``), and a final ``{"type": "summary", ...}``. On a stop request
+    or end of input, queued segments are still processed and open events closed. Raises
+    :class:`SourceError` / ``media.MediaError`` when the source cannot be opened.
     """
     options = options or StreamOptions()
-    src = SegmentSource(
-        source,
-        ckpt.spec,
-        realtime=options.realtime,
-        stop=stop,
-        input_format=options.input_format,
-        options=options.options,
+    src = (
+        source
+        if isinstance(source, SegmentSource)
+        else open_source(source, ckpt.spec, options, stop)
     )
     predictor = StreamingPredictor(
         ckpt,
@@ -1056,10 +1141,14 @@ def _clock(seconds: float) -> str:
 class LiveView:
     """Terminal view: one status line rewritten per segment, a permanent line per alert change."""
 
-    def __init__(self, write: Callable[[str], None], threshold: float) -> None:
-        self.write = write
+    def __init__(self, out: TextIO, threshold: float) -> None:
+        self.out = out
         self.threshold = threshold
         self.open_event: dict | None = None
+
+    def write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
 
     def __call__(self, record: dict) -> None:
         kind = record["type"]
@@ -1126,3 +1215,53 @@ def summary_text(record: dict) -> str:
             f"  webhook: {w['delivered']} delivered, {w['failed']} failed, {w['dropped']} dropped"
         )
     return "\n".join(lines)
+
+
+class StreamOutput:
+    """Where records go: JSON lines to a text stream, the live view, plain event lines otherwise."""
+
+    def __init__(self, jsonl: TextIO | None, view: LiveView | None, text: TextIO) -> None:
+        self.jsonl = jsonl
+        self.view = view
+        self.text = text
+        self.summary: dict = {}
+
+    def __call__(self, record: dict) -> None:
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.jsonl.flush()
+        if self.view is not None:
+            self.view(record)
+        elif record["type"] == "event":
+            print(
+                f"event #{record['id']} {record['state']}: {record['class']} from {record['start']:.1f} s"
+                f" (peak {record['peak_score']:.2f})",
+                file=self.text,
+                flush=True,
+            )
+        if record["type"] == "summary":
+            self.summary = record
+
+
+@contextlib.contextmanager
+def stop_on_sigint(stop: threading.Event) -> Iterator[None]:
+    """First Ctrl-C sets ``stop`` (graceful: queued segments are finished); a second one aborts."""
+
+    def handler(signum, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(
+            "\nstopping: finishing queued segments (Ctrl-C again to abort)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
