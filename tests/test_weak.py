@@ -18,12 +18,16 @@ from avarnet.evaluate import evaluate
 from avarnet.metrics import frame_level_metrics, pr_auc_trapezoid, snippet_to_frame_scores
 from avarnet.models import list_models
 from avarnet.store import Entry, FeatureStore
-from avarnet.train import train
+from avarnet.train import TrainError, train
 from avarnet.weak import (
     WEAK_CLASSES,
     WeakConfig,
     evaluate_weak,
     mil_loss,
+    order_gap,
+    reversal_gap,
+    reverse_valid,
+    shuffled_order,
     snippet_scores,
     topk_pool,
     train_weak,
@@ -33,7 +37,8 @@ from avarnet.weak import (
 from avarnet.xdv import import_official
 
 TINY = dict(hidden=16, stages=2, layers=3, heads=2)
-FAST = dict(epochs=12, batch_size=8, lr=3e-3, device="cpu", seed=0)
+FAST = dict(epochs=25, batch_size=8, lr=1e-3, device="cpu", seed=0, num_threads=1)
+TERMS = dict(smooth_weight=0.5, sparsity_weight=0.5, reversal_weight=5.0)
 
 
 def untrimmed_videos(n: int, seed: int, prefix: str) -> list[FakeVideo]:
@@ -70,7 +75,9 @@ def xd_store(tmp_path_factory) -> FeatureStore:
 @pytest.fixture(scope="module")
 def weak_run(xd_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    return train_weak(xd_store, out, WeakConfig(**FAST), model_overrides=TINY, progress=False)
+    return train_weak(
+        xd_store, out, WeakConfig(**FAST, **TERMS), model_overrides=TINY, progress=False
+    )
 
 
 # -- objective ---------------------------------------------------------------------------------
@@ -79,8 +86,14 @@ def weak_run(xd_store, tmp_path_factory):
 def test_topk_pool_takes_k_largest_valid_steps():
     a = torch.tensor([[1.0, 5.0, 3.0, 99.0], [2.0, -1.0, 0.0, 0.0]])
     mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
-    assert topk_pool(a, mask, divisor=16).tolist() == [5.0, 2.0]  # k = T // 16 + 1 = 1, padding ignored
-    assert topk_pool(a, mask, divisor=2).tolist() == [4.0, 0.5]  # k = 2: (5 + 3) / 2 and (2 - 1) / 2
+    assert topk_pool(a, mask, divisor=16).tolist() == [
+        5.0,
+        2.0,
+    ]  # k = T // 16 + 1 = 1, padding ignored
+    assert topk_pool(a, mask, divisor=2).tolist() == [
+        4.0,
+        0.5,
+    ]  # k = 2: (5 + 3) / 2 and (2 - 1) / 2
 
 
 def test_mil_loss_is_bce_of_pooled_logit_plus_named_terms():
@@ -96,7 +109,77 @@ def test_mil_loss_is_bce_of_pooled_logit_plus_named_terms():
     sparse = mil_loss(logits, mask, y, WeakConfig(sparsity_weight=0.1)) - base
     assert sparse.item() == pytest.approx(0.1 * p.mean(), rel=1e-5)
     normal = mil_loss(logits, mask, torch.zeros(1), WeakConfig(sparsity_weight=0.1))
-    assert normal.item() == pytest.approx(-np.log(1 - p[1]), rel=1e-5)  # sparsity applies to violent videos only
+    assert normal.item() == pytest.approx(
+        -np.log(1 - p[1]), rel=1e-5
+    )  # sparsity applies to violent videos only
+
+
+class Shift(torch.nn.Module):
+    """A 'detector' whose logit at t reads feature 0 at t - lag (lag 0: its own snippet)."""
+
+    def __init__(self, lag: int):
+        super().__init__()
+        self.lag = lag
+
+    def forward(self, x, mask):
+        a = torch.roll(x[..., 0], self.lag, dims=1) if self.lag else x[..., 0]  # (B, L)
+        return torch.stack([torch.zeros_like(a), 4 * a], dim=-1)[None]  # (1, B, L, 2)
+
+
+def test_reverse_valid_keeps_padding_in_place():
+    x = torch.tensor([[1, 2, 3, 0], [4, 5, 6, 7]])
+    mask = torch.tensor([[True, True, True, False], [True] * 4])
+    assert reverse_valid(x, mask).tolist() == [[3, 2, 1, 0], [7, 6, 5, 4]]
+
+
+def test_reversal_gap_penalises_a_shifted_detector_only():
+    x = torch.zeros(1, 12, 3)
+    x[0, 5, 0] = 1.0  # evidence at snippet 5
+    mask = torch.ones(1, 12, dtype=torch.bool)
+    local, shifted = Shift(0), Shift(3)
+    assert reversal_gap(local, x, mask, local(x, mask)).item() == pytest.approx(0.0, abs=1e-7)
+    # forward it fires at 8, reversed at 2 (after mapping back): two snippets off by sigmoid(4) - 1/2 each
+    expected = 2 * (1 / (1 + np.exp(-4.0)) - 0.5) ** 2 / 12
+    assert reversal_gap(shifted, x, mask, shifted(x, mask)).item() == pytest.approx(
+        expected, rel=1e-5
+    )
+    # the MIL term cannot tell them apart: both put the same top score somewhere in the video
+    y = torch.ones(1)
+    assert mil_loss(local(x, mask), mask, y, WeakConfig()) == pytest.approx(
+        mil_loss(shifted(x, mask), mask, y, WeakConfig())
+    )
+
+
+class BothSides(torch.nn.Module):
+    """Fires `lag` snippets before and after the evidence, never on it: blind to time reversal."""
+
+    def __init__(self, lag: int):
+        super().__init__()
+        self.lag = lag
+
+    def forward(self, x, mask):
+        e = x[..., 0]  # (B, L)
+        a = torch.roll(e, self.lag, dims=1) + torch.roll(e, -self.lag, dims=1)
+        return torch.stack([torch.zeros_like(a), 4 * a], dim=-1)[None]  # (1, B, L, 2)
+
+
+def test_shuffle_consistency_catches_what_reversal_cannot():
+    x = torch.zeros(1, 16, 3)
+    x[0, 8, 0] = 1.0
+    mask = torch.ones(1, 16, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(0)
+    order = shuffled_order(mask, gen)
+    assert sorted(order[0].tolist()) == list(range(16))
+    both, local = BothSides(3), Shift(0)
+    assert reversal_gap(both, x, mask, both(x, mask)).item() == pytest.approx(0.0, abs=1e-7)
+    assert order_gap(both, x, mask, both(x, mask), order).item() > 0.01
+    assert order_gap(local, x, mask, local(x, mask), order).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_shuffled_order_leaves_padding_in_place():
+    mask = torch.tensor([[True, True, True, False, False]])
+    order = shuffled_order(mask, torch.Generator().manual_seed(1))
+    assert sorted(order[0, :3].tolist()) == [0, 1, 2] and order[0, 3:].tolist() == [3, 4]
 
 
 def test_uniform_indices_subsample_long_videos():
@@ -118,14 +201,18 @@ def test_both_ap_definitions_against_hand_computed_values():
     assert m["frame_roc_auc"] == pytest.approx(3 / 4)
     # a constant score: AP = positive rate, the trapezoid gives (1 + rate) / 2
     c = frame_level_metrics(np.array([0, 0, 0, 1]), np.zeros(4))
-    assert (c["frame_ap"], c["frame_pr_auc"], c["frame_roc_auc"]) == pytest.approx((0.25, 0.625, 0.5))
+    assert (c["frame_ap"], c["frame_pr_auc"], c["frame_roc_auc"]) == pytest.approx(
+        (0.25, 0.625, 0.5)
+    )
     assert np.isnan(pr_auc_trapezoid(np.zeros(3), np.ones(3)))
 
 
 def test_snippet_scores_repeat_over_their_frames():
     s = np.array([0.1, 0.7, 0.3])
     np.testing.assert_array_equal(snippet_to_frame_scores(s, 48, 24.0, 16 / 24), np.repeat(s, 16))
-    f = snippet_to_frame_scores(s, 50, 25.0, 0.64)  # 16 frames per snippet, 2 frames past the last one
+    f = snippet_to_frame_scores(
+        s, 50, 25.0, 0.64
+    )  # 16 frames per snippet, 2 frames past the last one
     assert f[15] == 0.1 and f[16] == 0.7 and f[47] == 0.3 and f[49] == 0.3
     f = snippet_to_frame_scores(s, 6, 3.0, 1.0)  # 3 frames per snippet
     assert f.tolist() == [0.1, 0.1, 0.1, 0.7, 0.7, 0.7]
@@ -147,8 +234,16 @@ def test_weak_mtcn_beats_a_constant_score(xd_store, weak_run, tmp_path):
     assert m["frame_roc_auc"] > 0.85 and m["video_roc_auc"] > 0.85
     assert m["frames"] == len(official_gt_for(xd_store))
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
-    assert {"frame_ap", "frame_pr_auc", "frame_roc_auc", "ap_definitions", "constant_baseline"} <= set(on_disk)
-    assert len(on_disk["curves"]) == 3 and all((tmp_path / "curves" / c).stat().st_size > 2000 for c in on_disk["curves"])
+    assert {
+        "frame_ap",
+        "frame_pr_auc",
+        "frame_roc_auc",
+        "ap_definitions",
+        "constant_baseline",
+    } <= set(on_disk)
+    assert len(on_disk["curves"]) == 3 and all(
+        (tmp_path / "curves" / c).stat().st_size > 2000 for c in on_disk["curves"]
+    )
 
 
 def official_gt_for(store: FeatureStore) -> np.ndarray:
@@ -156,10 +251,12 @@ def official_gt_for(store: FeatureStore) -> np.ndarray:
 
 
 def test_weak_training_is_reproducible(xd_store, tmp_path):
-    cfg = WeakConfig(**(FAST | {"epochs": 2}))
+    cfg = WeakConfig(**(FAST | {"epochs": 2, "all_crops": False}), **TERMS)
     a = train_weak(xd_store, tmp_path / "a", cfg, model_overrides=TINY, progress=False)
     b = train_weak(xd_store, tmp_path / "b", cfg, model_overrides=TINY, progress=False)
-    assert [h["train_loss"] for h in a.history] == pytest.approx([h["train_loss"] for h in b.history])
+    assert [h["train_loss"] for h in a.history] == pytest.approx(
+        [h["train_loss"] for h in b.history]
+    )
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -174,7 +271,9 @@ def test_every_model_trains_through_the_same_loop(xd_store, tmp_path, name):
 
 def test_late_fusion_trains_weakly(xd_store, tmp_path):
     cfg = WeakConfig(**(FAST | {"epochs": 1, "fusion": "late"}))
-    ck = load_checkpoint(train_weak(xd_store, tmp_path, cfg, model_overrides=TINY, progress=False).checkpoint)
+    ck = load_checkpoint(
+        train_weak(xd_store, tmp_path, cfg, model_overrides=TINY, progress=False).checkpoint
+    )
     assert ck.model_config.fusion == "late"
     assert snippet_scores(ck, xd_store.load(xd_store.split("test")[0])).min() >= 0
 
@@ -185,14 +284,18 @@ def test_test_time_crops_are_averaged(xd_store, weak_run):
     assert t["video_crops"].shape[0] == 5
     per_crop = [snippet_scores(ck, {k: v for k, v in t.items() if k != "video_crops"} | {"video": c})
                 for c in t["video_crops"]]  # fmt: skip
-    np.testing.assert_allclose(snippet_scores(ck, t), np.mean(per_crop, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        snippet_scores(ck, t), np.mean(per_crop, axis=0), rtol=1e-5, atol=1e-6
+    )
     assert not np.allclose(per_crop[0], per_crop[4])  # the crops do differ
 
 
 def test_training_needs_both_kinds_of_videos(tmp_path):
     store = make_store(tmp_path / "s", classes=("abuse", "crash"), per_class=3)
-    with pytest.raises(ValueError, match="normal and violent"):
-        train_weak(store, tmp_path / "run", WeakConfig(**FAST), model_overrides=TINY, progress=False)
+    with pytest.raises(TrainError, match="normal and violent"):
+        train_weak(
+            store, tmp_path / "run", WeakConfig(**FAST), model_overrides=TINY, progress=False
+        )
 
 
 def test_video_label_falls_back_to_the_class():
@@ -208,7 +311,13 @@ def test_evaluate_adds_frame_metrics_for_stores_with_frame_truth(xd_store, tmp_p
     assert {"frame_ap", "frame_pr_auc", "frame_roc_auc"} <= set(m)
     assert 0 <= m["frame_ap"] <= 1 and m["frame_videos"] == len(xd_store.split("test"))
     plain = make_store(tmp_path / "plain", per_class=3)
-    ckpt2 = train(plain, tmp_path / "r2", TrainConfig(epochs=1, device="cpu"), model_overrides=TINY, progress=False)
+    ckpt2 = train(
+        plain,
+        tmp_path / "r2",
+        TrainConfig(epochs=1, device="cpu"),
+        model_overrides=TINY,
+        progress=False,
+    )
     assert "frame_ap" not in evaluate(ckpt2.checkpoint, plain)
 
 
@@ -222,4 +331,17 @@ def test_cli_xdv_train_and_evaluate(xd_store, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "frame AP (scikit-learn)" in out and "frame PR-AUC (trapezoid)" in out
     assert json.loads((rep / "metrics.json").read_text())["n"] == 16
-    assert main(["-q", "xdv", "evaluate", str(run / "best.ckpt"), str(Path(tmp_path / "nope")), "--out", str(rep)]) == 2
+    assert (
+        main(
+            [
+                "-q",
+                "xdv",
+                "evaluate",
+                str(run / "best.ckpt"),
+                str(Path(tmp_path / "nope")),
+                "--out",
+                str(rep),
+            ]
+        )
+        == 2
+    )

@@ -45,7 +45,9 @@ class FakeVideo:
     events: tuple[tuple[int, int], ...] = ()  # [start, end) in snippets
 
 
-def snippet_features(v: FakeVideo, rng: np.random.Generator, signal: float = 2.5) -> tuple[np.ndarray, np.ndarray]:
+def snippet_features(
+    v: FakeVideo, rng: np.random.Generator, signal: float = 2.5
+) -> tuple[np.ndarray, np.ndarray]:
     """(t_visual, DV) visual and (t_audio, DA) audio features; violent snippets carry a shifted mean."""
     visual = rng.normal(0, 1, (v.t_visual, DV)).astype(np.float32)
     audio = rng.normal(0, 1, (v.t_audio, DA)).astype(np.float32)
@@ -56,7 +58,12 @@ def snippet_features(v: FakeVideo, rng: np.random.Generator, signal: float = 2.5
 
 
 def write_official(
-    root: Path, videos: list[FakeVideo], test: bool, crops: int = 5, seed: int = 0, list_all_crops: bool = True
+    root: Path,
+    videos: list[FakeVideo],
+    test: bool,
+    crops: int = 5,
+    seed: int = 0,
+    list_all_crops: bool = True,
 ) -> tuple[Path, Path]:
     """Write ``<name>__<k>.npy`` crops (crop k = centre + k / 10), ``<name>__vggish.npy`` and the two list files."""
     rng = np.random.default_rng(seed)
@@ -110,7 +117,13 @@ def official(tmp_path: Path) -> dict:
     test_rgb, test_audio = write_official(tmp_path / "feats", TEST, test=True, seed=2)
     gt = tmp_path / "gt.npy"
     np.save(gt, official_gt(TEST))
-    return {"rgb_list": rgb, "audio_list": audio, "test_rgb_list": test_rgb, "test_audio_list": test_audio, "gt": gt}
+    return {
+        "rgb_list": rgb,
+        "audio_list": audio,
+        "test_rgb_list": test_rgb,
+        "test_audio_list": test_audio,
+        "gt": gt,
+    }
 
 
 def by_name(store: FeatureStore) -> dict[str, Entry]:
@@ -131,7 +144,9 @@ def test_parse_label_multi_codes_padding_and_normal():
     assert parse_label("x__#1_label_B6-0-0").label == "car_accident"
 
 
-@pytest.mark.parametrize("name", ["no_label_here", "x_label_B3-0-0", "x_label_0-0-0", "x_label_A-B1-0"])
+@pytest.mark.parametrize(
+    "name", ["no_label_here", "x_label_B3-0-0", "x_label_0-0-0", "x_label_A-B1-0"]
+)
 def test_parse_label_rejects_bad_names(name):
     with pytest.raises(XdvError):
         parse_label(name)
@@ -143,8 +158,12 @@ def test_real_annotation_files_parse_and_match_the_test_list():
     assert len(spans) == len(coded) == 500
     assert all(parse_label(n).binary == 1 for n in spans)
     assert {s.code for v in coded.values() for s in v} == {"B1", "B2", "B4", "B5", "B6", "G"}
-    same = [np.array_equal(frame_truth(spans[n], 20_000), frame_truth(coded[n], 20_000)) for n in spans]
-    assert sum(same) >= 495  # the per-class file splits and overlaps spans; the union agrees but for 5 videos
+    same = [
+        np.array_equal(frame_truth(spans[n], 20_000), frame_truth(coded[n], 20_000)) for n in spans
+    ]
+    assert (
+        sum(same) >= 495
+    )  # the per-class file splits and overlaps spans; the union agrees but for 5 videos
     assert all(s.start < s.end for v in spans.values() for s in v)
     with open(XD_FIXTURES / "xd_CLIP_rgbtest.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -152,7 +171,10 @@ def test_real_annotation_files_parse_and_match_the_test_list():
     assert len(names) == 800
     labels = [parse_label(n) for n in names]
     assert sum(lab.binary == 0 for lab in labels) == 300
-    assert all("-".join(lab.codes) == r["label"].replace("-0", "") for lab, r in zip(labels, rows, strict=True))
+    assert all(
+        "-".join(lab.codes) == r["label"].replace("-0", "")
+        for lab, r in zip(labels, rows, strict=True)
+    )
     violent = {n for n, lab in zip(names, labels, strict=True) if lab.binary}
     assert violent == set(spans)  # every violent test video has exactly one annotation line
     assert {lab.label for lab in labels} == set(XDV_CLASSES)
@@ -173,7 +195,9 @@ def test_gt_layout_conventions_and_error():
     assert lay.convention == "trimmed" and lay.offsets == (0, 48) and lay.kept == (48, 80)
     lay = gt_layout(16 * 9, trimmed=[3, 5], visual=[4, 5])
     assert lay.convention == "visual" and lay.offsets == (0, 64) and lay.kept == (48, 80)
-    with pytest.raises(GroundTruthError, match=r"gt.npy has 100 frames.*8 snippets x 16 = 128 frames"):
+    with pytest.raises(
+        GroundTruthError, match=r"gt.npy has 100 frames.*8 snippets x 16 = 128 frames"
+    ):
         gt_layout(100, trimmed=[3, 5], visual=[4, 5])
 
 
@@ -209,7 +233,12 @@ def test_features_root_finds_files_listed_under_foreign_paths(tmp_path):
         p = tmp_path / "here" / name
         p.write_text(p.read_text().replace(str(tmp_path / "here"), "/data/someone/xd-feature"))
     with pytest.raises(XdvError, match="not found"):
-        import_official(tmp_path / "s0", tmp_path / "here/rgb.list", tmp_path / "here/audio.list", progress=False)
+        import_official(
+            tmp_path / "s0",
+            tmp_path / "here/rgb.list",
+            tmp_path / "here/audio.list",
+            progress=False,
+        )
     r = import_official(tmp_path / "s1", tmp_path / "here/rgb.list", tmp_path / "here/audio.list",
                         features_root=tmp_path / "here", progress=False)  # fmt: skip
     assert r.written == len(TRAIN)
@@ -228,13 +257,25 @@ def test_import_official_with_gt(tmp_path, official):
     assert store.spec.segment_seconds == pytest.approx(16 / 24)
     e = by_name(store)
     b = e[TRAIN[1].name]
-    assert (b.label, b.split, b.T, b.extra["codes"], b.extra["binary"]) == ("fighting", "train", 9, ["B1", "B2"], 1)
+    assert (b.label, b.split, b.T, b.extra["codes"], b.extra["binary"]) == (
+        "fighting",
+        "train",
+        9,
+        ["B1", "B2"],
+        1,
+    )
     assert e[TRAIN[0].name].label == "normal" and e[TRAIN[0].name].extra["binary"] == 0
     assert e[TRAIN[3].name].T == 9  # audio one longer: its trailing snippet is dropped
     t = store.load(b)
-    assert t["video"].shape == (9, DV) and t["audio"].shape == (9, DA) and t["video_crops"].shape == (5, 9, DV)
+    assert (
+        t["video"].shape == (9, DV)
+        and t["audio"].shape == (9, DA)
+        and t["video_crops"].shape == (5, 9, DV)
+    )
     raw = np.load(official["rgb_list"].parent / "RGB" / f"{TRAIN[1].name}__0.npy")
-    np.testing.assert_array_equal(t["video"], raw[:9])  # visual one longer: trailing snippet dropped
+    np.testing.assert_array_equal(
+        t["video"], raw[:9]
+    )  # visual one longer: trailing snippet dropped
     np.testing.assert_allclose(t["video_crops"][3], raw[:9] + 0.3, atol=1e-6)
     assert "frame_labels" not in t  # training videos have video-level labels only
     tests = [e[v.name] for v in TEST]
@@ -243,7 +284,12 @@ def test_import_official_with_gt(tmp_path, official):
     got = np.concatenate([store.load(x)["frame_labels"] for x in tests])
     np.testing.assert_array_equal(got, gt)
     first = store.load(tests[0])["frame_labels"]
-    assert len(first) == 10 * 16 and first[16:64].all() and not first[:16].any() and first[112:144].all()
+    assert (
+        len(first) == 10 * 16
+        and first[16:64].all()
+        and not first[:16].any()
+        and first[112:144].all()
+    )
 
 
 def test_import_official_holds_out_a_seeded_validation_split(tmp_path, official):
@@ -279,7 +325,10 @@ def test_gt_with_the_visual_snippet_count_is_aligned_too(tmp_path, official):
 
 def test_wrong_length_gt_is_a_clear_error(tmp_path, official):
     np.save(official["gt"], official_gt(TEST)[:-16])
-    with pytest.raises(GroundTruthError, match=r"gt.npy has 352 frames, but the 3 test videos have 23 snippets x 16 = 368"):
+    with pytest.raises(
+        GroundTruthError,
+        match=r"gt.npy has 352 frames, but the 3 test videos have 23 snippets x 16 = 368",
+    ):
         import_official(tmp_path / "store", **official, progress=False)
     assert main(["-q", "xdv", "import", "--out", str(tmp_path / "s2"), "--rgb-list", str(official["rgb_list"]),
                  "--audio-list", str(official["audio_list"]), "--test-rgb-list", str(official["test_rgb_list"]),
@@ -328,7 +377,10 @@ STREAM_T = 512  # snippets per video: each video's features (~180 KB) outweigh i
 
 
 def _peak_import_bytes(root: Path, n: int) -> int:
-    videos = [FakeVideo(f"Film.{i:04d}__#1_label_{'A' if i % 3 else 'B2-0-0'}", STREAM_T, STREAM_T) for i in range(n)]
+    videos = [
+        FakeVideo(f"Film.{i:04d}__#1_label_{'A' if i % 3 else 'B2-0-0'}", STREAM_T, STREAM_T)
+        for i in range(n)
+    ]
     rgb, audio = write_official(root / "feats", videos, test=False, crops=5)
     tracemalloc.start()
     import_official(root / "store", rgb, audio, progress=False)
@@ -353,7 +405,9 @@ def test_import_streams_with_bounded_memory_and_shows_progress(tmp_path, capsys)
 # -- stores made by `avarnet extract` ----------------------------------------------------------
 
 
-def fake_extracted(root: Path, videos: list[tuple[str, str, int]], fps: float = 25.0, seg: float = 0.64) -> FeatureStore:
+def fake_extracted(
+    root: Path, videos: list[tuple[str, str, int]], fps: float = 25.0, seg: float = 0.64
+) -> FeatureStore:
     """A store as extract writes it for DATA/<train|test>/<name>.mp4 (folder = 'class')."""
     spec = FeatureSpec(weights="random", video_dim=DV, audio_dim=DA, segment_seconds=seg)
     store = FeatureStore.create(root, spec, {"classes": ["test", "train"]})
@@ -373,14 +427,25 @@ def test_import_extracted_relabels_splits_and_builds_frame_truth(tmp_path):
     fake_extracted(tmp_path / "raw", vids)
     ann = tmp_path / "annotations.txt"
     ann.write_text("E1__#1_label_B6-0-0.mp4 16 48 150 400\n")
-    r = import_extracted(tmp_path / "raw", tmp_path / "xd", annotations=ann, val_fraction=0.0, progress=False)
+    r = import_extracted(
+        tmp_path / "raw", tmp_path / "xd", annotations=ann, val_fraction=0.0, progress=False
+    )
     assert r.written == 4 and r.frame_level
     store = FeatureStore.open(tmp_path / "xd")
     e = by_name(store)
-    assert e["T2__#1_label_B4-G-0"].label == "riot" and e["T2__#1_label_B4-G-0"].extra["codes"] == ["B4", "G"]
+    assert e["T2__#1_label_B4-G-0"].label == "riot" and e["T2__#1_label_B4-G-0"].extra["codes"] == [
+        "B4",
+        "G",
+    ]
     assert e["E1__#1_label_B6-0-0"].split == "test" and e["T1__#1_label_A"].split == "train"
     y = store.load(e["E1__#1_label_B6-0-0"])["frame_labels"]
-    assert len(y) == 160 and y[16:48].all() and y[150:].all() and not y[:16].any() and y.sum() == 32 + 10
+    assert (
+        len(y) == 160
+        and y[16:48].all()
+        and y[150:].all()
+        and not y[:16].any()
+        and y.sum() == 32 + 10
+    )
     assert not store.load(e["E2__#1_label_A"])["frame_labels"].any()
     assert "frame_labels" not in store.load(e["T2__#1_label_B4-G-0"])
 
@@ -401,10 +466,44 @@ def test_recognition_store_keeps_violent_videos_with_six_classes(tmp_path, offic
     assert rec.info["frame_level"] is False
 
 
+def test_recognition_store_trains_and_evaluates_like_our_datasets(tmp_path, official):
+    from avarnet.config import TrainConfig
+    from avarnet.evaluate import evaluate
+    from avarnet.train import train
+
+    import_official(tmp_path / "store", **official, val_fraction=0.0, progress=False)
+    recognition_store(tmp_path / "store", tmp_path / "rec", progress=False)
+    cfg = TrainConfig(epochs=1, seq_len=4, device="cpu")
+    tiny = {"hidden": 8, "stages": 1, "layers": 2, "heads": 2}
+    run = train(tmp_path / "rec", tmp_path / "run", cfg, model_overrides=tiny, progress=False)
+    m = evaluate(run.checkpoint, tmp_path / "rec", split="test")
+    assert m["classes"] == list(ANOMALY_CLASSES) and m["n"] == 2 and "frame_ap" not in m
+    assert {"accuracy", "f1", "ap", "per_class", "confusion_matrix"} <= set(m)
+
+
+def test_unreadable_gt_is_a_clear_error(tmp_path, official):
+    official["gt"].write_bytes(b"not a numpy file")
+    with pytest.raises(XdvError, match="cannot read .*gt.npy"):
+        import_official(tmp_path / "store", **official, progress=False)
+
+
 def test_cli_import_official(tmp_path, official, capsys):
     args = ["-q", "xdv", "import", "--out", str(tmp_path / "s")]
     for k, v in official.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     assert main(args) == 0
     assert "imported 7" in capsys.readouterr().out
-    assert main(["-q", "xdv", "import", "--out", str(tmp_path / "s3"), "--rgb-list", str(official["rgb_list"])]) == 2
+    assert (
+        main(
+            [
+                "-q",
+                "xdv",
+                "import",
+                "--out",
+                str(tmp_path / "s3"),
+                "--rgb-list",
+                str(official["rgb_list"]),
+            ]
+        )
+        == 2
+    )

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synth -> extract -> train -> evaluate -> predict, in one folder")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--clips-per-class", type=int, default=12)
+    p.add_argument("--clips-per-class", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", choices=["pretrained", "random"], default="pretrained")
     p.add_argument("--epochs", type=int, default=50)
@@ -100,13 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-lens", nargs="+", type=int, default=[TrainConfig().seq_len],
                    help="with several: a sequence-length table on fused input")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=30, help="epochs per run (early stopping may end it sooner)")
+    p.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="epochs per run (early stopping may end it sooner)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig().lr)
     p.add_argument("--hidden", type=int, help="model width override (default: ModelConfig's)")
     p.add_argument("--layers", type=int, help="model depth override (default: ModelConfig's)")
     p.add_argument("--stages", type=int, help="MTCN stages override (default: ModelConfig's)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (small models: 1 is fastest)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = sub.add_parser("xdv", help="XD-Violence: import features, weakly supervised training, frame-level evaluation")
@@ -129,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = xdv.add_parser("recognition", help="six-class recognition store (violent videos, class = first code)")
     q.add_argument("feats", type=Path)
     q.add_argument("--out", type=Path, required=True)
-    q = xdv.add_parser("train", help="weakly supervised (MIL) training from video-level labels")
+    q = xdv.add_parser("train", help="weakly supervised (MIL) training from video-level labels",
+                       description="Unset options take the defaults of avarnet.weak.WeakConfig.")
     q.add_argument("feats", type=Path)
     q.add_argument("--out", type=Path, required=True)
     _weak_args(q)
@@ -141,6 +143,39 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--drop", choices=["audio", "video"], help="evaluate with one sense blanked")
     q.add_argument("--plots", type=int, default=12, help="per-video score curves to draw")
     q.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    p = sub.add_parser("stream", help="live predictions, one per segment, with alerts: a video file, URL or capture device")
+    p.add_argument("source", help="video file, rtsp:// / http(s):// URL, or capture device (/dev/video0)")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--realtime", action="store_true", help="files: read at the file's own speed (live sources always are)")
+    p.add_argument("--jsonl", type=Path, help="write the JSON lines here instead of stdout")
+    p.add_argument("--threshold", type=float, default=0.5, help="anomaly score that counts as high")
+    p.add_argument("--min-segments", type=int, default=3, help="consecutive high segments that open an event")
+    p.add_argument("--hysteresis", type=float, default=0.1, help="an open event stays open while score >= threshold - this")
+    p.add_argument("--close-segments", type=int, default=2, help="consecutive segments below that level that close it")
+    p.add_argument("--webhook", help="POST each event record (JSON) to this http(s) URL")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32",
+                   help="encoder arithmetic: bf16 (CPU with bf16 instructions, GPU), fp16 (GPU), int8 Wav2Vec2 (CPU);"
+                        " faster, features shift slightly (fp32 equals predict --causal)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--format", dest="input_format", help="FFmpeg input format of a capture device (v4l2, avfoundation, dshow)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="FFmpeg input option (repeatable)")
+    p.add_argument("--no-view", action="store_true", help="no live terminal view even when stdout is a terminal")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    p = sub.add_parser("bench", help="throughput and latency of every stage on this machine; prints tables, writes JSON")
+    p.add_argument("--out", type=Path, default=Path("bench"), help="folder for bench.json, bench.md and the test clip")
+    p.add_argument("--video", type=Path, help="benchmark this video instead of a generated clip")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of the generated clip")
+    p.add_argument("--size", default="640x360", help="generated clip WIDTHxHEIGHT")
+    p.add_argument("--fps", type=float, default=25.0, help="generated clip frame rate")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--video-backbones", nargs="+", help="MobileViT variants (default: small, x-small, xx-small)")
+    p.add_argument("--audio-backbone", default=DEFAULT_AUDIO_BACKBONE)
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "int8"],
+                   help="CPU precisions to measure (fp32, bf16, int8); a GPU adds fp32 and fp16")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="GPU rows are added on cuda")
+    p.add_argument("--gpu-only", action="store_true", help="with a GPU: skip the CPU rows")
     return parser
 
 
@@ -153,15 +188,16 @@ def _weak_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--max-seq-len", type=int, help="longer training videos are subsampled uniformly (default 200)")
-    p.add_argument("--smooth-weight", type=float, help="weight of the score smoothness term (default 0)")
-    p.add_argument("--sparsity-weight", type=float, help="weight of the score sparsity term (default 0)")
+    p.add_argument("--smooth-weight", type=float, help="weight of the score smoothness term")
+    p.add_argument("--sparsity-weight", type=float, help="weight of the score sparsity term")
+    p.add_argument("--reversal-weight", type=float, help="weight of the time-reversal consistency term")
     p.add_argument("--centre-crop-only", action="store_true", help="train on the centre crop only")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
 
 
 _WEAK_FIELDS = ("model", "modality", "fusion", "epochs", "batch_size", "lr", "max_seq_len", "smooth_weight",
-                "sparsity_weight", "seed", "device")
+                "sparsity_weight", "reversal_weight", "seed", "device")
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
@@ -293,6 +329,77 @@ def cmd_xdv_evaluate(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_stream(a: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads sleep, not spin
+    import threading
+
+    from .alerts import AlertRule, WebhookPoster
+    from .checkpoint import load_checkpoint
+    from .encoders import resolve_device
+    from .runtime import configure_cpu
+    from .stream import (
+        LiveView,
+        StreamOptions,
+        StreamOutput,
+        autocast_dtype,
+        open_source,
+        run_stream,
+        stop_on_sigint,
+        stream_extractor,
+        summary_text,
+    )
+
+    if not all("=" in kv for kv in a.option):
+        raise ValueError("--option takes KEY=VALUE")
+    rule = AlertRule(threshold=a.threshold, min_segments=a.min_segments, hysteresis=a.hysteresis,
+                     close_segments=a.close_segments)
+    options = StreamOptions(realtime=a.realtime, rule=rule, input_format=a.input_format,
+                            options=dict(kv.split("=", 1) for kv in a.option),
+                            autocast_dtype=autocast_dtype(a.precision, resolve_device(a.device)))
+    webhook = WebhookPoster(a.webhook) if a.webhook else None
+    configure_cpu(a.threads)
+    ckpt = load_checkpoint(a.checkpoint, resolve_device(a.device))
+    stop = threading.Event()
+    source = open_source(a.source, ckpt.spec, options, stop)  # a bad source fails before the encoders load
+    extractor = stream_extractor(ckpt, a.device, a.precision)
+    view = LiveView(sys.stdout, rule.threshold) if sys.stdout.isatty() and not a.no_view else None
+    jsonl = a.jsonl.open("w", encoding="utf-8") if a.jsonl else (None if view else sys.stdout)
+    out = StreamOutput(jsonl, view, sys.stderr if jsonl is sys.stdout else sys.stdout)
+    try:
+        with stop_on_sigint(stop):
+            result = run_stream(source, ckpt, extractor, out, options, webhook=webhook)
+    finally:
+        if a.jsonl:
+            jsonl.close()
+    print(summary_text(out.summary), file=out.text, flush=True)
+    return EXIT_OK if result.complete else EXIT_PARTIAL
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads sleep, not spin
+    import json
+
+    from .bench import MOBILEVIT_VARIANTS, BenchOptions, format_tables, run_bench
+
+    width, _, height = a.size.partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise ValueError(f"--size takes WIDTHxHEIGHT, got {a.size!r}")
+    opts = BenchOptions(seconds=a.seconds, width=int(width), height=int(height), fps=a.fps, video=a.video,
+                        threads=a.threads, device=a.device, video_backbones=tuple(a.video_backbones or MOBILEVIT_VARIANTS),
+                        audio_backbone=a.audio_backbone, precisions=tuple(a.precisions), cpu=not a.gpu_only)
+    result = run_bench(opts, a.out, progress=None if a.quiet else lambda m: print(f"bench: {m}", file=sys.stderr))
+    tables = format_tables(result)
+    (a.out / "bench.json").write_text(json.dumps(result, indent=1))
+    (a.out / "bench.md").write_text(tables + "\n")
+    print(tables)
+    print(f"\nwritten: {a.out / 'bench.json'}, {a.out / 'bench.md'}")
+    return EXIT_OK
+
+
 XDV_COMMANDS = {"import": cmd_xdv_import, "recognition": cmd_xdv_recognition, "train": cmd_xdv_train,
                 "evaluate": cmd_xdv_evaluate}
 
@@ -307,7 +414,7 @@ def cmd_ablate(a: argparse.Namespace) -> int:
     grid = AblationGrid(models=tuple(a.models or ()), modalities=tuple(a.modalities), fusions=tuple(a.fusions),
                         seq_lens=tuple(a.seq_lens), seeds=tuple(a.seeds))
     overrides = {k: v for k, v in (("hidden", a.hidden), ("layers", a.layers), ("stages", a.stages)) if v is not None}
-    base = TrainConfig(batch_size=a.batch_size, lr=a.lr, device=a.device)
+    base = TrainConfig(batch_size=a.batch_size, lr=a.lr, device=a.device, num_threads=a.threads)
     r = run_ablation(a.feats, a.out, grid, epochs=a.epochs, split=a.split, model_overrides=overrides, base=base,
                      progress=not a.quiet)
     print(f"ablation: {len(r.rows)} runs ({len(r.ran)} run now, {len(r.reused)} reused) -> {a.out}")
@@ -317,6 +424,7 @@ def cmd_ablate(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "stream": cmd_stream, "bench": cmd_bench,
     "synth": cmd_synth, "extract": cmd_extract, "train": cmd_train, "evaluate": cmd_evaluate,
     "predict": cmd_predict, "demo": cmd_demo, "models": cmd_models, "ablate": cmd_ablate, "xdv": cmd_xdv,
 }

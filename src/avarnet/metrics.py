@@ -98,7 +98,9 @@ def frame_level_metrics(y_true: np.ndarray, scores: np.ndarray) -> dict:
     }
 
 
-def snippet_to_frame_scores(scores: np.ndarray, n_frames: int, fps: float, segment_seconds: float) -> np.ndarray:
+def snippet_to_frame_scores(
+    scores: np.ndarray, n_frames: int, fps: float, segment_seconds: float
+) -> np.ndarray:
     """Per-frame scores (n_frames,) from per-snippet scores (T,): frame i takes the snippet holding its centre.
 
     With 16-frame snippets at 24 fps and n_frames = 16 T this is ``np.repeat(scores, 16)``, the

@@ -73,13 +73,17 @@ class WeakConfig(_DictMixin):
     fusion: str = "early"
     epochs: int = 50
     batch_size: int = 32
-    lr: float = 5e-4
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     max_seq_len: int = 200  # longer training videos are subsampled uniformly to this many snippets
     topk_divisor: int = 16  # k = T // topk_divisor + 1 snippets pooled per video
     smooth_weight: float = 0.0  # weight of the mean squared difference of neighbouring scores
     sparsity_weight: float = 0.0  # weight of the mean score of violent videos
-    all_crops: bool = True  # every visual crop is a training sample (official practice); else centre only
+    # weights of the mean squared gap between the scores of a video and of its snippets reversed in
+    # time / shuffled at random (mapped back): anchors the scores to each snippet's own evidence
+    reversal_weight: float = 0.0
+    shuffle_weight: float = 0.0
+    all_crops: bool = True  # every visual crop is a training sample (official practice)
     modality_dropout: float = 0.0  # probability of blanking one sense per training video
     plateau_factor: float = 0.5
     plateau_patience: int = 3
@@ -111,7 +115,66 @@ def topk_pool(a: torch.Tensor, mask: torch.Tensor, divisor: int) -> torch.Tensor
     return torch.where(take, ranked, torch.zeros_like(ranked)).sum(1) / k.to(a.dtype)
 
 
-def mil_loss(logits: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, cfg: WeakConfig) -> torch.Tensor:
+def reversed_order(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) index map reversing each row's valid prefix; padding keeps its place."""
+    B, L = mask.shape
+    n = mask.sum(1, keepdim=True)  # (B, 1)
+    t = torch.arange(L, device=mask.device)[None, :].expand(B, L)  # (B, L)
+    return torch.where(t < n, n - 1 - t, t)
+
+
+def shuffled_order(mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, L) index map permuting each row's valid prefix at random; padding keeps its place."""
+    B, L = mask.shape
+    idx = torch.arange(L).repeat(B, 1)  # (B, L)
+    for b, n in enumerate(mask.sum(1).tolist()):
+        idx[b, :n] = torch.randperm(n, generator=generator)
+    return idx.to(mask.device)
+
+
+def reorder(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x[b, idx[b, t]] for x (B, L, ...) and an index map idx (B, L)."""
+    B, L = idx.shape
+    return x.gather(1, idx.view(B, L, *([1] * (x.dim() - 2))).expand_as(x))
+
+
+def reverse_valid(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Reverse each row's valid prefix in time, padding left in place: x (B, L, ...), mask (B, L)."""
+    return reorder(x, reversed_order(mask))
+
+
+def order_gap(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    logits: torch.Tensor,
+    idx: torch.Tensor,
+) -> torch.Tensor:
+    """Mean squared gap between last-stage scores of x and of its snippets reordered by idx (mapped back).
+
+    A detector that reads each snippet's own evidence scores a snippet the same wherever it sits.
+    The MIL loss cannot tell where in a violent video the high scores are, and a model with a wide
+    receptive field can learn to fire next to the evidence instead (a few snippets early or late, or
+    on both sides); reordering moves such firing away from the snippet it belongs to, which costs
+    here. x: (B, L, D); mask: (B, L); logits: (S, B, L, 2) of x; idx: (B, L) permutation per row.
+    """
+    p = torch.sigmoid(anomaly_logit(logits[-1]))  # (B, L)
+    moved = model(reorder(x, idx), mask)  # (S, B, L, 2) in the new order
+    p_moved = torch.sigmoid(anomaly_logit(moved[-1]))  # (B, L)
+    back = reorder(p_moved, idx.argsort(dim=1))  # (B, L) in the original order
+    return ((p - back) ** 2)[mask].mean()
+
+
+def reversal_gap(
+    model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, logits: torch.Tensor
+) -> torch.Tensor:
+    """:func:`order_gap` for the time reversal of each video."""
+    return order_gap(model, x, mask, logits, reversed_order(mask))
+
+
+def mil_loss(
+    logits: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, cfg: WeakConfig
+) -> torch.Tensor:
     """MIL objective summed over stages.
 
     logits: (S, B, L, 2); mask: (B, L) True at valid snippets; y: (B,) video labels in {0, 1}.
@@ -128,6 +191,25 @@ def mil_loss(logits: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, cfg: Wea
             loss = loss + cfg.smooth_weight * ((p[:, 1:] - p[:, :-1]) ** 2)[pair].mean()
         if cfg.sparsity_weight > 0 and violent.any():
             loss = loss + cfg.sparsity_weight * p[violent].mean()
+    return loss
+
+
+def weak_objective(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    y: torch.Tensor,
+    cfg: WeakConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The full loss of one batch: MIL (+ smoothness, sparsity) + order-consistency terms."""
+    logits = model(x, mask)  # (S, B, L, 2)
+    loss = mil_loss(logits, mask, y, cfg)
+    if cfg.reversal_weight > 0:
+        loss = loss + cfg.reversal_weight * reversal_gap(model, x, mask, logits)
+    if cfg.shuffle_weight > 0:
+        idx = shuffled_order(mask, generator)
+        loss = loss + cfg.shuffle_weight * order_gap(model, x, mask, logits, idx)
     return loss
 
 
@@ -159,7 +241,9 @@ def read_tensors(store: FeatureStore, entry: Entry, crop: int = 0) -> dict[str, 
     return out
 
 
-def fit_stream_normalizer(store: FeatureStore, entries: Sequence[Entry], modality: str) -> Normalizer:
+def fit_stream_normalizer(
+    store: FeatureStore, entries: Sequence[Entry], modality: str
+) -> Normalizer:
     """Per-feature mean/std of the centre crop over ``entries``, one video in memory at a time.
 
     Segments without audio are left out, as in :func:`avarnet.train.fit_normalizer`.
@@ -192,7 +276,13 @@ class WeakDataset(Dataset):
     """One sample per (video, crop): normalised input (l, D) with l <= max_len, and the video label."""
 
     def __init__(
-        self, store: FeatureStore, entries: Sequence[Entry], modality: str, norm: Normalizer, max_len: int, all_crops: bool
+        self,
+        store: FeatureStore,
+        entries: Sequence[Entry],
+        modality: str,
+        norm: Normalizer,
+        max_len: int,
+        all_crops: bool,
     ):
         self.store, self.modality, self.norm, self.max_len = store, modality, norm, max_len
         crops = all_crops and modality != "audio"
@@ -241,34 +331,72 @@ def _check_training_set(store: FeatureStore, entries: Sequence[Entry], cfg: Weak
         raise TrainError(f"{store.root} has no training videos")
     labels = {video_label(e) for e in entries}
     if labels != {0, 1}:
-        raise TrainError(f"weak training needs normal and violent training videos; {store.root} has only {labels}")
+        raise TrainError(
+            f"weak training needs normal and violent training videos; {store.root} has only {labels}"
+        )
     if cfg.topk_divisor < 1 or cfg.max_seq_len < 1:
         raise TrainError("topk_divisor and max_seq_len must be >= 1")
 
 
 @torch.no_grad()
-def _loader_loss(model: torch.nn.Module, loader: DataLoader, cfg: WeakConfig, device: torch.device) -> float:
+def _loader_loss(
+    model: torch.nn.Module, loader: DataLoader, cfg: WeakConfig, device: torch.device
+) -> float:
     model.eval()
     total, n = 0.0, 0
+    gen = torch.Generator().manual_seed(cfg.seed)  # the same shuffles every epoch
     for b in loader:
         x, mask, y = b["x"].to(device), b["mask"].to(device), b["y"].to(device)
-        total += float(mil_loss(model(x, mask), mask, y, cfg)) * len(y)
+        total += float(weak_objective(model, x, mask, y, cfg, gen)) * len(y)
         n += len(y)
     return total / max(n, 1)
 
 
-def _epoch(model, loader, opt, cfg: WeakConfig, video_dim: int, device, gen: torch.Generator) -> float:
+def _epoch(
+    model, loader, opt, cfg: WeakConfig, video_dim: int, device, gen: torch.Generator
+) -> float:
     model.train()
     total, n = 0.0, 0
     for b in loader:
-        x = drop_modality(b["x"], video_dim, cfg.modality_dropout, gen) if cfg.modality == "fused" else b["x"]
+        x = b["x"]  # (B, L, D)
+        if cfg.modality == "fused":
+            x = drop_modality(x, video_dim, cfg.modality_dropout, gen)
         x, mask, y = x.to(device), b["mask"].to(device), b["y"].to(device)
-        loss = mil_loss(model(x, mask), mask, y, cfg)
+        loss = weak_objective(model, x, mask, y, cfg, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         total, n = total + loss.item() * len(y), n + len(y)
     return total / max(n, 1)
+
+
+def _loaders(
+    store: FeatureStore, cfg: WeakConfig, norm: Normalizer
+) -> tuple[DataLoader, DataLoader]:
+    """Shuffled (video, crop) training samples; centre-crop validation videos (training ones if none)."""
+    train_entries, val_entries = store.split("train"), store.split("val")
+    if not val_entries:
+        log.warning("no validation split: monitoring the training loss instead")
+    g = torch.Generator().manual_seed(cfg.seed)
+    args = (cfg.modality, norm, cfg.max_seq_len)
+    train_ds = WeakDataset(store, train_entries, *args, all_crops=cfg.all_crops)
+    val_ds = WeakDataset(store, val_entries or train_entries, *args, all_crops=False)
+    kw = {"batch_size": cfg.batch_size, "collate_fn": weak_collate}
+    return DataLoader(train_ds, shuffle=True, generator=g, **kw), DataLoader(val_ds, **kw)
+
+
+def _checkpoint(
+    model, mcfg, cfg: WeakConfig, store: FeatureStore, norm, epoch: int, val_loss: float
+):
+    extra = {
+        "task": WEAK_TASK,
+        "weak_config": cfg.to_dict(),
+        "best_epoch": epoch,
+        "val_loss": val_loss,
+    }
+    tcfg = as_train_config(cfg)
+    state = store.load_encoder_state()
+    return Checkpoint(model, mcfg, tcfg, list(WEAK_CLASSES), store.spec, norm, state, extra)
 
 
 def train_weak(
@@ -280,54 +408,50 @@ def train_weak(
 ) -> TrainResult:
     """Train a detector from video-level labels; writes ``OUT/best.ckpt`` and ``OUT/history.json``.
 
-    The validation split (video-level labels only) drives early stopping through its MIL loss;
-    frame-level truth is never used in training.
+    The validation split (video-level labels only) drives early stopping through the training
+    objective; frame-level truth is never used in training.
     """
     start = time.time()
     store = feats if isinstance(feats, FeatureStore) else FeatureStore.open(feats)
-    train_entries, val_entries = store.split("train"), store.split("val")
-    _check_training_set(store, train_entries, cfg)
+    _check_training_set(store, store.split("train"), cfg)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    tcfg = as_train_config(cfg)
-    mcfg = model_config_for(store, tcfg, {"num_classes": len(WEAK_CLASSES), **(model_overrides or {})})
-    norm = fit_stream_normalizer(store, train_entries, cfg.modality)
-    g = torch.Generator().manual_seed(cfg.seed)
-    train_ds = WeakDataset(store, train_entries, cfg.modality, norm, cfg.max_seq_len, cfg.all_crops)
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=weak_collate, generator=g)
-    if not val_entries:
-        log.warning("no validation split: monitoring the training loss instead")
-    val_ds = WeakDataset(store, val_entries or train_entries, cfg.modality, norm, cfg.max_seq_len, all_crops=False)
-    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=weak_collate)
+    overrides = {"num_classes": len(WEAK_CLASSES), **(model_overrides or {})}
+    mcfg = model_config_for(store, as_train_config(cfg), overrides)
+    norm = fit_stream_normalizer(store, store.split("train"), cfg.modality)
+    train_loader, val_loader = _loaders(store, cfg, norm)
     model = create_model(mcfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, history = out / BEST_CHECKPOINT, []
+    history: list[dict] = []
     best, best_epoch, stale = float("inf"), 0, 0
     drop_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    bar = tqdm(range(1, cfg.epochs + 1), desc=f"weak {mcfg.name}/{cfg.modality}", unit="epoch", disable=not progress)
-    for epoch in bar:
+    desc = f"weak {mcfg.name}/{cfg.modality}"
+    for epoch in (
+        bar := tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not progress)
+    ):
         train_loss = _epoch(model, train_loader, opt, cfg, mcfg.video_dim, device, drop_gen)
         val_loss = _loader_loss(model, val_loader, cfg, device)
         sched.step(val_loss)
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": opt.param_groups[0]["lr"]})
-        if val_loss < best - 1e-6:
-            best, best_epoch, stale = val_loss, epoch, 0
-            extra = {"task": WEAK_TASK, "weak_config": cfg.to_dict(), "best_epoch": epoch, "val_loss": val_loss}
-            ckpt = Checkpoint(model, mcfg, tcfg, list(WEAK_CLASSES), store.spec, norm, store.load_encoder_state(), extra)
-            save_checkpoint(ckpt_path, ckpt)
-        else:
-            stale += 1
+        lr = opt.param_groups[0]["lr"]
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr})
         atomic_write_text(out / HISTORY_FILE, json.dumps(history, indent=1))
         bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
-        if stale >= cfg.early_stop_patience:
+        if val_loss < best - 1e-6:
+            best, best_epoch, stale = val_loss, epoch, 0
+            ckpt = _checkpoint(model, mcfg, cfg, store, norm, epoch, val_loss)
+            save_checkpoint(out / BEST_CHECKPOINT, ckpt)
+        elif (stale := stale + 1) >= cfg.early_stop_patience:
             log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
             break
-    return TrainResult(ckpt_path, history, best_epoch, best, count_parameters(model), time.time() - start)
+    params, seconds = count_parameters(model), time.time() - start
+    return TrainResult(out / BEST_CHECKPOINT, history, best_epoch, best, params, seconds)
 
 
 # -- scoring -----------------------------------------------------------------------------------
@@ -344,7 +468,9 @@ def sequence_probabilities(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     device = next(model.parameters()).device
     out = []
     for s in range(0, len(x), EVAL_CHUNK):
-        xb = torch.from_numpy(np.ascontiguousarray(x[s : s + EVAL_CHUNK]))[None].to(device)  # (1, l, D)
+        xb = torch.from_numpy(np.ascontiguousarray(x[s : s + EVAL_CHUNK]))[None].to(
+            device
+        )  # (1, l, D)
         mask = torch.ones(xb.shape[:2], dtype=torch.bool, device=device)  # (1, l)
         out.append(torch.softmax(model(xb, mask)[-1, 0].float(), dim=-1).cpu().numpy())  # (l, C)
     return np.concatenate(out)
@@ -358,7 +484,9 @@ def _crop_views(tensors: dict[str, np.ndarray], modality: str) -> list[dict[str,
     return [tensors | {"video": crops[k]} for k in range(len(crops))]
 
 
-def snippet_scores(ckpt: Checkpoint, tensors: dict[str, np.ndarray], drop: str | None = None) -> np.ndarray:
+def snippet_scores(
+    ckpt: Checkpoint, tensors: dict[str, np.ndarray], drop: str | None = None
+) -> np.ndarray:
     """Anomaly score per snippet (T,), averaged over the visual crops.
 
     Weak detectors score the whole video at once (p(anomaly)); classifiers score windows of their
@@ -375,7 +503,9 @@ def snippet_scores(ckpt: Checkpoint, tensors: dict[str, np.ndarray], drop: str |
         if is_weak(ckpt):
             s = sequence_probabilities(ckpt.model, x)[:, ANOMALY_INDEX]
         else:
-            s = anomaly_scores(step_probabilities(ckpt.model, x, ckpt.train_config.seq_len), ckpt.classes)
+            s = anomaly_scores(
+                step_probabilities(ckpt.model, x, ckpt.train_config.seq_len), ckpt.classes
+            )
         total = s.astype(np.float64) if total is None else total + s
     return (total / len(views)).astype(np.float32)
 
@@ -390,7 +520,11 @@ class VideoScores:
 
 
 def score_videos(
-    ckpt: Checkpoint, store: FeatureStore, entries: Sequence[Entry], drop: str | None = None, progress: bool = False
+    ckpt: Checkpoint,
+    store: FeatureStore,
+    entries: Sequence[Entry],
+    drop: str | None = None,
+    progress: bool = False,
 ) -> list[VideoScores]:
     out = []
     for e in tqdm(entries, desc="score", unit="video", disable=not progress):
@@ -399,20 +533,26 @@ def score_videos(
     return out
 
 
-def frame_arrays(videos: Sequence[VideoScores], segment_seconds: float) -> tuple[np.ndarray, np.ndarray]:
+def frame_arrays(
+    videos: Sequence[VideoScores], segment_seconds: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Concatenated frame truth (N,) and frame scores (N,) of the videos that have truth."""
     ys, ss = [], []
     for v in videos:
         if v.frame_labels is None:
             continue
         ys.append(v.frame_labels)
-        ss.append(snippet_to_frame_scores(v.scores, len(v.frame_labels), v.entry.fps, segment_seconds))
+        ss.append(
+            snippet_to_frame_scores(v.scores, len(v.frame_labels), v.entry.fps, segment_seconds)
+        )
     if not ys:
         return np.zeros(0, np.uint8), np.zeros(0, np.float32)
     return np.concatenate(ys), np.concatenate(ss)
 
 
-def classifier_frame_metrics(ckpt: Checkpoint, store: FeatureStore, entries: Sequence[Entry], drop: str | None = None) -> dict:
+def classifier_frame_metrics(
+    ckpt: Checkpoint, store: FeatureStore, entries: Sequence[Entry], drop: str | None = None
+) -> dict:
     """frame_ap / frame_pr_auc / frame_roc_auc of a checkpoint on the entries with frame truth ({} if none)."""
     flagged = [e for e in entries if (e.extra or {}).get("frame_level")]
     videos = score_videos(ckpt, store, flagged or entries, drop)
@@ -434,7 +574,10 @@ def _video_level(videos: Sequence[VideoScores], divisor: int) -> dict:
     s = np.array([np.sort(v.scores)[::-1][: len(v.scores) // divisor + 1].mean() for v in videos])
     if len(set(y.tolist())) < 2:
         return {}
-    return {"video_ap": float(average_precision_score(y, s)), "video_roc_auc": float(roc_auc_score(y, s))}
+    return {
+        "video_ap": float(average_precision_score(y, s)),
+        "video_roc_auc": float(roc_auc_score(y, s)),
+    }
 
 
 def _check_spec(ckpt: Checkpoint, store: FeatureStore) -> None:
@@ -445,7 +588,9 @@ def _check_spec(ckpt: Checkpoint, store: FeatureStore) -> None:
         raise EvaluateError(f"checkpoint features ({ours}) differ from the store's ({theirs})")
 
 
-def _plot_curves(videos: Sequence[VideoScores], segment_seconds: float, folder: Path, limit: int) -> list[str]:
+def _plot_curves(
+    videos: Sequence[VideoScores], segment_seconds: float, folder: Path, limit: int
+) -> list[str]:
     """Score curves of up to ``limit`` videos, violent ones first; returns the file names."""
     from .plots import plot_score_curve
 
@@ -478,7 +623,11 @@ def evaluate_weak(
     """
     from .evaluate import EvaluateError
 
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, resolve_device(device))
+    ckpt = (
+        checkpoint
+        if isinstance(checkpoint, Checkpoint)
+        else load_checkpoint(checkpoint, resolve_device(device))
+    )
     store = feats if isinstance(feats, FeatureStore) else FeatureStore.open(feats)
     _check_spec(ckpt, store)
     entries = store.split(split)
@@ -509,7 +658,9 @@ def evaluate_weak(
     }
     if out is not None:
         out = Path(out)
-        metrics["curves"] = _plot_curves(videos, store.spec.segment_seconds, out / CURVES_DIR, plots)
+        metrics["curves"] = _plot_curves(
+            videos, store.spec.segment_seconds, out / CURVES_DIR, plots
+        )
         atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=1))
     return metrics
 

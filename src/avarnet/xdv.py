@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import NORMAL_CLASS, FeatureSpec
-from .store import Entry, FeatureStore, StoreError, video_id
+from .store import Entry, FeatureStore, video_id
 
 log = logging.getLogger("avarnet")
 
@@ -46,7 +46,9 @@ XD_CODES: dict[str, str] = {
     "B6": "car_accident",
     "G": "explosion",
 }
-XDV_CLASSES: tuple[str, ...] = tuple(XD_CODES.values())  # normal first, then the six violent classes
+XDV_CLASSES: tuple[str, ...] = tuple(
+    XD_CODES.values()
+)  # normal first, then the six violent classes
 ANOMALY_CLASSES: tuple[str, ...] = XDV_CLASSES[1:]
 NORMAL_CODE = "A"
 PAD_CODE = "0"  # fills the unused code slots of a name
@@ -183,7 +185,9 @@ def _group_crops(paths: Sequence[Path], list_name: str) -> dict[str, dict[int, P
     return groups
 
 
-def _crop_paths(name: str, crops: dict[int, Path], keep_crops: bool, list_name: str) -> tuple[Path, ...]:
+def _crop_paths(
+    name: str, crops: dict[int, Path], keep_crops: bool, list_name: str
+) -> tuple[Path, ...]:
     """Centre crop first; with ``keep_crops``, all of 0..K-1 (siblings of a lone ``__0`` are found on disk)."""
     if CENTRE_CROP not in crops:
         raise XdvError(f"{list_name}: {name!r} has no centre crop '{name}__{CENTRE_CROP}.npy'")
@@ -253,14 +257,18 @@ def _parse_spans(tokens: list[str], where: str) -> list[Span]:
     coded = bool(tokens) and not tokens[0].lstrip("-").isdigit()
     step = 3 if coded else 2
     if len(tokens) % step:
-        raise XdvError(f"{where}: expected {'code start end' if coded else 'start end'} groups, got {tokens}")
+        raise XdvError(
+            f"{where}: expected {'code start end' if coded else 'start end'} groups, got {tokens}"
+        )
     spans = []
     for i in range(0, len(tokens), step):
         code = tokens[i] if coded else None
         try:
             s, e = int(tokens[i + step - 2]), int(tokens[i + step - 1])
         except ValueError:
-            raise XdvError(f"{where}: frame numbers must be integers, got {tokens[i:i + step]}") from None
+            raise XdvError(
+                f"{where}: frame numbers must be integers, got {tokens[i : i + step]}"
+            ) from None
         if code is not None and code not in XD_CODES:
             raise XdvError(f"{where}: unknown code {code!r}")
         if not 0 <= s < e:
@@ -300,10 +308,14 @@ class GtLayout:
 
     offsets: tuple[int, ...]
     kept: tuple[int, ...]  # frames of the chunk that belong to the stored snippets (T * 16)
-    convention: str  # "trimmed" (official: after the audio/visual drop) | "visual" (visual snippet count)
+    convention: (
+        str  # "trimmed" (official: after the audio/visual drop) | "visual" (visual snippet count)
+    )
 
 
-def gt_layout(gt_frames: int, trimmed: Sequence[int], visual: Sequence[int], gt_name: str = "gt.npy") -> GtLayout:
+def gt_layout(
+    gt_frames: int, trimmed: Sequence[int], visual: Sequence[int], gt_name: str = "gt.npy"
+) -> GtLayout:
     """Per-video slices of a flat ground truth of ``gt_frames`` frames.
 
     ``trimmed`` (stored snippet counts, after dropping a trailing unmatched snippet) and ``visual``
@@ -382,7 +394,9 @@ def _plan(video: XdVideo, max_mismatch: int) -> _Planned:
         if not p.is_file():
             raise XdvError(f"feature file not found: {p} (crop of {video.name!r})")
     if len(vs) != 2 or len(aus) != 2:
-        raise XdvError(f"{video.name!r}: expected 2-d features (T, D), got visual {vs} and audio {aus}")
+        raise XdvError(
+            f"{video.name!r}: expected 2-d features (T, D), got visual {vs} and audio {aus}"
+        )
     if abs(vs[0] - aus[0]) > max_mismatch:
         raise XdvError(
             f"{video.name!r}: visual features have {vs[0]} snippets and audio {aus[0]}; more than "
@@ -433,7 +447,9 @@ def _load_official(p: _Planned, dv: int, da: int) -> dict[str, np.ndarray]:
     for path in p.video.crops:
         arr = np.load(path, mmap_mode="r")
         if arr.shape != (p.visual, dv):
-            raise XdvError(f"{path}: shape {arr.shape}, expected {(p.visual, dv)} like its centre crop")
+            raise XdvError(
+                f"{path}: shape {arr.shape}, expected {(p.visual, dv)} like its centre crop"
+            )
         crops.append(np.asarray(arr[:T], dtype=np.float32))
     audio = np.load(p.video.audio, mmap_mode="r")
     if audio.shape[1] != da:
@@ -448,22 +464,34 @@ def _load_official(p: _Planned, dv: int, da: int) -> dict[str, np.ndarray]:
     return out
 
 
+def _load_gt(path: Path) -> np.ndarray:
+    """The flat frame truth of a gt.npy, memory-mapped (read in per-video slices)."""
+    if not path.is_file():
+        raise XdvError(f"ground truth not found: {path}")
+    try:
+        return np.load(path, mmap_mode="r").reshape(-1)
+    except Exception as e:
+        raise XdvError(f"cannot read {path} as a numeric .npy array: {e}") from None
+
+
 class _Truth:
     """Frame truth of the test videos from a gt.npy or an annotation file (or none)."""
 
     def __init__(self, tests: Sequence[_Planned], gt: Path | None, annotations: Path | None):
         if gt is not None and annotations is not None:
-            raise XdvError("give the ground truth either as gt.npy or as an annotation file, not both")
+            raise XdvError(
+                "give the ground truth either as gt.npy or as an annotation file, not both"
+            )
         self.gt_name = gt.name if gt else (annotations.name if annotations else "")
         self.layout: GtLayout | None = None
         self.flat: np.ndarray | None = None
         self.spans: dict[str, list[Span]] | None = None
         self.index = {p.video.name: i for i, p in enumerate(tests)}
         if gt is not None:
-            if not gt.is_file():
-                raise XdvError(f"ground truth not found: {gt}")
-            self.flat = np.load(gt, mmap_mode="r").reshape(-1)
-            self.layout = gt_layout(len(self.flat), [p.T for p in tests], [p.visual for p in tests], gt.name)
+            self.flat = _load_gt(gt)
+            self.layout = gt_layout(
+                len(self.flat), [p.T for p in tests], [p.visual for p in tests], gt.name
+            )
         elif annotations is not None:
             self.spans = parse_annotations(annotations)
             self._check_annotated(tests)
@@ -473,14 +501,20 @@ class _Truth:
         return self.flat is not None or self.spans is not None
 
     def _check_annotated(self, tests: Sequence[_Planned]) -> None:
-        missing = [p.video.name for p in tests if parse_label(p.video.name).binary and p.video.name not in self.spans]
+        missing = [
+            p.video.name
+            for p in tests
+            if parse_label(p.video.name).binary and p.video.name not in self.spans
+        ]
         if missing:
             raise GroundTruthError(
                 f"{self.gt_name} has no line for {len(missing)} violent test videos, e.g. {missing[:2]}"
             )
         normal = [n for n in self.spans if n in self.index and parse_label(n).binary == 0]
         if normal:
-            raise GroundTruthError(f"{self.gt_name} annotates normal test videos, e.g. {normal[:2]}")
+            raise GroundTruthError(
+                f"{self.gt_name} annotates normal test videos, e.g. {normal[:2]}"
+            )
 
     def frames(self, p: _Planned) -> np.ndarray:
         """(T * 16,) uint8 truth of one test video."""
@@ -508,7 +542,10 @@ def _plan_all(videos: Sequence[XdVideo], max_mismatch: int, progress: bool) -> l
 def _official_entry(store: FeatureStore, p: _Planned, split: str, has_truth: bool) -> Entry:
     label = parse_label(p.video.name)
     vid = video_id(f"{p.video.split}/{p.video.name}")
-    extra = entry_extra(p.video.name, label) | {"crops": len(p.video.crops), "trimmed": p.visual != p.audio}
+    extra = entry_extra(p.video.name, label) | {
+        "crops": len(p.video.crops),
+        "trimmed": p.visual != p.audio,
+    }
     if has_truth:
         extra["frame_level"] = True
     return Entry(
@@ -531,6 +568,64 @@ def _split_of(video: XdVideo, seed: int, val_fraction: float) -> str:
     return video.split
 
 
+def _read_official_lists(
+    rgb_list, audio_list, test_rgb_list, test_audio_list, features_root, keep_crops: bool
+) -> tuple[list[XdVideo], list[XdVideo]]:
+    """(training videos, test videos) of the two list pairs, checked for overlap."""
+    if (test_rgb_list is None) != (test_audio_list is None):
+        raise XdvError("give both --test-rgb-list and --test-audio-list, or neither")
+    videos = pair_lists(rgb_list, audio_list, "train", features_root, keep_crops)
+    tests = []
+    if test_rgb_list is not None:
+        tests = pair_lists(test_rgb_list, test_audio_list, "test", features_root, keep_crops)
+    _check_disjoint(videos, tests)
+    return videos, tests
+
+
+def _official_info(truth_available: bool, val_fraction: float, seed: int, sources: dict) -> dict:
+    """Dataset info of an imported store (spec.json)."""
+    return {
+        "dataset": "xd-violence",
+        "source": "official-features",
+        "classes": list(XDV_CLASSES),
+        "frame_level": truth_available,
+        "frames_per_snippet": FRAMES_PER_SNIPPET,
+        "fps": XD_FPS,
+        "val_fraction": val_fraction,
+        "split_seed": seed,
+        "lists": {k: str(v) for k, v in sources.items() if v is not None},
+    }
+
+
+def _write_official(
+    store: FeatureStore,
+    plans: Sequence[_Planned],
+    truth: _Truth,
+    seed: int,
+    val_fraction: float,
+    progress: bool,
+) -> ImportResult:
+    """Read and write one video at a time; videos already in the store are skipped."""
+    dv, da = store.spec.video_dim, store.spec.audio_dim
+    result = ImportResult(frame_level=truth.available)
+    result.gt_convention = truth.layout.convention if truth.layout else None
+    for p in tqdm(plans, desc="xdv import", unit="video", disable=not progress, dynamic_ncols=True):
+        split = _split_of(p.video, seed, val_fraction)
+        result.splits[split] = result.splits.get(split, 0) + 1
+        result.trimmed += int(p.visual != p.audio)
+        has_truth = p.video.split == "test" and truth.available
+        entry = _official_entry(store, p, split, has_truth)
+        if store.is_done(entry.id):
+            result.skipped += 1
+            continue
+        tensors = _load_official(p, dv, da)
+        if has_truth:
+            tensors["frame_labels"] = truth.frames(p)
+        store.write(entry, tensors)
+        result.written += 1
+    return result
+
+
 def import_official(
     out: str | Path,
     rgb_list: str | Path,
@@ -549,59 +644,33 @@ def import_official(
     """Stream the official XD-Violence features into a feature store at ``out``.
 
     Everything is checked from the .npy headers first (missing files, list mismatches, dimensions,
-    ground-truth length), then one video at a time is read and written, so memory does not grow with
-    the list. Finished videos are skipped, so an interrupted import resumes.
+    ground-truth length and alignment), then one video at a time is read and written, so memory
+    does not grow with the list. Finished videos are skipped, so an interrupted import resumes.
     """
-    if (test_rgb_list is None) != (test_audio_list is None):
-        raise XdvError("give both --test-rgb-list and --test-audio-list, or neither")
     if (gt is not None or annotations is not None) and test_rgb_list is None:
         raise XdvError("ground truth needs the test lists (--test-rgb-list, --test-audio-list)")
-    videos = pair_lists(rgb_list, audio_list, "train", features_root, keep_crops)
-    tests = pair_lists(test_rgb_list, test_audio_list, "test", features_root, keep_crops) if test_rgb_list else []
-    _check_disjoint(videos, tests)
+    lists = (rgb_list, audio_list, test_rgb_list, test_audio_list)
+    videos, tests = _read_official_lists(*lists, features_root, keep_crops)
     plans = _plan_all(videos + tests, max_mismatch, progress)
     test_plans = plans[len(videos) :]
     truth = _Truth(test_plans, Path(gt) if gt else None, Path(annotations) if annotations else None)
     truth.validate(test_plans)
     if test_plans and not truth.available:
         log.warning("no ground truth given: test videos are imported without frame-level labels")
-    dv, da = _check_dims(plans)
-    info = {
-        "dataset": "xd-violence",
-        "source": "official-features",
-        "classes": list(XDV_CLASSES),
-        "frame_level": truth.available,
-        "frames_per_snippet": FRAMES_PER_SNIPPET,
-        "fps": XD_FPS,
-        "val_fraction": val_fraction,
-        "split_seed": seed,
-        "lists": {k: str(v) for k, v in dict(rgb=rgb_list, audio=audio_list, test_rgb=test_rgb_list,
-                                               test_audio=test_audio_list, gt=gt, annotations=annotations).items() if v},
-    }
-    store = FeatureStore.create(out, _official_spec(dv, da), info)
-    result = ImportResult(frame_level=truth.available, gt_convention=truth.layout.convention if truth.layout else None)
-    bar = tqdm(plans, desc="xdv import", unit="video", disable=not progress, dynamic_ncols=True)
-    for p in bar:
-        split = _split_of(p.video, seed, val_fraction)
-        result.splits[split] = result.splits.get(split, 0) + 1
-        result.trimmed += int(p.visual != p.audio)
-        has_truth = p.video.split == "test" and truth.available
-        entry = _official_entry(store, p, split, has_truth)
-        if store.is_done(entry.id):
-            result.skipped += 1
-            continue
-        tensors = _load_official(p, dv, da)
-        if has_truth:
-            tensors["frame_labels"] = truth.frames(p)
-        store.write(entry, tensors)
-        result.written += 1
-    return result
+    sources = dict(zip(("rgb", "audio", "test_rgb", "test_audio"), lists, strict=True))
+    info = _official_info(
+        truth.available, val_fraction, seed, sources | {"gt": gt, "annotations": annotations}
+    )
+    store = FeatureStore.create(out, _official_spec(*_check_dims(plans)), info)
+    return _write_official(store, plans, truth, seed, val_fraction, progress)
 
 
 def _check_disjoint(train: Sequence[XdVideo], test: Sequence[XdVideo]) -> None:
     both = {v.name for v in train} & {v.name for v in test}
     if both:
-        raise XdvError(f"{len(both)} videos are in both the training and the test lists, e.g. {sorted(both)[:2]}")
+        raise XdvError(
+            f"{len(both)} videos are in both the training and the test lists, e.g. {sorted(both)[:2]}"
+        )
 
 
 # -- import of a store made by `avarnet extract` -----------------------------------------------
@@ -615,12 +684,41 @@ def _extracted_split(entry: Entry) -> str:
     return "test" if entry.split == "test" else "train"
 
 
-def _extracted_truth(entry: Entry, spans: dict[str, list[Span]], name: str, label: XdLabel) -> np.ndarray:
+def _extracted_truth(
+    entry: Entry, spans: dict[str, list[Span]], name: str, label: XdLabel
+) -> np.ndarray:
     """Truth over the video's own frames (N = duration * fps)."""
     if label.binary and name not in spans:
-        raise GroundTruthError(f"no annotation line for the violent test video {name!r} ({entry.source})")
+        raise GroundTruthError(
+            f"no annotation line for the violent test video {name!r} ({entry.source})"
+        )
     n_frames = max(1, round(entry.duration * entry.fps))
     return frame_truth(spans.get(name, []), n_frames)
+
+
+def _extracted_info(src: str | Path, has_truth: bool, val_fraction: float, seed: int) -> dict:
+    return {
+        "dataset": "xd-violence",
+        "source": "extracted",
+        "extracted_from": str(Path(src).resolve()),
+        "classes": list(XDV_CLASSES),
+        "frame_level": has_truth,
+        "val_fraction": val_fraction,
+        "split_seed": seed,
+    }
+
+
+def _relabelled(e: Entry, seed: int, val_fraction: float, spans: dict | None) -> tuple[Entry, bool]:
+    """The XD-Violence entry of an extracted one, and whether it gets frame truth."""
+    name = strip_video_suffix(Path(e.source).name)
+    label = parse_label(name)
+    split = _extracted_split(e)
+    final = "val" if split == "train" and _is_val(name, seed, val_fraction) else split
+    has_truth = split == "test" and spans is not None
+    extra = entry_extra(name, label) | ({"frame_level": True} if has_truth else {})
+    return Entry(
+        e.id, e.file, label.label, final, e.source, e.duration, e.fps, e.has_audio, e.T, extra
+    ), has_truth
 
 
 def import_extracted(
@@ -641,37 +739,29 @@ def import_extracted(
     if source.info.get("dataset") == "xd-violence":
         raise XdvError(f"{src} is already an XD-Violence store")
     spans = parse_annotations(annotations) if annotations is not None else None
-    entries = source.entries
-    names = [strip_video_suffix(Path(e.source).name) for e in entries]
-    labels = [parse_label(n) for n in names]  # fails early on a name without a label
-    info = {
-        "dataset": "xd-violence",
-        "source": "extracted",
-        "extracted_from": str(Path(src).resolve()),
-        "classes": list(XDV_CLASSES),
-        "frame_level": spans is not None,
-        "val_fraction": val_fraction,
-        "split_seed": seed,
-    }
-    store = FeatureStore.create(out, source.spec, info)
+    planned = [
+        _relabelled(e, seed, val_fraction, spans) for e in source.entries
+    ]  # names checked first
+    store = FeatureStore.create(
+        out, source.spec, _extracted_info(src, spans is not None, val_fraction, seed)
+    )
     state = source.load_encoder_state()
     if state is not None:
         store.save_encoder_state(state)
     result = ImportResult(frame_level=spans is not None)
-    bar = tqdm(list(zip(entries, names, labels, strict=True)), desc="xdv import", unit="video", disable=not progress)
-    for e, name, label in bar:
-        split = _extracted_split(e)
-        final = "val" if split == "train" and _is_val(name, seed, val_fraction) else split
-        result.splits[final] = result.splits.get(final, 0) + 1
-        has_truth = split == "test" and spans is not None
-        extra = entry_extra(name, label) | ({"frame_level": True} if has_truth else {})
-        new = Entry(e.id, e.file, label.label, final, e.source, e.duration, e.fps, e.has_audio, e.T, extra)
+    pairs = zip(source.entries, planned, strict=True)
+    for old, (new, has_truth) in tqdm(
+        list(pairs), desc="xdv import", unit="video", disable=not progress
+    ):
+        result.splits[new.split] = result.splits.get(new.split, 0) + 1
         if store.is_done(new.id):
             result.skipped += 1
             continue
-        tensors = source.load(e)
+        tensors = source.load(old)
         if has_truth:
-            tensors["frame_labels"] = _extracted_truth(e, spans, name, label)
+            tensors["frame_labels"] = _extracted_truth(
+                old, spans, new.extra["name"], parse_label(new.extra["name"])
+            )
         store.write(new, tensors)
         result.written += 1
     return result
@@ -689,7 +779,12 @@ def recognition_store(src: str | Path, out: str | Path, progress: bool = True) -
     if source.info.get("dataset") != "xd-violence":
         raise XdvError(f"{src} is not an XD-Violence store (run `avarnet xdv import` first)")
     info = {k: v for k, v in source.info.items() if k not in ("frame_level",)}
-    info |= {"classes": list(ANOMALY_CLASSES), "task": "recognition", "frame_level": False, "derived_from": str(src)}
+    info |= {
+        "classes": list(ANOMALY_CLASSES),
+        "task": "recognition",
+        "frame_level": False,
+        "derived_from": str(src),
+    }
     store = FeatureStore.create(out, source.spec, info)
     state = source.load_encoder_state()
     if state is not None:
@@ -703,18 +798,9 @@ def recognition_store(src: str | Path, out: str | Path, progress: bool = True) -
             continue
         tensors = source.load(e)
         extra = {k: v for k, v in (e.extra or {}).items() if k != "frame_level"}
-        store.write(Entry(**(e.__dict__ | {"extra": extra})), {k: tensors[k] for k in ("video", "audio", "audio_mask")})
+        store.write(
+            Entry(**(e.__dict__ | {"extra": extra})),
+            {k: tensors[k] for k in ("video", "audio", "audio_mask")},
+        )
         result.written += 1
     return result
-
-
-def iter_frame_truth(store: FeatureStore, entries: Sequence[Entry]) -> Iterator[tuple[Entry, dict[str, np.ndarray]]]:
-    """(entry, tensors) for the entries that carry ``frame_labels``."""
-    for e, tensors in store.iter_load(list(entries)):
-        if "frame_labels" in tensors:
-            yield e, tensors
-
-
-def require_xdv(store: FeatureStore) -> None:
-    if store.info.get("dataset") != "xd-violence":
-        raise StoreError(f"{store.root} is not an XD-Violence store (run `avarnet xdv import` first)")
