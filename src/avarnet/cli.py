@@ -311,7 +311,7 @@ def cmd_xdv_train(a: argparse.Namespace) -> int:
     given = {k: getattr(a, k) for k in _WEAK_FIELDS if getattr(a, k) is not None}
     cfg = WeakConfig(**given, all_crops=not a.centre_crop_only)
     r = train_weak(a.feats, a.out, cfg, progress=not a.quiet)
-    print(f"best epoch {r.best_epoch} (val MIL loss {r.best_val_loss:.4f}), {r.params} parameters, {r.seconds:.0f}s -> {r.checkpoint}")
+    print(f"best epoch {r.best_epoch} (val loss {r.best_val_loss:.4f}), {r.params} parameters, {r.seconds:.0f}s -> {r.checkpoint}")
     return EXIT_OK
 
 
