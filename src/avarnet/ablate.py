@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import TrainConfig
+from .errors import AvarnetError
 from .data import MODALITIES
 from .encoders import resolve_device
 from .evaluate import SENSES, evaluate
@@ -113,7 +114,7 @@ PER_CELL_FIELDS = frozenset(
 )
 
 
-class AblationError(ValueError):
+class AblationError(AvarnetError):
     """The ablation grid or its options are invalid."""
 
 

@@ -9,24 +9,27 @@ Loading builds the model from its stored config, so ``predict`` needs nothing bu
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import io
 from .config import FeatureSpec, ModelConfig, TrainConfig
-from .data import Normalizer
+from .data import Normalizer, input_dims
+from .errors import AvarnetError
 from .models import create_model
 
 FORMAT = "avarnet-checkpoint-1"
+METADATA_KEYS = ("model_config", "train_config", "classes", "feature_spec")
 
 
-class CheckpointError(Exception):
-    """A checkpoint is missing, damaged or not an avarnet checkpoint."""
+class CheckpointError(AvarnetError):
+    """A checkpoint is missing, damaged, inconsistent or not an avarnet checkpoint."""
 
 
 @dataclass
@@ -55,25 +58,23 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
         tensors[f"encoder.{k}"] = v.contiguous()
     meta = {
         "format": FORMAT,
-        "model_config": json.dumps(ckpt.model_config.to_dict()),
-        "train_config": json.dumps(ckpt.train_config.to_dict()),
-        "classes": json.dumps(ckpt.classes),
-        "feature_spec": json.dumps(ckpt.spec.to_dict()),
-        "extra": json.dumps(ckpt.extra),
+        "model_config": io.dumps(ckpt.model_config.to_dict(), indent=None),
+        "train_config": io.dumps(ckpt.train_config.to_dict(), indent=None),
+        "classes": io.dumps(ckpt.classes, indent=None),
+        "feature_spec": io.dumps(ckpt.spec.to_dict(), indent=None),
+        "extra": io.dumps(ckpt.extra, indent=None),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".ckpt")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    io.atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Rebuild model (eval mode), configs, classes, normaliser and encoder state from one file."""
+    """Rebuild model (eval mode), configs, classes, normaliser and encoder state from one file.
+
+    Everything is checked before the model is built: metadata parses, the model config's tensor
+    shapes match the stored tensors (a config edited to a huge width fails here, with no memory
+    spent), the normaliser is finite with positive spread, and the class list fits the model.
+    Raises CheckpointError (one line naming the file) for any inconsistency.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -81,23 +82,115 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
+    except PermissionError:
+        raise
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable checkpoint: {e}") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an avarnet checkpoint")
-    model_config = ModelConfig.from_dict(json.loads(meta["model_config"]))
-    model = create_model(model_config)
+    parts = {key: _metadata(meta, key, path) for key in METADATA_KEYS}
+    extra = _metadata(meta, "extra", path) if "extra" in meta else {}
+    model_config = _config(ModelConfig, parts["model_config"], "model_config", path)
+    train_config = _config(TrainConfig, parts["train_config"], "train_config", path)
+    spec = _config(FeatureSpec, parts["feature_spec"], "feature_spec", path)
+    classes = _classes(parts["classes"], model_config, path)
+    _check_dims(model_config, train_config, spec, path)
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    model.load_state_dict(state)
+    model = _build_model(model_config, state, path)
     model.to(device).eval()
     encoder = {k[len("encoder.") :]: v for k, v in tensors.items() if k.startswith("encoder.")}
     return Checkpoint(
         model=model,
         model_config=model_config,
-        train_config=TrainConfig.from_dict(json.loads(meta["train_config"])),
-        classes=json.loads(meta["classes"]),
-        spec=FeatureSpec.from_dict(json.loads(meta["feature_spec"])),
-        norm=Normalizer(tensors["norm.mean"].numpy(), tensors["norm.std"].numpy()),
+        train_config=train_config,
+        classes=classes,
+        spec=spec,
+        norm=_normalizer(tensors, model_config.input_dim, path),
         encoder_state=encoder or None,
-        extra=json.loads(meta.get("extra", "{}")),
+        extra=extra if isinstance(extra, dict) else {},
     )
+
+
+def _metadata(meta: dict[str, str], key: str, path: Path) -> Any:
+    if key not in meta:
+        raise CheckpointError(f"{path}: metadata {key!r} is missing")
+    try:
+        return json.loads(meta[key])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: metadata {key!r} is not valid JSON ({e})") from None
+
+
+def _config(cls: type, value: Any, key: str, path: Path):
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: metadata {key!r} is not a JSON object")
+    try:
+        return cls.from_dict(value)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: metadata {key!r} is invalid ({e})") from None
+
+
+def _classes(value: Any, cfg: ModelConfig, path: Path) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise CheckpointError(f"{path}: metadata 'classes' is not a list of names")
+    if len(value) != cfg.num_classes or len(set(value)) != len(value):
+        raise CheckpointError(
+            f"{path}: {len(value)} class names for a model with {cfg.num_classes} outputs"
+        )
+    return value
+
+
+def _check_dims(cfg: ModelConfig, train: TrainConfig, spec: FeatureSpec, path: Path) -> None:
+    try:
+        vd, ad = input_dims(spec.video_dim, spec.audio_dim, train.modality)
+    except KeyError:
+        raise CheckpointError(f"{path}: unknown modality {train.modality!r}") from None
+    if vd + ad != cfg.input_dim:
+        raise CheckpointError(
+            f"{path}: the model takes {cfg.input_dim} features but the feature spec gives "
+            f"{vd + ad} ({train.modality})"
+        )
+    if train.seq_len < 1 or spec.segment_seconds <= 0:
+        raise CheckpointError(f"{path}: seq_len and segment_seconds must be positive")
+
+
+def _build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], path: Path) -> torch.nn.Module:
+    """Check the config's parameter shapes on the meta device (no memory), then build and load."""
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in create_model(cfg).state_dict().items()}
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: model config is invalid ({e})") from None
+    stored = {k: tuple(v.shape) for k, v in state.items()}
+    if shapes != stored:
+        missing = sorted(set(shapes) - set(stored))
+        wrong = sorted(k for k in set(shapes) & set(stored) if shapes[k] != stored[k])
+        what = (
+            f"tensor {wrong[0]} is {stored[wrong[0]]}, the config needs {shapes[wrong[0]]}"
+            if wrong
+            else f"missing tensor {missing[0]}"
+            if missing
+            else f"unexpected tensor {sorted(set(stored) - set(shapes))[0]}"
+        )
+        raise CheckpointError(f"{path}: model config does not match the stored weights ({what})")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: weights hold NaN or infinity (e.g. {bad[0]})")
+    model = create_model(cfg)
+    model.load_state_dict(state)
+    return model
+
+
+def _normalizer(tensors: dict[str, torch.Tensor], dim: int, path: Path) -> Normalizer:
+    if "norm.mean" not in tensors or "norm.std" not in tensors:
+        raise CheckpointError(f"{path}: normalisation statistics (norm.mean, norm.std) are missing")
+    mean = tensors["norm.mean"].float().numpy()
+    std = tensors["norm.std"].float().numpy()
+    if mean.shape != (dim,) or std.shape != (dim,):
+        raise CheckpointError(
+            f"{path}: normalisation statistics have shapes {mean.shape}, {std.shape}; expected ({dim},)"
+        )
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()) or (std <= 0).any():
+        raise CheckpointError(
+            f"{path}: normalisation statistics are not finite, or norm.std has zero/negative values"
+        )
+    return Normalizer(mean, std)

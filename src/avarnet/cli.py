@@ -7,14 +7,74 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import sys
 from pathlib import Path
 
 from .config import DEFAULT_AUDIO_BACKBONE, DEFAULT_VIDEO_BACKBONE, TrainConfig
+from .errors import InvalidArgumentError
 
 log = logging.getLogger("avarnet")
 
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
+MIN_SEGMENT_SECONDS = 0.02  # one Wav2Vec2 frame (20 ms); shorter segments could hold no audio frame
+MAX_SEQ_LEN = 100_000  # segments per window (about 28 h of 1-s segments)
+MAX_FRAMES_PER_SEGMENT = 64
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False):
+    """An argparse ``type`` that parses ``kind`` and checks the range at parse time (finite only)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if too_low or (high is not None and value > high):
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+            hi = "" if high is None else f"<= {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(x for x in (lo, hi) if x)}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT = _number(int, 1)
+COUNT = _number(int, 0)
+SEED = _number(int, 0, 2**32 - 1)
+THREADS = _number(int, 0, 1024)
+SEQ_LEN = _number(int, 1, MAX_SEQ_LEN)
+FRAMES_PER_SEGMENT = _number(int, 1, MAX_FRAMES_PER_SEGMENT)
+POSITIVE_FLOAT = _number(float, 0, low_open=True)
+NON_NEGATIVE_FLOAT = _number(float, 0)
+SEGMENT_SECONDS = _number(float, MIN_SEGMENT_SECONDS)
+PROBABILITY = _number(float, 0, 1)
+FRACTION = _number(float, 0, 0.99)
+
+
+def _key_value(text: str) -> str:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return text
+
+
+def _model_name(text: str) -> str:
+    from .models import list_models  # imported only when a model is named
+
+    if text not in list_models():
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}; available: {', '.join(list_models())}")
+    return text
+
+
+def _frame_size(text: str) -> str:
+    width, _, height = text.partition("x")
+    if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}")
+    return text
 
 
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
@@ -27,38 +87,39 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
-    p.add_argument("--model", default=d.model, help="temporal model (see `avarnet models`)")
+    p.add_argument("--model", default=d.model, type=_model_name, help="temporal model (see `avarnet models`)")
     p.add_argument("--modality", choices=["fused", "audio", "video"], default=d.modality)
     p.add_argument("--fusion", choices=["early", "late"], default=d.fusion)
-    p.add_argument("--seq-len", type=int, default=d.seq_len, help="segments per window (L)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--modality-dropout", type=float, default=d.modality_dropout,
+    p.add_argument("--seq-len", type=SEQ_LEN, default=d.seq_len, help="segments per window (L)")
+    p.add_argument("--epochs", type=POSITIVE_INT, default=d.epochs)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=d.batch_size)
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=d.lr)
+    p.add_argument("--modality-dropout", type=PROBABILITY, default=d.modality_dropout,
                    help="probability of blanking one sense per training window")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=SEED, default=d.seed)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avarnet", description="Audio-visual anomaly recognition (AVAR-Net).")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write a synthetic audio-visual dataset OUT/<class>/*.mp4")
     p.add_argument("out", type=Path)
-    p.add_argument("--clips-per-class", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-seconds", type=float, default=8.0)
-    p.add_argument("--max-seconds", type=float, default=12.0)
+    p.add_argument("--clips-per-class", type=POSITIVE_INT, default=20)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--min-seconds", type=POSITIVE_FLOAT, default=8.0)
+    p.add_argument("--max-seconds", type=POSITIVE_FLOAT, default=12.0)
 
     p = sub.add_parser("extract", help="feature store for a dataset folder DATA/<class>/<video>")
     p.add_argument("data", type=Path)
     p.add_argument("--out", type=Path, required=True)
     _add_backbone_args(p)
-    p.add_argument("--segment-seconds", type=float, default=1.0)
-    p.add_argument("--frames-per-segment", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0, help="split seed and random-weight seed")
+    p.add_argument("--segment-seconds", type=SEGMENT_SECONDS, default=1.0)
+    p.add_argument("--frames-per-segment", type=FRAMES_PER_SEGMENT, default=1)
+    p.add_argument("--seed", type=SEED, default=0, help="split seed and random-weight seed")
 
     p = sub.add_parser("train", help="train a temporal model on a feature store")
     p.add_argument("feats", type=Path)
@@ -82,10 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synth -> extract -> train -> evaluate -> predict, in one folder")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--clips-per-class", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clips-per-class", type=POSITIVE_INT, default=10)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--weights", choices=["pretrained", "random"], default="pretrained")
-    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--epochs", type=POSITIVE_INT, default=50)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     sub.add_parser("models", help="list the registered temporal models")
@@ -93,21 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ablate", help="the paper's ablation grid on a feature store: results.csv, results.md, results.png")
     p.add_argument("feats", type=Path)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--models", nargs="+", help="temporal models (default: all registered)")
+    p.add_argument("--models", nargs="+", type=_model_name, help="temporal models (default: all registered)")
     p.add_argument("--modalities", nargs="+", choices=["fused", "audio", "video"], default=["fused", "audio", "video"])
     p.add_argument("--fusions", nargs="+", choices=["early", "late"], default=["early"],
                    help="with late: an early-vs-late table on fused input")
-    p.add_argument("--seq-lens", nargs="+", type=int, default=[TrainConfig().seq_len],
+    p.add_argument("--seq-lens", nargs="+", type=SEQ_LEN, default=[TrainConfig().seq_len],
                    help="with several: a sequence-length table on fused input")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="epochs per run (early stopping may end it sooner)")
+    p.add_argument("--seeds", nargs="+", type=SEED, default=[0, 1, 2])
+    p.add_argument("--epochs", type=POSITIVE_INT, default=TrainConfig().epochs, help="epochs per run (early stopping may end it sooner)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
-    p.add_argument("--lr", type=float, default=TrainConfig().lr)
-    p.add_argument("--hidden", type=int, help="model width override (default: ModelConfig's)")
-    p.add_argument("--layers", type=int, help="model depth override (default: ModelConfig's)")
-    p.add_argument("--stages", type=int, help="MTCN stages override (default: ModelConfig's)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (small models: 1 is fastest)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=TrainConfig().batch_size)
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=TrainConfig().lr)
+    p.add_argument("--hidden", type=POSITIVE_INT, help="model width override (default: ModelConfig's)")
+    p.add_argument("--layers", type=POSITIVE_INT, help="model depth override (default: ModelConfig's)")
+    p.add_argument("--stages", type=POSITIVE_INT, help="MTCN stages override (default: ModelConfig's)")
+    p.add_argument("--threads", type=THREADS, default=1, help="torch CPU threads per run (small models: 1 is fastest)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = sub.add_parser("xdv", help="XD-Violence: import features, weakly supervised training, frame-level evaluation")
@@ -124,9 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     truth.add_argument("--gt", type=Path, help="official flat frame-level ground truth (gt.npy)")
     truth.add_argument("--annotations", type=Path, help="annotations.txt: name start1 end1 start2 end2 ... (frames)")
     q.add_argument("--no-crops", action="store_true", help="keep the centre crop only")
-    q.add_argument("--val-fraction", type=float, default=0.1, help="training videos held out for early stopping")
-    q.add_argument("--max-mismatch", type=int, default=1, help="snippets visual and audio features may differ by")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--val-fraction", type=FRACTION, default=0.1, help="training videos held out for early stopping")
+    q.add_argument("--max-mismatch", type=COUNT, default=1, help="snippets visual and audio features may differ by")
+    q.add_argument("--seed", type=SEED, default=0)
     q = xdv.add_parser("recognition", help="six-class recognition store (violent videos, class = first code)")
     q.add_argument("feats", type=Path)
     q.add_argument("--out", type=Path, required=True)
@@ -141,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--split", default="test", choices=["train", "val", "test"])
     q.add_argument("--out", type=Path, required=True)
     q.add_argument("--drop", choices=["audio", "video"], help="evaluate with one sense blanked")
-    q.add_argument("--plots", type=int, default=12, help="per-video score curves to draw")
+    q.add_argument("--plots", type=COUNT, default=12, help="per-video score curves to draw")
     q.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = sub.add_parser("stream", help="live predictions, one per segment, with alerts: a video file, URL or capture device")
@@ -149,27 +210,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--realtime", action="store_true", help="files: read at the file's own speed (live sources always are)")
     p.add_argument("--jsonl", type=Path, help="write the JSON lines here instead of stdout")
-    p.add_argument("--threshold", type=float, default=0.5, help="anomaly score that counts as high")
-    p.add_argument("--min-segments", type=int, default=3, help="consecutive high segments that open an event")
-    p.add_argument("--hysteresis", type=float, default=0.1, help="an open event stays open while score >= threshold - this")
-    p.add_argument("--close-segments", type=int, default=2, help="consecutive segments below that level that close it")
+    p.add_argument("--threshold", type=PROBABILITY, default=0.5, help="anomaly score that counts as high")
+    p.add_argument("--min-segments", type=POSITIVE_INT, default=3, help="consecutive high segments that open an event")
+    p.add_argument("--hysteresis", type=NON_NEGATIVE_FLOAT, default=0.1, help="an open event stays open while score >= threshold - this")
+    p.add_argument("--close-segments", type=POSITIVE_INT, default=2, help="consecutive segments below that level that close it")
     p.add_argument("--webhook", help="POST each event record (JSON) to this http(s) URL")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32",
                    help="encoder arithmetic: bf16 (CPU with bf16 instructions, GPU), fp16 (GPU), int8 Wav2Vec2 (CPU);"
                         " faster, features shift slightly (fp32 equals predict --causal)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=THREADS, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--format", dest="input_format", help="FFmpeg input format of a capture device (v4l2, avfoundation, dshow)")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="FFmpeg input option (repeatable)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", type=_key_value, help="FFmpeg input option (repeatable)")
     p.add_argument("--no-view", action="store_true", help="no live terminal view even when stdout is a terminal")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = sub.add_parser("bench", help="throughput and latency of every stage on this machine; prints tables, writes JSON")
     p.add_argument("--out", type=Path, default=Path("bench"), help="folder for bench.json, bench.md and the test clip")
     p.add_argument("--video", type=Path, help="benchmark this video instead of a generated clip")
-    p.add_argument("--seconds", type=float, default=30.0, help="length of the generated clip")
-    p.add_argument("--size", default="640x360", help="generated clip WIDTHxHEIGHT")
-    p.add_argument("--fps", type=float, default=25.0, help="generated clip frame rate")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--seconds", type=POSITIVE_FLOAT, default=30.0, help="length of the generated clip")
+    p.add_argument("--size", default="640x360", type=_frame_size, help="generated clip WIDTHxHEIGHT")
+    p.add_argument("--fps", type=POSITIVE_FLOAT, default=25.0, help="generated clip frame rate")
+    p.add_argument("--threads", type=THREADS, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--video-backbones", nargs="+", help="MobileViT variants (default: small, x-small, xx-small)")
     p.add_argument("--audio-backbone", default=DEFAULT_AUDIO_BACKBONE)
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "int8"],
@@ -181,18 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _weak_args(p: argparse.ArgumentParser) -> None:
     """Options of `xdv train`; unset ones take WeakConfig's defaults (weak.py stays unimported here)."""
-    p.add_argument("--model", help="temporal model (see `avarnet models`; default mtcn)")
+    p.add_argument("--model", type=_model_name, help="temporal model (see `avarnet models`; default mtcn)")
     p.add_argument("--modality", choices=["fused", "audio", "video"])
     p.add_argument("--fusion", choices=["early", "late"])
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--max-seq-len", type=int, help="longer training videos are subsampled uniformly (default 200)")
-    p.add_argument("--smooth-weight", type=float, help="weight of the score smoothness term")
-    p.add_argument("--sparsity-weight", type=float, help="weight of the score sparsity term")
-    p.add_argument("--reversal-weight", type=float, help="weight of the time-reversal consistency term")
+    p.add_argument("--epochs", type=POSITIVE_INT)
+    p.add_argument("--batch-size", type=POSITIVE_INT)
+    p.add_argument("--lr", type=POSITIVE_FLOAT)
+    p.add_argument("--max-seq-len", type=SEQ_LEN, help="longer training videos are subsampled uniformly (default 200)")
+    p.add_argument("--smooth-weight", type=NON_NEGATIVE_FLOAT, help="weight of the score smoothness term")
+    p.add_argument("--sparsity-weight", type=NON_NEGATIVE_FLOAT, help="weight of the score sparsity term")
+    p.add_argument("--reversal-weight", type=NON_NEGATIVE_FLOAT, help="weight of the time-reversal consistency term")
     p.add_argument("--centre-crop-only", action="store_true", help="train on the centre crop only")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=SEED)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
 
 
@@ -202,6 +263,9 @@ _WEAK_FIELDS = ("model", "modality", "fusion", "epochs", "batch_size", "lr", "ma
 
 def cmd_synth(a: argparse.Namespace) -> int:
     from .synth import synthesize_dataset
+
+    if a.min_seconds > a.max_seconds:
+        raise InvalidArgumentError(f"--min-seconds {a.min_seconds:g} exceeds --max-seconds {a.max_seconds:g}")
 
     paths = synthesize_dataset(a.out, clips_per_class=a.clips_per_class, seed=a.seed,
                                duration=(a.min_seconds, a.max_seconds), progress=not a.quiet)
@@ -351,8 +415,6 @@ def cmd_stream(a: argparse.Namespace) -> int:
         summary_text,
     )
 
-    if not all("=" in kv for kv in a.option):
-        raise ValueError("--option takes KEY=VALUE")
     rule = AlertRule(threshold=a.threshold, min_segments=a.min_segments, hysteresis=a.hysteresis,
                      close_segments=a.close_segments)
     options = StreamOptions(realtime=a.realtime, rule=rule, input_format=a.input_format,
@@ -381,20 +443,17 @@ def cmd_bench(a: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads sleep, not spin
-    import json
-
     from .bench import MOBILEVIT_VARIANTS, BenchOptions, format_tables, run_bench
+    from .io import atomic_write_text, write_json
 
     width, _, height = a.size.partition("x")
-    if not (width.isdigit() and height.isdigit()):
-        raise ValueError(f"--size takes WIDTHxHEIGHT, got {a.size!r}")
     opts = BenchOptions(seconds=a.seconds, width=int(width), height=int(height), fps=a.fps, video=a.video,
                         threads=a.threads, device=a.device, video_backbones=tuple(a.video_backbones or MOBILEVIT_VARIANTS),
                         audio_backbone=a.audio_backbone, precisions=tuple(a.precisions), cpu=not a.gpu_only)
     result = run_bench(opts, a.out, progress=None if a.quiet else lambda m: print(f"bench: {m}", file=sys.stderr))
     tables = format_tables(result)
-    (a.out / "bench.json").write_text(json.dumps(result, indent=1))
-    (a.out / "bench.md").write_text(tables + "\n")
+    write_json(a.out / "bench.json", result)
+    atomic_write_text(a.out / "bench.md", tables + "\n")
     print(tables)
     print(f"\nwritten: {a.out / 'bench.json'}, {a.out / 'bench.md'}")
     return EXIT_OK
@@ -430,31 +489,46 @@ COMMANDS = {
 }
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    from .checkpoint import CheckpointError
-    from .data import DatasetError
-    from .encoders import EncoderLoadError
-    from .evaluate import EvaluateError
-    from .media import MediaError
-    from .store import StoreError
-    from .train import TrainError
+def _error_line(e: BaseException) -> tuple[str, int] | None:
+    """(one line, exit code) for an error the user can act on; None for a defect of avarnet."""
+    from .errors import AvarnetError, environment_error_line
 
-    return (CheckpointError, DatasetError, EncoderLoadError, EvaluateError, MediaError, StoreError, TrainError, ValueError,
-            FileNotFoundError)
+    if isinstance(e, AvarnetError):
+        return str(e), EXIT_USAGE
+    if isinstance(e, OSError):
+        line = environment_error_line(e)
+        return (line, EXIT_USAGE) if line else None
+    if isinstance(e, MemoryError):
+        return "out of memory", EXIT_BUG
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 success, 1 partial failure, 2 usage or input error, 3 a defect."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger("avarnet").setLevel(logging.INFO)
+    debug = args.debug or os.environ.get("AVARNET_DEBUG", "") not in ("", "0")
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
         return 130
-    except _expected_errors() as e:
-        print(f"avarnet {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    except Exception as e:
+        known = _error_line(e)
+        if known is not None and not debug:
+            print(f"avarnet {args.command}: error: {known[0]}", file=sys.stderr)
+            return known[1]
+        if debug:
+            raise
+        where = e.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        frame = f" at {Path(where.tb_frame.f_code.co_filename).name}:{where.tb_lineno}" if where else ""
+        message = " ".join(str(e).split())[:200]
+        print(f"avarnet {args.command}: internal error{frame}: {type(e).__name__}: {message} "
+              f"(a defect in avarnet; run again with --debug for the traceback)", file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .errors import AvarnetError
 from .store import Entry, FeatureStore
 
 # Containers we look at inside class folders (audio-only ones too: they are reported, not silently ignored).
@@ -23,7 +24,7 @@ MODALITIES = ("fused", "audio", "video")
 IGNORE_INDEX = -100  # label of padded steps (torch cross-entropy's ignore_index)
 
 
-class DatasetError(Exception):
+class DatasetError(AvarnetError):
     """A dataset folder or split file is unusable."""
 
 

@@ -35,6 +35,7 @@ from transformers import (
 )
 
 from avarnet.config import DEFAULT_AUDIO_BACKBONE, DEFAULT_VIDEO_BACKBONE, SAMPLE_RATE
+from avarnet.errors import AvarnetError
 
 logger = logging.getLogger("avarnet")
 
@@ -79,7 +80,7 @@ _ModelT = TypeVar("_ModelT", bound=PreTrainedModel)
 _T = TypeVar("_T")
 
 
-class EncoderLoadError(Exception):
+class EncoderLoadError(AvarnetError):
     """A backbone's weights or config could not be loaded; the message is one line."""
 
 

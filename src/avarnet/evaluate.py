@@ -10,6 +10,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .encoders import resolve_device
+from .errors import AvarnetError
 from .metrics import classification_metrics
 from .predict import clip_probabilities, model_input, step_probabilities
 from .store import FeatureStore, StoreError, atomic_write_text
@@ -19,7 +20,7 @@ log = logging.getLogger("avarnet")
 SENSES = ("audio", "video")
 
 
-class EvaluateError(Exception):
+class EvaluateError(AvarnetError):
     """Evaluation cannot run on this checkpoint/store combination."""
 
 

@@ -16,6 +16,7 @@ import av
 import numpy as np
 
 from avarnet.config import SAMPLE_RATE
+from avarnet.errors import AvarnetError
 
 WAV2VEC2_HOP = 320  # Wav2Vec2's conv stack strides 5*2*2*2*2*2*2 = 320 samples (20 ms at 16 kHz)
 DEFAULT_CHUNK_SECONDS = 10.0
@@ -27,7 +28,7 @@ _RESAMPLER_OPTIONS = {"rematrix_maxval": "1.0"}
 _AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
 
 
-class MediaError(Exception):
+class MediaError(AvarnetError):
     """A media file cannot be used; ``str(e)`` is one line naming the file and the reason."""
 
     def __init__(self, path: str | Path, reason: str) -> None:

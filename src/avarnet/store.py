@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,10 @@ from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
 
 from .config import FeatureSpec
+from .errors import AvarnetError, NonFiniteError
+from .io import TEMP_PREFIX, atomic_write, atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger("avarnet")
 
 SPEC_FILE = "spec.json"
 INDEX_FILE = "index.jsonl"
@@ -42,7 +46,7 @@ FEATURES_DIR = "features"
 ENTRY_KEY = "entry"  # safetensors metadata key holding the entry's JSON
 
 
-class StoreError(Exception):
+class StoreError(AvarnetError):
     """A feature store is missing, incompatible or damaged."""
 
 
@@ -72,23 +76,7 @@ class Entry:
         return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+__all__ = ["Entry", "FeatureStore", "StoreError", "atomic_write_bytes", "atomic_write_text", "video_id"]
 
 
 def video_id(rel_path: str) -> str:
@@ -107,21 +95,35 @@ def _append_jsonl(path: Path, record: dict) -> None:
             f.seek(-1, os.SEEK_END)
             torn = f.read(1) != b"\n"
     with open(path, "a", encoding="utf-8") as f:
-        f.write(("\n" if torn else "") + json.dumps(record, ensure_ascii=False) + "\n")
+        f.write(("\n" if torn else "") + json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSON-lines file; a torn (unparsable) line from an interrupted write is skipped."""
+    """Records of a JSON-lines file, read as bytes line by line.
+
+    A torn last line (a killed writer; it may end inside a multi-byte UTF-8 character) is skipped
+    with a warning, as is any other line that is not one JSON object.
+    """
     if not path.exists():
         return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            rec = None
+        if isinstance(rec, dict):
+            out.append(rec)
+            continue
+        torn = number == len(lines) and not data.endswith(b"\n")
+        what = "torn last line (an interrupted write)" if torn else f"unreadable line {number}"
+        log.warning("%s: skipped a %s", path, what)
     return out
 
 
@@ -153,7 +155,7 @@ class FeatureStore:
                 )
             return store
         root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(spec_path, json.dumps({"spec": spec.to_dict(), "info": info}, indent=2))
+        atomic_write_text(spec_path, json.dumps({"spec": spec.to_dict(), "info": info}, indent=2, allow_nan=False))
         return cls(root, spec, info)
 
     @classmethod
@@ -163,21 +165,34 @@ class FeatureStore:
             doc = json.loads((root / SPEC_FILE).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise StoreError(f"{root} is not a feature store (no {SPEC_FILE}); run `avarnet extract` first") from None
-        except json.JSONDecodeError as e:
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise StoreError(f"{root / SPEC_FILE} is damaged: {e}") from None
-        return cls(root, FeatureSpec.from_dict(doc["spec"]), doc.get("info", {}))
+        try:
+            return cls(root, FeatureSpec.from_dict(doc["spec"]), doc.get("info") or {})
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise StoreError(f"{root / SPEC_FILE} is not a feature spec: {type(e).__name__}: {e}") from None
 
     def remove_stale_temp_files(self) -> int:
         """Delete temporary files a killed writer left behind (call only with no other writer running)."""
-        stale = list(self.root.rglob(".tmp-*"))
+        stale = list(self.root.rglob(f"{TEMP_PREFIX}*"))
         for p in stale:
             p.unlink(missing_ok=True)
         return len(stale)
 
+    def check_classes(self, classes: list[str]) -> None:
+        """Refuse to add videos of classes this store was not made for (its classes are fixed)."""
+        known = self.info.get("classes")
+        new = sorted(set(classes) - set(known)) if known is not None else []
+        if new:
+            raise StoreError(
+                f"{self.root} was made for classes {known}; the dataset now also has {new}: "
+                "extract into a new store folder"
+            )
+
     def update_info(self, **fields: Any) -> None:
         self.info.update(fields)
         doc = {"spec": self.spec.to_dict(), "info": self.info}
-        atomic_write_text(self.root / SPEC_FILE, json.dumps(doc, indent=2))
+        atomic_write_text(self.root / SPEC_FILE, json.dumps(doc, indent=2, allow_nan=False))
 
     # -- entries -----------------------------------------------------------------------------
     @property
@@ -212,20 +227,13 @@ class FeatureStore:
         return self.root / FEATURES_DIR / f"{vid}.safetensors"
 
     def write(self, entry: Entry, tensors: dict[str, np.ndarray]) -> None:
-        """Atomically write one video's tensors, then index it."""
-        path = self.root / entry.file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-            save_numpy(arrays, tmp, metadata={ENTRY_KEY: json.dumps(entry.to_dict())})
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Atomically write one video's tensors, then index it; non-finite features are refused."""
+        arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+        for name, a in arrays.items():
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise NonFiniteError(f"{entry.source}: {name} features hold NaN or infinity; not stored")
+        meta = {ENTRY_KEY: json.dumps(entry.to_dict(), allow_nan=False)}
+        atomic_write(self.root / entry.file, lambda tmp: save_numpy(arrays, str(tmp), metadata=meta))
         _append_jsonl(self.root / INDEX_FILE, entry.to_dict())
         self._entries[entry.id] = entry
 
@@ -257,11 +265,8 @@ class FeatureStore:
 
     # -- encoder state -----------------------------------------------------------------------
     def save_encoder_state(self, state: dict[str, torch.Tensor]) -> None:
-        path = self.root / ENCODER_STATE_FILE
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        save_torch({k: v.contiguous() for k, v in state.items()}, tmp)
-        os.replace(tmp, path)
+        tensors = {k: v.contiguous() for k, v in state.items()}
+        atomic_write(self.root / ENCODER_STATE_FILE, lambda tmp: save_torch(tensors, str(tmp)))
 
     def load_encoder_state(self) -> dict[str, torch.Tensor] | None:
         path = self.root / ENCODER_STATE_FILE

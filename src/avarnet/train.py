@@ -31,6 +31,7 @@ from .data import (
     select_inputs,
 )
 from .encoders import resolve_device
+from .errors import AvarnetError
 from .models import count_parameters, create_model
 from .store import FeatureStore, atomic_write_text
 
@@ -40,7 +41,7 @@ BEST_CHECKPOINT = "best.ckpt"
 HISTORY_FILE = "history.json"
 
 
-class TrainError(Exception):
+class TrainError(AvarnetError):
     """Training cannot start with the given data or options."""
 
 

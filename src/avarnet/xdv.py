@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import NORMAL_CLASS, FeatureSpec
+from .errors import AvarnetError
 from .store import Entry, FeatureStore, video_id
 
 log = logging.getLogger("avarnet")
@@ -70,7 +71,7 @@ OFFICIAL_AUDIO_BACKBONE = "vggish (official)"
 SPLIT_FOLDERS = ("train", "test")
 
 
-class XdvError(ValueError):
+class XdvError(AvarnetError):
     """XD-Violence inputs are missing or inconsistent."""
 
 
