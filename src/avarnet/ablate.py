@@ -37,13 +37,14 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import TrainConfig
-from .errors import AvarnetError
 from .data import MODALITIES
 from .encoders import resolve_device
+from .errors import AvarnetError
 from .evaluate import SENSES, evaluate
+from .io import atomic_write_text, write_json
 from .models import list_models
 from .models.registry import FUSIONS
-from .store import FeatureStore, atomic_write_text
+from .store import FeatureStore
 from .train import train
 
 log = logging.getLogger("avarnet")
@@ -288,11 +289,8 @@ def run_cell(
         "best_epoch": tr.best_epoch,
         "epochs_run": len(tr.history),
     }
-    atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=1))
-    atomic_write_text(
-        run_dir / RESULT_FILE,
-        json.dumps({"cell": cell.key, "settings": settings, "row": row}, indent=1),
-    )
+    write_json(run_dir / METRICS_FILE, metrics)
+    write_json(run_dir / RESULT_FILE, {"cell": cell.key, "settings": settings, "row": row})
     return row
 
 

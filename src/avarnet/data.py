@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,8 @@ from torch.utils.data import Dataset
 
 from .errors import AvarnetError
 from .store import Entry, FeatureStore
+
+log = logging.getLogger("avarnet")
 
 # Containers we look at inside class folders (audio-only ones too: they are reported, not silently ignored).
 MEDIA_EXTENSIONS = frozenset(
@@ -52,30 +56,96 @@ def stratified_split(labels: Sequence[str], seed: int, fractions=DEFAULT_FRACTIO
 
 
 def read_splits_csv(path: Path) -> dict[str, str]:
-    """``path,split`` rows (paths relative to the dataset root) -> {rel_path: split}."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    """``path,split`` rows (paths relative to the dataset root) -> {rel_path: split}.
+
+    A UTF-8 byte-order mark (spreadsheets write one) is ignored.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{path}: not a UTF-8 CSV file ({e})") from None
     if not rows or not {"path", "split"} <= set(rows[0]):
         raise DatasetError(f"{path}: expected a header 'path,split'")
     bad = sorted({r["split"] for r in rows} - set(SPLITS))
     if bad:
         raise DatasetError(f"{path}: unknown split names {bad}; use {list(SPLITS)}")
-    return {Path(r["path"]).as_posix(): r["split"] for r in rows}
+    return {Path(r["path"] or "").as_posix(): r["split"] for r in rows}
 
 
-def discover_dataset(root: str | Path, seed: int = 0) -> tuple[list[VideoItem], list[str]]:
-    """Videos of a VAAR-style folder ``ROOT/<class>/<video>`` with their split; returns (items, classes)."""
+@dataclass
+class DatasetScan:
+    """What :func:`scan_dataset` found: videos, classes, and folders or links it could not use."""
+
+    items: list[VideoItem]
+    classes: list[str]
+    problems: list[tuple[str, str]]  # (path relative to the root, one-line reason)
+
+
+def _walk_class(root: Path, class_dir: Path, seen: set, problems: list) -> list[Path]:
+    """Media files under one class folder; unreadable folders, loops and broken links are reported."""
+    files: list[Path] = []
+
+    def onerror(e: OSError) -> None:
+        where = Path(e.filename) if e.filename else class_dir
+        problems.append((_rel(root, where), f"cannot read folder ({e.strerror or e})"))
+
+    for top, dirs, names in os.walk(class_dir, onerror=onerror, followlinks=True):
+        here = Path(top)
+        try:
+            key = (here.stat().st_dev, here.stat().st_ino)
+        except OSError as e:
+            problems.append((_rel(root, here), f"cannot read folder ({e.strerror or e})"))
+            dirs[:] = []
+            continue
+        if key in seen:
+            problems.append((_rel(root, here), "symbolic link loop (folder already scanned); skipped"))
+            dirs[:] = []
+            continue
+        seen.add(key)
+        dirs.sort()
+        for name in names:
+            f = here / name
+            if name.startswith(".") or f.suffix.lower() not in MEDIA_EXTENSIONS:
+                continue
+            if f.is_file():
+                files.append(f)
+            elif f.is_symlink():
+                problems.append((_rel(root, f), "broken symbolic link"))
+    return files
+
+
+def _rel(root: Path, path: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def scan_dataset(root: str | Path, seed: int = 0) -> DatasetScan:
+    """Videos of a VAAR-style folder ``ROOT/<class>/<video>`` with their split, and what was skipped.
+
+    Every class folder names a class, even one that cannot be read (it is reported instead).
+    Folders are followed through symbolic links once; a directory named like a video is a folder.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}")
     found: list[tuple[str, str, Path]] = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for f in sorted(class_dir.rglob("*")):
-            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in MEDIA_EXTENSIONS:
-                found.append((f.relative_to(root).as_posix(), class_dir.name, f))
+    problems: list[tuple[str, str]] = []
+    seen: set = set()
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    damaged: set[str] = set()  # classes with a folder that could not be read
+    for class_dir in class_dirs:
+        before = len(problems)
+        for f in sorted(_walk_class(root, class_dir, seen, problems)):
+            found.append((f.relative_to(root).as_posix(), class_dir.name, f))
+        if len(problems) > before:
+            damaged.add(class_dir.name)
     if not found:
-        raise DatasetError(f"no videos under {root}: expected {root}/<class>/<video>.mp4")
-    classes = sorted({label for _, label, _ in found})
+        detail = f" ({problems[0][0]}: {problems[0][1]})" if problems else ""
+        raise DatasetError(f"no videos under {root}: expected {root}/<class>/<video>.mp4{detail}")
+    classes = sorted({label for _, label, _ in found} | damaged)
     splits_file = root / "splits.csv"
     if splits_file.exists():
         table = read_splits_csv(splits_file)
@@ -86,7 +156,15 @@ def discover_dataset(root: str | Path, seed: int = 0) -> tuple[list[VideoItem], 
     else:
         splits = stratified_split([label for _, label, _ in found], seed)
     items = [VideoItem(p, rel, label, s) for (rel, label, p), s in zip(found, splits, strict=True)]
-    return items, classes
+    return DatasetScan(items, classes, problems)
+
+
+def discover_dataset(root: str | Path, seed: int = 0) -> tuple[list[VideoItem], list[str]]:
+    """(items, classes) of :func:`scan_dataset`; each skipped folder or link is logged on one line."""
+    scan = scan_dataset(root, seed)
+    for rel, reason in scan.problems:
+        log.warning("%s: %s", rel, reason)
+    return scan.items, scan.classes
 
 
 # -- model inputs -----------------------------------------------------------------------------
@@ -159,6 +237,8 @@ def load_clips(
     index = {c: i for i, c in enumerate(classes)}
     clips = []
     for entry, tensors in store.iter_load(list(entries)):
+        if entry.label not in index:
+            raise DatasetError(f"{store.root}: {entry.source} has class {entry.label!r}, not one of {list(classes)}")
         x = select_inputs(tensors, modality)
         if norm is not None:
             x = norm(x, missing_mask(tensors, modality))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -12,8 +11,9 @@ from .config import DEFAULT_AUDIO_BACKBONE, DEFAULT_VIDEO_BACKBONE, TrainConfig
 from .encoders import EncoderLoadError, VideoEncoder
 from .evaluate import evaluate
 from .extract import extract_dataset
+from .io import write_json
 from .predict import predict_video
-from .store import FeatureStore, atomic_write_text
+from .store import FeatureStore
 from .synth import synthesize_dataset
 from .train import train
 
@@ -80,5 +80,5 @@ def run_demo(out: str | Path, opts: DemoOptions = DemoOptions(), progress: bool 
         "timeline": str(out / "predict" / "timeline.png"),
         "seconds": round(time.time() - t0, 1),
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary)
     return summary

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -11,9 +10,10 @@ import numpy as np
 from .checkpoint import Checkpoint, load_checkpoint
 from .encoders import resolve_device
 from .errors import AvarnetError
+from .io import write_json
 from .metrics import classification_metrics
 from .predict import clip_probabilities, model_input, step_probabilities
-from .store import FeatureStore, StoreError, atomic_write_text
+from .store import FeatureStore, StoreError
 
 log = logging.getLogger("avarnet")
 
@@ -102,7 +102,7 @@ def evaluate(
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+        write_json(out / "metrics.json", metrics)
         plot_confusion(np.array(metrics["confusion_matrix"]), ckpt.classes, out / "confusion_matrix.png",
                        title=f"{ckpt.model_config.name} / {ckpt.modality} — {split} accuracy {metrics['accuracy']:.3f}")
     return metrics

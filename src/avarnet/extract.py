@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from . import media
 from .config import FeatureSpec
-from .data import VideoItem, discover_dataset
+from .data import VideoItem, scan_dataset
 from .encoders import AudioEncoder, VideoEncoder
 from .runtime import configure_cpu
 from .store import Entry, FeatureStore, StoreError, video_id
@@ -195,15 +195,21 @@ def extract_dataset(
     each, recorded in the store, and the run continues.
     """
     data, out = Path(data), Path(out)
-    items, classes = discover_dataset(data, seed=seed)
+    scan = scan_dataset(data, seed=seed)
+    items, classes = scan.items, scan.classes
     configure_cpu()
     video = VideoEncoder.load(video_backbone, weights=weights, seed=seed, device=device)
     audio = AudioEncoder.load(audio_backbone, weights=weights, seed=seed, device=device)
     spec = build_spec(video, audio, weights, seed, segment_seconds, frames_per_segment)
     info = {"classes": classes, "data_root": str(data.resolve()), "split_seed": seed}
     store = _prepare_store(out, spec, video, items, info)
+    store.check_classes(classes)
     extractor = Extractor(store.spec, video, audio)
     result = ExtractResult()
+    for rel, reason in scan.problems:  # folders and links that could not be scanned
+        tqdm.write(f"failed: {rel}: {reason}", file=sys.stderr)
+        store.record_failure(rel, reason)
+        result.failures.append({"path": rel, "reason": reason})
     bar = tqdm(items, desc="extract", unit="video", disable=not progress, dynamic_ncols=True)
     for item in bar:
         vid = video_id(item.rel_path)

@@ -4,10 +4,20 @@ Every function streams: memory does not grow with the length of the video.
 Times are seconds on the video stream's own timeline (t = 0 at its first frame).
 Errors from FFmpeg are wrapped into the typed exceptions below, each a single
 line that names the file.
+
+Hostile input is bounded here, once for every caller:
+
+* audio samples are finite and within full scale: NaN becomes 0 (silence), +-inf and values
+  beyond +-1 are clipped to +-1; a file holding non-finite samples is named in one warning;
+* a declared duration is checked against the last packets of the video stream (a header
+  claiming 1e9 s for a 2-s file is not believed);
+* a resized frame's long side is at most MAX_ASPECT_RATIO times its short side (a 4000x2
+  video would otherwise become a 576000x288 frame); beyond that the long side is squeezed.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +33,15 @@ DEFAULT_CHUNK_SECONDS = 10.0
 PROBE_MAX_PACKETS = 256  # packets read before giving up on decoding a first frame
 SEEK_MIN_SECONDS = 2.0  # seek before decoding only when the first timestamp is this far in
 MAX_BAD_PACKETS = 64  # undecodable packets tolerated before a stream counts as broken
+MAX_ASPECT_RATIO = 8.0  # long side / short side of a resized frame (wider: squeezed to this)
+END_CHECK_PACKETS = 4096  # packets read after seeking to the declared end before giving up
+DURATION_SLACK_S = 1.0  # a declared duration may exceed the last packet's end by this much
+AUDIO_FULL_SCALE = 1.0  # float samples are clipped to [-1, 1]
 # Downmix as the mean of the channels (FFmpeg's default scales stereo by 1/sqrt(2) each).
 _RESAMPLER_OPTIONS = {"rematrix_maxval": "1.0"}
 _AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
+
+log = logging.getLogger("avarnet")
 
 
 class MediaError(AvarnetError):
@@ -84,6 +100,8 @@ def probe(path: str | Path) -> MediaInfo:
         audio = _best_audio_stream(container)
         fields = _video_fields(video) | _audio_fields(audio)
         duration = _stream_duration(video) or _container_duration(container)
+        if duration:
+            duration = _checked_duration(path, container, video, duration)
     stored_frames = fields.pop("stored_frames")
     if not duration:
         duration, counted = _count_duration(path, fields["video_stream"], fields["fps"])
@@ -119,6 +137,8 @@ def _audio_fields(audio) -> dict:
 
 def _check_file(path: str | Path) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise UnreadableMediaError(path, "is a directory, not a media file")
     if not path.is_file():
         raise UnreadableMediaError(path, "no such file")
     if path.stat().st_size == 0:
@@ -197,6 +217,37 @@ def _decode_packet(packet, stream=None) -> list:
         return []
 
 
+def _checked_duration(path: Path, container, video, declared: float) -> float:
+    """``declared`` unless the stream's last packets end well before it (then their end).
+
+    Seeks to the declared end and reads the packets from the keyframe found there to the end of
+    the file. When that cannot be measured (no seek, a broken tail), the declaration stands.
+    """
+    end = _last_packet_end(container, video, declared)
+    if end is None or end <= 0 or declared <= end + max(DURATION_SLACK_S, 0.01 * end):
+        return declared
+    log.warning("%s: declares %.6g s but its video ends at %.3f s; using %.3f s", path, declared, end, end)
+    return end
+
+
+def _last_packet_end(container, video, declared: float) -> float | None:
+    """End (s, from the stream start) of the last video packet at or after a seek to ``declared``."""
+    start = _stream_start_seconds(video)
+    try:
+        target = min(int((start + declared) / video.time_base), 2**62)
+        container.seek(target, stream=video, backward=True, any_frame=False)
+        last = None
+        for count, packet in enumerate(container.demux(video)):
+            if packet.pts is not None:
+                end = float((packet.pts + (packet.duration or 0)) * video.time_base) - start
+                last = end if last is None else max(last, end)
+            if count >= END_CHECK_PACKETS:
+                return None
+        return last
+    except (*_AV_ERRORS, OverflowError):
+        return None
+
+
 def _stream_duration(stream) -> float:
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
@@ -265,13 +316,17 @@ def read_frames(
 
 
 def _target_size(width: int, height: int, shortest_edge: int | None) -> tuple[int, int] | None:
-    """(width, height) with the shorter side == shortest_edge, or None to keep the size."""
+    """(width, height) with the shorter side == shortest_edge, or None to keep the size.
+
+    The longer side is at most MAX_ASPECT_RATIO * shortest_edge (memory stays bounded).
+    """
     if shortest_edge is None:
         return None
     scale = shortest_edge / min(width, height)
+    longest = max(1, round(shortest_edge * MAX_ASPECT_RATIO))
     if width <= height:
-        return shortest_edge, max(1, round(height * scale))
-    return max(1, round(width * scale)), shortest_edge
+        return shortest_edge, min(longest, max(1, round(height * scale)))
+    return min(longest, max(1, round(width * scale))), shortest_edge
 
 
 def _iter_frames(
@@ -392,13 +447,17 @@ def _iter_audio(path: Path, size: int, sample_rate: int, info: MediaInfo) -> Ite
         skip = max(0, round(-offset * sample_rate))  # audio that starts before the video
         if offset > 0:
             yield from buffer.push(np.zeros(round(offset * sample_rate), np.float32))
-        decoded = 0
+        decoded = bad = 0
         for samples in _resampled(path, container, stream, sample_rate):
             decoded += samples.size
+            samples, n_bad = finite_samples(samples)
+            bad += n_bad
             if skip:
                 cut = min(skip, samples.size)
                 samples, skip = samples[cut:], skip - cut
             yield from buffer.push(samples)
+    if bad:
+        log.warning("%s: %d non-finite audio samples (NaN or infinity) replaced (NaN: 0, inf: +-1)", path, bad)
     if decoded:
         yield from buffer.flush()
 
@@ -433,7 +492,7 @@ class _ChunkBuffer:
 
 
 def _resampled(path: Path, container, stream, sample_rate: int) -> Iterator[np.ndarray]:
-    """Decode ``stream`` and resample to float32 mono pieces; stops at a broken tail."""
+    """Decode ``stream`` and resample to float32 mono pieces (not yet sanitised); stops at a broken tail."""
     resampler = av.AudioResampler(
         format="flt", layout="mono", rate=sample_rate, options=_RESAMPLER_OPTIONS
     )
@@ -444,9 +503,9 @@ def _resampled(path: Path, container, stream, sample_rate: int) -> Iterator[np.n
                 frame.pts = None  # let the resampler count samples; gaps are not padded
                 for out in resampler.resample(frame):
                     got_any = True
-                    yield _mono(out)
+                    yield _raw_mono(out)
         for out in resampler.resample(None):
-            yield _mono(out)
+            yield _raw_mono(out)
     except _AV_ERRORS as e:
         if not got_any:
             raise UnreadableMediaError(
@@ -454,8 +513,24 @@ def _resampled(path: Path, container, stream, sample_rate: int) -> Iterator[np.n
             ) from e
 
 
-def _mono(frame) -> np.ndarray:
+def finite_samples(samples: np.ndarray) -> tuple[np.ndarray, int]:
+    """(samples with NaN -> 0 and values clipped to +-AUDIO_FULL_SCALE, count of non-finite ones)."""
+    finite = np.isfinite(samples)
+    bad = int(samples.size - np.count_nonzero(finite))
+    if bad:
+        samples = np.where(np.isnan(samples), np.float32(0.0), samples)
+    if bad or np.abs(samples).max(initial=0.0) > AUDIO_FULL_SCALE:
+        samples = np.clip(samples, -AUDIO_FULL_SCALE, AUDIO_FULL_SCALE).astype(np.float32, copy=False)
+    return samples, bad
+
+
+def _raw_mono(frame) -> np.ndarray:
     return frame.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+
+
+def _mono(frame) -> np.ndarray:
+    """Float32 mono samples (S,) of a resampled frame, finite and within full scale."""
+    return finite_samples(_raw_mono(frame))[0]
 
 
 def load_audio(

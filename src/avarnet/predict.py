@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,9 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .config import NORMAL_CLASS
 from .data import missing_mask, select_inputs
 from .encoders import resolve_device
+from .errors import NonFiniteError
 from .extract import Extractor
-from .store import atomic_write_text
+from .io import write_json
 
 WINDOW_BATCH = 256  # windows per forward pass
 
@@ -122,6 +122,8 @@ def predict_video(
         tensors, info = extractor(video)
         duration = info.duration
     probs = step_probabilities(ckpt.model, model_input(ckpt, tensors), ckpt.train_config.seq_len, causal=causal)
+    if not np.isfinite(probs).all():
+        raise NonFiniteError(f"{video}: the model's scores are not finite (NaN or infinity); no prediction written")
     pred = build_prediction(str(video), probs, ckpt.classes, ckpt.spec.segment_seconds, duration)
     pred["causal"] = causal
     pred["weights"] = ckpt.spec.weights
@@ -130,6 +132,6 @@ def predict_video(
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "prediction.json", json.dumps(pred, indent=1, ensure_ascii=False))
+        write_json(out / "prediction.json", pred)
         plot_timeline(pred, out / "timeline.png")
     return pred

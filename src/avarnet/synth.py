@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import colorsys
 import itertools
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -57,6 +56,7 @@ import numpy as np
 from tqdm import tqdm
 
 from avarnet.config import NORMAL_CLASS, SAMPLE_RATE, VAAR_CLASSES
+from avarnet.io import atomic_write
 
 VISUAL_PATTERNS: tuple[str, ...] = ("figure", "scuffle", "flare", "crowd", "strobe")
 SOUND_PATTERNS: tuple[str, ...] = ("impacts", "cry", "rumble", "murmur", "siren")
@@ -108,15 +108,13 @@ def write_av(
         raise ValueError("write_av needs frames, audio or both")
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     options = {"movflags": "+faststart"} if faststart else {}
-    try:
+
+    def write(tmp: Path) -> None:
         with av.open(str(tmp), mode="w", format="mp4", options=options) as container:
             _mux(container, frames, fps, _as_channels(audio), sample_rate)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(path, write)
 
 
 _LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -32,8 +31,9 @@ from .data import (
 )
 from .encoders import resolve_device
 from .errors import AvarnetError
+from .io import write_json
 from .models import count_parameters, create_model
-from .store import FeatureStore, atomic_write_text
+from .store import FeatureStore
 
 log = logging.getLogger("avarnet")
 
@@ -81,8 +81,10 @@ def stage_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, cfg: T
 def fit_normalizer(store: FeatureStore, modality: str) -> Normalizer:
     """Feature statistics of the training split (segments without audio excluded from the audio part)."""
     arrays = []
-    for _, tensors in store.iter_load(store.split("train")):
+    for entry, tensors in store.iter_load(store.split("train")):
         x = select_inputs(tensors, modality)
+        if not np.isfinite(x).all():
+            raise TrainError(f"{store.root / entry.file}: features hold NaN or infinity; extract {entry.source} again")
         blank = missing_mask(tensors, modality)
         if blank is not None:
             x = x[~blank.any(1)] if (~blank.any(1)).any() else x
@@ -187,9 +189,11 @@ def train(
             save_checkpoint(ckpt_path, Checkpoint(model, mcfg, cfg, classes, store.spec, norm, store.load_encoder_state(), extra))
         else:
             stale += 1
-        atomic_write_text(out / HISTORY_FILE, json.dumps(history, indent=1))
+        write_json(out / HISTORY_FILE, history)
         bar.set_postfix(loss=f"{rec['train_loss']:.3f}", val=f"{val_loss:.3f}", acc=f"{val_acc:.2f}")
         if stale >= cfg.early_stop_patience:
             log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
             break
+    if best_epoch == 0:
+        raise TrainError(f"no epoch reached a finite validation loss (last {history[-1]['val_loss']}); no checkpoint written")
     return TrainResult(ckpt_path, history, best_epoch, best, count_parameters(model), time.time() - start)

@@ -16,7 +16,6 @@ its frames (16 for the official features) and are compared with the frame truth 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -34,10 +33,11 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import NORMAL_CLASS, TrainConfig, _DictMixin
 from .data import MODALITIES, Normalizer, drop_modality, missing_mask, select_inputs
 from .encoders import resolve_device
+from .io import write_json
 from .metrics import frame_level_metrics, snippet_to_frame_scores
 from .models import count_parameters, create_model
 from .predict import anomaly_scores, model_input, step_probabilities
-from .store import Entry, FeatureStore, StoreError, atomic_write_text
+from .store import Entry, FeatureStore, StoreError
 from .train import (
     BEST_CHECKPOINT,
     HISTORY_FILE,
@@ -423,7 +423,7 @@ def train_weak(
         sched.step(val_loss)
         lr = opt.param_groups[0]["lr"]
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr})
-        atomic_write_text(out / HISTORY_FILE, json.dumps(history, indent=1))
+        write_json(out / HISTORY_FILE, history)
         bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
         if val_loss < best - 1e-6:
             best, best_epoch, stale = val_loss, epoch, 0
@@ -643,7 +643,7 @@ def evaluate_weak(
         metrics["curves"] = _plot_curves(
             videos, store.spec.segment_seconds, out / CURVES_DIR, plots
         )
-        atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=1))
+        write_json(out / METRICS_FILE, metrics)
     return metrics
 
 
