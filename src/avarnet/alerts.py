@@ -14,14 +14,22 @@ The rule (:class:`AlertTracker`), applied to segments in order:
 An event's class is the anomaly class (any class but ``normal``) with the largest summed
 probability over the event's segments; its peak is the highest score inside it.
 
+A non-finite score (NaN, infinity) carries no evidence: it counts as a low segment (it never opens
+or extends an event, and counts towards closing one); non-finite probabilities are not summed.
+
 :class:`WebhookPoster` POSTs event records as JSON from a background thread with a bounded queue,
-retrying failures with exponential back-off; it never blocks the caller.
+retrying failures with exponential back-off; it never blocks the caller. Credentials in the URL
+(``https://user:pass@host/...``) are sent as HTTP Basic authorisation, never as part of the URL;
+logs and statistics show the URL redacted by :func:`redact_url` (no credentials, no path or query,
+where tokens usually live).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -29,9 +37,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse, urlunparse
 
 from .config import NORMAL_CLASS
+from .errors import InvalidArgumentError
 
 log = logging.getLogger("avarnet")
 
@@ -59,11 +68,11 @@ class AlertRule:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+            raise InvalidArgumentError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.min_segments < 1 or self.close_segments < 1:
-            raise ValueError("min_segments and close_segments must be >= 1")
-        if self.hysteresis < 0:
-            raise ValueError(f"hysteresis must be >= 0, got {self.hysteresis}")
+            raise InvalidArgumentError("min_segments and close_segments must be >= 1")
+        if not 0 <= self.hysteresis < math.inf:
+            raise InvalidArgumentError(f"hysteresis must be >= 0, got {self.hysteresis}")
 
     @property
     def close_level(self) -> float:
@@ -144,6 +153,8 @@ class AlertTracker:
         """Feed one segment [start, end) s with its anomaly score; returns the events it opened/closed."""
         self._last_end = end
         probabilities = probabilities or {}
+        if not math.isfinite(score):
+            score = -math.inf  # no evidence: a low segment
         if self._open is None:
             return self._while_idle(start, end, score, probabilities)
         return self._while_open(start, end, score, probabilities)
@@ -157,7 +168,7 @@ class AlertTracker:
             return []
         first = self._run[0]
         event = AlertEvent(
-            id=len(self.events) + 1, start=first[0], end=None, peak_score=-1.0, peak_time=first[0]
+            id=len(self.events) + 1, start=first[0], end=None, peak_score=first[2], peak_time=first[0]
         )
         for seg in self._run:
             self._absorb(event, *seg)
@@ -183,7 +194,7 @@ class AlertTracker:
         if score > event.peak_score:
             event.peak_score, event.peak_time = float(score), float(start)
         for name, p in probabilities.items():
-            if name != NORMAL_CLASS:
+            if name != NORMAL_CLASS and math.isfinite(p):
                 event.class_mass[name] = event.class_mass.get(name, 0.0) + float(p)
         self._last_high_end = end
 
@@ -240,12 +251,10 @@ class WebhookPoster:
         timeout_s: float = WEBHOOK_TIMEOUT_S,
         queue_size: int = WEBHOOK_QUEUE,
     ) -> None:
-        parsed = urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(f"webhook must be an http:// or https:// URL, got {url!r}")
+        self.url, self.headers = split_credentials(url)
+        self.display_url = redact_url(url)
         if attempts < 1:
-            raise ValueError("attempts must be >= 1")
-        self.url = url
+            raise InvalidArgumentError("attempts must be >= 1")
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -324,7 +333,7 @@ class WebhookPoster:
                 self.stats.last_error = error
             if attempt == self.attempts:
                 break
-            log.warning("webhook %s failed (%s); retry %d in %.1fs", self.url, error, attempt, wait)
+            log.warning("webhook %s failed (%s); retry %d in %.1fs", self.display_url, error, attempt, wait)
             if self._closing.wait(
                 wait
             ):  # closing cuts the back-off short: one last try, then give up
@@ -332,7 +341,7 @@ class WebhookPoster:
             wait = min(wait * 2, self.max_backoff_s)
         log.warning(
             "webhook %s: giving up on a record after %d attempts (%s)",
-            self.url,
+            self.display_url,
             self.attempts,
             error,
         )
@@ -340,9 +349,8 @@ class WebhookPoster:
 
     def _send(self, body: bytes) -> str | None:
         """One POST; None on a 2xx answer, else a one-line reason."""
-        request = urllib.request.Request(
-            self.url, data=body, method="POST", headers={"Content-Type": "application/json"}
-        )
+        headers = {"Content-Type": "application/json", **self.headers}
+        request = urllib.request.Request(self.url, data=body, method="POST", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 response.read()
@@ -350,5 +358,44 @@ class WebhookPoster:
         except urllib.error.HTTPError as e:
             return f"HTTP {e.code}"
         except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
+            reason = str(getattr(e, "reason", e)).replace(self.url, self.display_url)
             return f"{type(e).__name__}: {reason}"
+
+
+def _parse_http_url(url: str):
+    parsed = urlparse(url)
+    try:
+        parsed.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise InvalidArgumentError(f"webhook must be an http:// or https:// URL, got {redact_url(url)}")
+    return parsed
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]`` plus ``/...`` when the URL has a path or query (tokens live there)."""
+    parsed = urlparse(url)
+    try:
+        port = f":{parsed.port}" if parsed.port else ""
+    except ValueError:
+        port = ""
+    host = parsed.hostname or "?"
+    rest = "/..." if parsed.path.strip("/") or parsed.query or parsed.fragment else ""
+    user = "***@" if parsed.username or parsed.password else ""
+    return f"{parsed.scheme}://{user}{host}{port}{rest}"
+
+
+def split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """(URL without ``user:pass@``, headers with HTTP Basic authorisation for those credentials)."""
+    parsed = _parse_http_url(url)
+    if parsed.username is None and parsed.password is None:
+        return url, {}
+    netloc = parsed.hostname if ":" not in parsed.hostname else f"[{parsed.hostname}]"
+    if parsed.port:
+        netloc += f":{parsed.port}"
+    plain = urlunparse(parsed._replace(netloc=netloc))
+    pair = f"{unquote(parsed.username or '')}:{unquote(parsed.password or '')}"
+    if parsed.scheme == "http":
+        log.warning("webhook %s: credentials are sent unencrypted over http://", redact_url(url))
+    return plain, {"Authorization": "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")}

@@ -436,7 +436,11 @@ def cmd_stream(a: argparse.Namespace) -> int:
         if a.jsonl:
             jsonl.close()
     print(summary_text(out.summary), file=out.text, flush=True)
-    return EXIT_OK if result.complete else EXIT_PARTIAL
+    lost = webhook.stats.failed + webhook.stats.dropped if webhook else 0
+    if lost:  # an alert nobody received is a partial failure
+        print(f"webhook: {lost} of {lost + webhook.stats.delivered} event records were not delivered to "
+              f"{webhook.display_url} (last error: {webhook.stats.last_error})", file=out.text, flush=True)
+    return EXIT_OK if result.complete and not lost else EXIT_PARTIAL
 
 
 def cmd_bench(a: argparse.Namespace) -> int:

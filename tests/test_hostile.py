@@ -1,0 +1,706 @@
+"""Hostile input: crafted media, damaged checkpoints and stores, bad options.
+
+Every case answers with one clear line and the documented exit code (0 success, 1 partial
+failure, 2 usage or input error, 3 a defect of avarnet), keeps memory bounded, and never lets
+NaN or infinity reach statistics, alerts or JSON. The hostile corpus is generated here; no
+binary is checked in.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import resource
+import stat
+import struct
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import av
+import media_factory as mf
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import save_file
+
+from avarnet import io, media
+from avarnet.alerts import AlertRule, AlertTracker, WebhookPoster, redact_url
+from avarnet.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from avarnet.cli import main
+from avarnet.config import ModelConfig, TrainConfig
+from avarnet.data import Normalizer, read_splits_csv, scan_dataset
+from avarnet.encoders import AudioEncoder, VideoEncoder
+from avarnet.errors import NonFiniteError
+from avarnet.extract import build_spec
+from avarnet.models import create_model
+from avarnet.store import INDEX_FILE, Entry, FeatureStore
+
+MEMORY_CAP = 3 * 1024**3  # address space of every CLI subprocess here
+CLASSES = ["crash", "normal", "pain"]
+SEQ_LEN = 4
+
+
+# ------------------------------------------------------------------------- hostile media
+
+
+def _mkv_video(container, n: int = 20, size=(64, 48), pts=None):
+    v = container.add_stream("libx264", rate=10)
+    v.width, v.height, v.pix_fmt = size[0], size[1], "yuv420p"
+    return v, [(i if pts is None else pts[i]) for i in range(n)]
+
+
+def _encode_frames(container, stream, times, size) -> None:
+    for i, t in enumerate(times):
+        frame = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), (40 + 9 * i) % 256, np.uint8), "rgb24")
+        frame.pts = t
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+def non_finite_audio(path: Path, value: float) -> Path:
+    """2 s of video with float PCM audio where every 7th sample is ``value`` (NaN or inf)."""
+    with av.open(str(path), "w", format="matroska") as c:
+        v, times = _mkv_video(c)
+        a = c.add_stream("pcm_f32le", rate=16_000, layout="mono")
+        _encode_frames(c, v, times, (64, 48))
+        x = mf.tone(2.0, 16_000)
+        x[::7] = value
+        for s in range(0, x.size, 1600):
+            frame = av.AudioFrame.from_ndarray(x[None, s : s + 1600], format="flt", layout="mono")
+            frame.sample_rate, frame.pts = 16_000, s
+            c.mux(a.encode(frame))
+        c.mux(a.encode(None))
+    return path
+
+
+def extreme_aspect(path: Path, size: tuple[int, int]) -> Path:
+    """16 frames of width x height (e.g. 4000 x 2): a few KB."""
+    with av.open(str(path), "w", format="mp4") as c:
+        v, times = _mkv_video(c, 16, size)
+        _encode_frames(c, v, times, size)
+    return path
+
+
+def declared_duration(path: Path, seconds: float = 1e9) -> Path:
+    """A 2-s Matroska file whose header declares ``seconds``."""
+    with av.open(str(path), "w", format="matroska") as c:
+        v, times = _mkv_video(c)
+        _encode_frames(c, v, times, (64, 48))
+    data = bytearray(path.read_bytes())
+    i = data.find(b"\x44\x89\x88")  # Segment Info / Duration, an 8-byte float in milliseconds
+    assert i > 0, "no 8-byte Duration element"
+    data[i + 3 : i + 11] = struct.pack(">d", seconds * 1000)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def timestamp_gap(path: Path, gap_s: float = 60.0) -> Path:
+    """4 frames at 10 fps with one jump of ``gap_s`` seconds."""
+    with av.open(str(path), "w", format="matroska") as c:
+        v, _ = _mkv_video(c, 4)
+        _encode_frames(c, v, [0, 1, round(gap_s * 10), round(gap_s * 10) + 1], (64, 48))
+    return path
+
+
+def hostile_corpus(folder: Path) -> dict[str, tuple[Path, set[int]]]:
+    """name -> (path, exit codes `predict` may give); 2 means refused with one line."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "folder.mp4").mkdir()
+    ok, bad = {0}, {2}
+    return {
+        "nan_audio": (non_finite_audio(folder / "nan_audio.mkv", np.nan), ok),
+        "inf_audio": (non_finite_audio(folder / "inf_audio.mkv", np.inf), ok),
+        "wide": (extreme_aspect(folder / "wide_4000x2.mp4", (4000, 2)), ok),
+        "tall": (extreme_aspect(folder / "tall_2x4000.mp4", (2, 4000)), ok),
+        "declared_1e9": (declared_duration(folder / "declared_1e9.mkv"), ok),
+        "gap": (timestamp_gap(folder / "gap.mkv"), ok),
+        "broken_tail": (mf.truncated_tail_mp4(folder), ok),
+        "unicode": (mf.unicode_name_clip(folder), ok),
+        "empty": (mf.empty_file(folder), bad),
+        "text": (mf.text_as_mp4(folder), bad),
+        "noise": (mf.random_bytes_mp4(folder), bad),
+        "truncated": (mf.truncated_mp4(folder), bad),
+        "audio_only": (mf.audio_only(folder), bad),
+        "zero_length": (mf.zero_length_video(folder), bad),
+        "directory": (folder / "folder.mp4", bad),
+    }
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def strict_load(text: str):
+    """json.loads that refuses NaN / Infinity literals, as strict parsers do."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def _cap_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+
+def run_capped(argv: list[str], cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.run(argv, capture_output=True, text=True, preexec_fn=_cap_memory, cwd=cwd, env=env,
+                          timeout=timeout)
+
+
+def avarnet(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return run_capped([sys.executable, "-m", "avarnet", "-q", *args], cwd=cwd)
+
+
+DRIVER = """
+import contextlib, io, json, logging, sys
+import torch
+torch.set_num_threads(1)
+from avarnet.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    err, out = io.StringIO(), io.StringIO()
+    logging.getLogger().handlers.clear()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = main(argv)
+    results.append({"argv": argv, "code": code, "stderr": err.getvalue(), "stdout": out.getvalue()})
+print(json.dumps(results))
+"""
+
+
+def run_many(tmp_path: Path, argvs: list[list[str]]) -> list[dict]:
+    """Run several CLI invocations in ONE capped subprocess (one torch import), stderr per call."""
+    r = run_capped([sys.executable, "-c", DRIVER, json.dumps(argvs)], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def error_lines(stderr: str, command: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith(f"avarnet {command}: ")]
+
+
+def no_crash(stderr: str) -> None:
+    assert "Traceback" not in stderr and "internal error" not in stderr, stderr[-3000:]
+
+
+def tiny_checkpoint(tiny_backbones) -> Checkpoint:
+    vdir, adir = tiny_backbones
+    spec = build_spec(VideoEncoder.load(str(vdir), device="cpu"), AudioEncoder.load(str(adir), device="cpu"),
+                      "pretrained", 0, 1.0, 1)
+    cfg = ModelConfig(input_dim=spec.video_dim + spec.audio_dim, num_classes=len(CLASSES), hidden=16, stages=2,
+                      layers=3, heads=2, dropout=0.0)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    norm = Normalizer(rng.normal(0, 0.1, cfg.input_dim).astype(np.float32), np.full(cfg.input_dim, 0.5, np.float32))
+    return Checkpoint(create_model(cfg).eval(), cfg, TrainConfig(seq_len=SEQ_LEN), CLASSES, spec, norm, None, {})
+
+
+def rewrite_checkpoint(src: Path, dst: Path, meta: dict | None = None, tensors: dict | None = None,
+                       drop: tuple[str, ...] = ()) -> Path:
+    """A copy of a checkpoint with metadata entries / tensors replaced or dropped."""
+    with safe_open(str(src), framework="pt") as f:
+        m = dict(f.metadata())
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    m.update(meta or {})
+    t.update(tensors or {})
+    for k in drop:
+        m.pop(k, None)
+        t.pop(k, None)
+    save_file(t, str(dst), metadata=m)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def ckpt_path(tiny_backbones, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    save_checkpoint(path, tiny_checkpoint(tiny_backbones))
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, tuple[Path, set[int]]]:
+    return hostile_corpus(tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------- 1. non-finite audio, 2. norm.std, 3. metrics
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_audio_is_sanitised_at_decode_with_one_warning(value, tmp_path, caplog):
+    path = non_finite_audio(tmp_path / "x.mkv", value)
+    with caplog.at_level(logging.WARNING, logger="avarnet"):
+        audio = media.load_audio(path)
+    assert audio.size == 32_000 and np.isfinite(audio).all() and np.abs(audio).max() <= 1.0
+    expected = 0.0 if np.isnan(value) else float(np.sign(value))
+    assert audio[7] == expected  # NaN -> silence, +-inf -> full scale
+    warnings = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
+    assert len(warnings) == 1 and str(path) in warnings[0]
+
+
+def test_store_refuses_non_finite_features(tmp_path):
+    from avarnet.config import FeatureSpec
+
+    store = FeatureStore.create(tmp_path / "s", FeatureSpec(video_dim=2, audio_dim=2), {"classes": ["a"]})
+    entry = Entry("v", "features/v.safetensors", "a", "train", "a/v.mp4", 1.0, 10.0, True, 1)
+    bad = {"video": np.array([[np.nan, 0]], np.float32), "audio": np.zeros((1, 2), np.float32)}
+    with pytest.raises(NonFiniteError, match="a/v.mp4"):
+        store.write(entry, bad)
+    assert store.entries == [] and not (tmp_path / "s" / "features" / "v.safetensors").exists()
+
+
+def _store_with_nan_entry(root: Path) -> Path:
+    """A store (as an older version could write) whose every training clip holds NaN features."""
+    from feature_factory import make_store
+
+    store = make_store(root, per_class=3)
+    for e in store.split("train") + store.split("val"):
+        t = store.load(e)
+        t["audio"][0, 0] = np.nan
+        save_numpy(t, str(root / e.file), metadata={"entry": json.dumps(e.to_dict())})
+    return root
+
+
+def test_train_on_non_finite_features_fails_with_one_line_and_no_success_claim(tmp_path, capsys):
+    feats = _store_with_nan_entry(tmp_path / "feats")
+    code = main(["-q", "train", str(feats), "--out", str(tmp_path / "run"), "--epochs", "2", "--device", "cpu"])
+    cap = capsys.readouterr()
+    assert code == 2 and "best epoch" not in cap.out
+    lines = error_lines(cap.err, "train")
+    assert len(lines) == 1 and "NaN" in lines[0] and ".safetensors" in lines[0]
+    assert not (tmp_path / "run" / "best.ckpt").exists()
+
+
+def test_train_never_reports_success_without_a_checkpoint(tmp_path, monkeypatch, capsys):
+    from feature_factory import make_store
+
+    from avarnet import train as train_module
+
+    feats = make_store(tmp_path / "feats", per_class=3).root
+    monkeypatch.setattr(train_module, "evaluate_loss", lambda *a, **k: (float("nan"), 0.0))
+    code = main(["-q", "train", str(feats), "--out", str(tmp_path / "run"), "--epochs", "2", "--device", "cpu"])
+    cap = capsys.readouterr()
+    assert code == 2 and "best epoch" not in cap.out and "no checkpoint written" in cap.err
+    assert not (tmp_path / "run" / "best.ckpt").exists()
+    history = strict_load((tmp_path / "run" / "history.json").read_text())
+    assert history[0]["val_loss"] is None  # strict JSON: NaN is null
+
+
+def test_non_finite_scores_never_open_an_alert():
+    tracker = AlertTracker(AlertRule(threshold=0.5, min_segments=2, close_segments=2))
+    updates = [u for t in range(6) for u in tracker.update(t, t + 1, float("nan"), {"crash": float("nan")})]
+    assert updates == [] and tracker.events == []
+    for t, s in enumerate([0.9, 0.8, float("nan"), float("inf"), 0.2]):
+        tracker.update(t, t + 1, s, {"crash": s})
+    (event,) = tracker.events
+    assert event.end == 2.0 and event.peak_score == 0.9 and event.record()["peak_score"] == 0.9
+    assert np.isfinite(event.class_mass["crash"])
+
+
+def test_zero_norm_std_checkpoint_is_refused(ckpt_path, corpus, tmp_path, capsys):
+    dim = load_checkpoint(ckpt_path).model_config.input_dim
+    bad = rewrite_checkpoint(ckpt_path, tmp_path / "zero_std.ckpt", tensors={"norm.std": torch.zeros(dim)})
+    with pytest.raises(CheckpointError, match="norm.std"):
+        load_checkpoint(bad)
+    video = corpus["unicode"][0]
+    assert main(["-q", "predict", str(video), "--checkpoint", str(bad), "--out", str(tmp_path / "p")]) == 2
+    lines = error_lines(capsys.readouterr().err, "predict")
+    assert len(lines) == 1 and "zero_std.ckpt" in lines[0]
+
+
+def test_metrics_json_is_strict_when_a_class_has_no_test_clips(tmp_path):
+    from feature_factory import make_store
+
+    from avarnet.evaluate import evaluate
+    from avarnet.train import train
+
+    store = make_store(tmp_path / "feats", per_class=3)
+    moved = store.split("test")[0]  # its class has no test clip left: its AP is undefined
+    store.write(Entry(**{**moved.__dict__, "split": "train"}), store.load(moved))
+    r = train(store, tmp_path / "run", TrainConfig(epochs=1, seq_len=4, device="cpu"), progress=False)
+    evaluate(r.checkpoint, tmp_path / "feats", out=tmp_path / "eval", device="cpu")
+    metrics = strict_load((tmp_path / "eval" / "metrics.json").read_text())
+    undefined = [c for c, m in metrics["per_class"].items() if m["support"] == 0]
+    assert undefined and all(metrics["per_class"][c]["ap"] is None for c in undefined)
+
+
+def test_strict_json_writer_turns_non_finite_into_null(tmp_path):
+    value = {"a": float("nan"), "b": [np.float32("inf"), 1.5], "c": np.array([1.0, -np.inf])}
+    io.write_json(tmp_path / "x.json", value)
+    assert strict_load((tmp_path / "x.json").read_text()) == {"a": None, "b": [None, 1.5], "c": [1.0, None]}
+
+
+# --------------------------------------------------------- 4. silent drops, 5. resume, 16. BOM
+
+
+def test_scan_reports_unreadable_folders_loops_and_ignores_a_folder_named_like_a_video(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    mf.clip(data / "crash" / "a.mp4", seconds=1.0)
+    mf.clip(data / "crash" / "deep" / "b.mp4", seconds=1.0)
+    (data / "crash" / "dir.mp4").mkdir()
+    (data / "crash" / "loop").symlink_to(data / "crash")
+    (data / "crash" / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
+    (data / "locked").mkdir()
+    real_walk = os.walk
+
+    def walk(top, onerror=None, followlinks=False):  # root reads everything: simulate a 0700 folder
+        if Path(top).name == "locked":
+            onerror(PermissionError(errno.EACCES, "Permission denied", str(top)))
+            return iter(())
+        return real_walk(top, onerror=onerror, followlinks=followlinks)
+
+    monkeypatch.setattr("avarnet.data.os.walk", walk)
+    scan = scan_dataset(data)
+    assert [i.rel_path for i in scan.items] == ["crash/a.mp4", "crash/deep/b.mp4"]
+    assert scan.classes == ["crash", "locked"]  # an unreadable class folder is still a class
+    problems = dict(scan.problems)
+    assert set(problems) == {"crash/loop", "crash/dangling.mp4", "locked"}
+    assert "loop" in problems["crash/loop"] and "Permission denied" in problems["locked"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders without read permission")
+def test_scan_reports_a_folder_without_read_permission(tmp_path):
+    data = tmp_path / "data"
+    mf.clip(data / "crash" / "a.mp4", seconds=1.0)
+    (data / "pain").mkdir()
+    (data / "pain").chmod(0)
+    try:
+        scan = scan_dataset(data)
+    finally:
+        (data / "pain").chmod(0o755)
+    assert scan.classes == ["crash", "pain"] and "pain" in dict(scan.problems)
+
+
+def _tiny_extract_args(tiny_backbones, data: Path, out: Path) -> list[str]:
+    vdir, adir = tiny_backbones
+    return ["-q", "extract", str(data), "--out", str(out), "--video-backbone", str(vdir),
+            "--audio-backbone", str(adir), "--device", "cpu"]
+
+
+def test_extract_lists_unscannable_folders_as_failures(tiny_backbones, tmp_path, capsys, monkeypatch):
+    data = tmp_path / "data"
+    for c in ("crash", "pain"):
+        mf.clip(data / c / "a.mp4", seconds=1.0)
+    (data / "crash" / "loop").symlink_to(data / "crash")
+    code = main(_tiny_extract_args(tiny_backbones, data, tmp_path / "feats"))
+    out = capsys.readouterr().out
+    assert code == 1 and "extracted 2" in out and "failed 1" in out
+    assert "failed: crash/loop: symbolic link loop" in out
+
+
+def test_resume_after_adding_a_class_folder_is_refused_in_one_line(tiny_backbones, tmp_path, capsys):
+    data = tmp_path / "data"
+    for c in ("crash", "pain"):
+        mf.clip(data / c / "a.mp4", seconds=1.0)
+    assert main(_tiny_extract_args(tiny_backbones, data, tmp_path / "feats")) == 0
+    mf.clip(data / "normal" / "a.mp4", seconds=1.0)
+    capsys.readouterr()
+    assert main(_tiny_extract_args(tiny_backbones, data, tmp_path / "feats")) == 2
+    lines = error_lines(capsys.readouterr().err, "extract")
+    assert len(lines) == 1 and "['normal']" in lines[0]
+    store = FeatureStore.open(tmp_path / "feats")
+    assert {e.label for e in store.entries} == {"crash", "pain"}
+
+
+def test_train_on_a_store_with_an_unlisted_class_is_one_line(tmp_path, capsys):
+    from feature_factory import make_store
+
+    store = make_store(tmp_path / "feats", per_class=3)
+    e = store.split("train")[0]
+    store.write(Entry(**{**e.__dict__, "id": "x", "file": "features/x.safetensors", "label": "ghost"}), store.load(e))
+    assert main(["-q", "train", str(store.root), "--out", str(tmp_path / "r"), "--epochs", "1"]) == 2
+    lines = error_lines(capsys.readouterr().err, "train")
+    assert len(lines) == 1 and "ghost" in lines[0]
+
+
+def test_splits_csv_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "splits.csv"
+    path.write_bytes("path,split\r\ncrash/a.mp4,train\r\n".encode("utf-8-sig"))
+    assert read_splits_csv(path) == {"crash/a.mp4": "train"}
+
+
+# ----------------------------------------------------------- 6., 7. memory from tiny files
+
+
+@pytest.mark.parametrize("size", [(4000, 2), (2, 4000)])
+def test_extreme_aspect_ratio_frames_stay_small(size, tmp_path):
+    path = extreme_aspect(tmp_path / "x.mp4", size)
+    frames = list(media.read_frames(path, [0.0, 1.0], shortest_edge=288))
+    for f in frames:
+        assert min(f.shape[:2]) == 288 and max(f.shape[:2]) == round(288 * media.MAX_ASPECT_RATIO)
+
+
+def test_declared_duration_is_checked_against_the_stream(tmp_path, caplog):
+    path = declared_duration(tmp_path / "x.mkv", 1e9)
+    with caplog.at_level(logging.WARNING, logger="avarnet"):
+        info = media.probe(path)
+    assert info.duration == pytest.approx(2.0, abs=0.15) and info.num_frames == 20
+    assert any("declares" in r.getMessage() for r in caplog.records)
+
+
+# --------------------------------------------------------------------- 9. checkpoint metadata
+
+
+def test_checkpoint_metadata_is_checked_before_the_model_is_built(ckpt_path, tmp_path):
+    meta = json.loads(safe_open(str(ckpt_path), framework="pt").metadata()["model_config"])
+    huge = rewrite_checkpoint(ckpt_path, tmp_path / "huge.ckpt",
+                              meta={"model_config": json.dumps({**meta, "hidden": 8192})})
+    r = run_capped([sys.executable, "-c", "import sys; from avarnet.checkpoint import load_checkpoint as l; "
+                    "l(sys.argv[1])", str(huge)])
+    assert r.returncode == 1 and "CheckpointError" in r.stderr and "does not match the stored weights" in r.stderr
+    assert "MemoryError" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"drop": ("norm.mean",)}, "norm.mean"),
+        ({"meta": {"classes": json.dumps(["crash"])}}, "1 class names for a model with 3 outputs"),
+        ({"meta": {"model_config": "{not json"}}, "'model_config' is not valid JSON"),
+        ({"drop": ("train_config",)}, "'train_config' is missing"),
+        ({"meta": {"feature_spec": json.dumps({"bogus": 1})}}, "'feature_spec' is invalid"),
+    ],
+)
+def test_damaged_checkpoints_are_one_line_naming_the_file(change, words, ckpt_path, tmp_path, capsys):
+    bad = rewrite_checkpoint(ckpt_path, tmp_path / "damaged.ckpt", **change)
+    video = mf.clip(tmp_path / "v.mp4", seconds=1.0)
+    assert main(["-q", "predict", str(video), "--checkpoint", str(bad), "--out", str(tmp_path / "p")]) == 2
+    lines = error_lines(capsys.readouterr().err, "predict")
+    assert len(lines) == 1 and "damaged.ckpt" in lines[0] and words in lines[0]
+
+
+def test_checkpoint_with_wrong_tensor_shape_is_one_line(ckpt_path, tmp_path):
+    with safe_open(str(ckpt_path), framework="pt") as f:
+        name = next(k for k in f.keys() if k.startswith("model.") and f.get_tensor(k).dim() == 2)
+        shape = f.get_tensor(name).shape
+    bad = rewrite_checkpoint(ckpt_path, tmp_path / "shape.ckpt", tensors={name: torch.zeros(shape[0] + 1, shape[1])})
+    with pytest.raises(CheckpointError, match=f"{name[len('model.'):]} is"):
+        load_checkpoint(bad)
+
+
+# --------------------------------------------------------------------------- 11. torn index
+
+
+def test_torn_last_index_line_inside_a_utf8_character_is_skipped(tmp_path, caplog, capsys):
+    from feature_factory import make_store
+
+    store = make_store(tmp_path / "feats", per_class=3)
+    n = len(store.entries)
+    line = json.dumps({"id": "ünï", "label": "crash", "source": "crash/日本.mp4"}, ensure_ascii=False).encode()
+    cut = line.index("日".encode()) + 1  # inside a 3-byte character
+    with open(tmp_path / "feats" / INDEX_FILE, "ab") as f:
+        f.write(line[:cut])
+    with caplog.at_level(logging.WARNING, logger="avarnet"):
+        assert len(FeatureStore.open(tmp_path / "feats").entries) == n
+    assert any("torn last line" in r.getMessage() for r in caplog.records)
+    assert main(["-q", "train", str(tmp_path / "feats"), "--out", str(tmp_path / "r"), "--epochs", "1"]) == 0
+
+
+# ------------------------------------------------------------------------------- 13. umask
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_written_files_follow_the_umask(umask, tmp_path, tiny_backbones):
+    old = os.umask(umask)
+    try:
+        io.atomic_write_text(tmp_path / "a.txt", "x")
+        ckpt = tiny_checkpoint(tiny_backbones)
+        save_checkpoint(tmp_path / "c.ckpt", ckpt)
+        from feature_factory import make_store
+
+        store = make_store(tmp_path / "feats", per_class=1)
+    finally:
+        os.umask(old)
+    files = [tmp_path / "a.txt", tmp_path / "c.ckpt", store.root / "spec.json", store.root / store.entries[0].file]
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f
+
+
+# ------------------------------------------------------------------- 14. exit codes, options
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["train", "F", "--out", "R", "--seq-len", "0"], "--seq-len"),
+        (["extract", "D", "--out", "F", "--segment-seconds", "0"], "--segment-seconds"),
+        (["extract", "D", "--out", "F", "--segment-seconds", "nan"], "finite"),
+        (["extract", "D", "--out", "F", "--frames-per-segment", "0"], "--frames-per-segment"),
+        (["train", "F", "--out", "R", "--batch-size", "-3"], "--batch-size"),
+        (["train", "F", "--out", "R", "--model", "nope"], "unknown model"),
+        (["train", "F", "--out", "R", "--lr", "inf"], "--lr"),
+        (["stream", "x.mp4", "--checkpoint", "c", "--threshold", "1.5"], "--threshold"),
+        (["stream", "x.mp4", "--checkpoint", "c", "--option", "novalue"], "KEY=VALUE"),
+        (["synth", "out", "--clips-per-class", "0"], "--clips-per-class"),
+        (["bench", "--size", "0x0"], "WIDTHxHEIGHT"),
+    ],
+)
+def test_bad_options_are_refused_at_parse_time(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_environment_errors_are_one_line_and_defects_are_not_usage_errors(tmp_path, monkeypatch, capsys):
+    from avarnet import cli
+
+    def raising(exc):
+        def command(args):
+            raise exc
+        return command
+
+    cases = [
+        (OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x")), 2, "no space left on device"),
+        (PermissionError(errno.EACCES, "Permission denied", "/data/root"), 2, "/data/root: Permission denied"),
+        (KeyError("norm.mean"), 3, "internal error"),
+        (ZeroDivisionError("division by zero"), 3, "--debug"),
+    ]
+    for exc, code, words in cases:
+        monkeypatch.setitem(cli.COMMANDS, "models", raising(exc))
+        assert main(["models"]) == code
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0] and "Traceback" not in err[0]
+    with pytest.raises(ZeroDivisionError):
+        main(["--debug", "models"])
+
+
+def test_unwritable_out_is_one_line(ckpt_path, corpus, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    video = corpus["unicode"][0]
+    assert main(["-q", "predict", str(video), "--checkpoint", str(ckpt_path), "--out", str(blocker / "sub")]) == 2
+    lines = error_lines(capsys.readouterr().err, "predict")
+    assert len(lines) == 1 and str(blocker) in lines[0]
+
+
+# ------------------------------------------------------------------------------ 17. webhook
+
+
+class _Hook(BaseHTTPRequestHandler):
+    seen: list = []
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        _Hook.seen.append(self.headers.get("Authorization"))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_webhook_credentials_are_sent_as_basic_auth_and_never_logged(caplog):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    _Hook.seen.clear()
+    try:
+        poster = WebhookPoster(f"http://alice:s%40cret@127.0.0.1:{port}/hook?token=T0KEN", attempts=1)
+        poster.post({"type": "event"})
+        assert poster.close().delivered == 1
+    finally:
+        server.shutdown()
+    import base64
+
+    assert _Hook.seen == ["Basic " + base64.b64encode(b"alice:s@cret").decode()]
+    dead = WebhookPoster("http://bob:hunter2@127.0.0.1:9/x?token=T0KEN", attempts=2, backoff_s=0.01, timeout_s=0.5)
+    with caplog.at_level(logging.WARNING, logger="avarnet"):
+        dead.post({"type": "event"})
+        stats = dead.close()
+    text = " ".join(r.getMessage() for r in caplog.records) + str(stats.to_dict())
+    assert stats.failed == 1 and "hunter2" not in text and "T0KEN" not in text and "bob" not in text
+    assert redact_url("https://u:p@hooks.example.com:8443/services/T/B/XYZ?k=v") == "https://***@hooks.example.com:8443/..."
+
+
+def test_stream_with_an_undelivered_webhook_exits_partial(ckpt_path, corpus, tmp_path, capsys):
+    video = corpus["unicode"][0]
+    argv = ["-q", "stream", str(video), "--checkpoint", str(ckpt_path), "--jsonl", str(tmp_path / "s.jsonl"),
+            "--threshold", "0", "--min-segments", "1", "--webhook", "http://u:pw@127.0.0.1:9/hook?token=SECRET",
+            "--no-view", "--threads", "1", "--device", "cpu"]
+    assert main(argv) == 1
+    cap = capsys.readouterr()
+    assert "not delivered" in cap.out + cap.err and "SECRET" not in cap.out + cap.err and "pw@" not in cap.out + cap.err
+
+
+# ------------------------------------------------------- the corpus through every command
+
+
+@pytest.mark.slow
+def test_predict_and_stream_over_the_hostile_corpus_under_a_memory_cap(corpus, ckpt_path, tmp_path):
+    huge = tmp_path / "huge.ckpt"
+    meta = json.loads(safe_open(str(ckpt_path), framework="pt").metadata()["model_config"])
+    rewrite_checkpoint(ckpt_path, huge, meta={"model_config": json.dumps({**meta, "hidden": 8192})})
+    names = list(corpus)
+    argvs = []
+    for name in names:
+        path = corpus[name][0]
+        argvs.append(["-q", "predict", str(path), "--checkpoint", str(ckpt_path), "--out", str(tmp_path / "p" / name),
+                      "--device", "cpu"])
+        argvs.append(["-q", "stream", str(path), "--checkpoint", str(ckpt_path), "--jsonl",
+                      str(tmp_path / f"{name}.jsonl"), "--no-view", "--threads", "1", "--device", "cpu"])
+    argvs.append(["-q", "predict", str(corpus["nan_audio"][0]), "--checkpoint", str(huge), "--out",
+                  str(tmp_path / "huge"), "--device", "cpu"])
+    results = run_many(tmp_path, argvs)
+    for name, (pred, live) in zip(names, zip(results[0::2], results[1::2], strict=False), strict=False):
+        path, codes = corpus[name]
+        for r, command in ((pred, "predict"), (live, "stream")):
+            no_crash(r["stderr"])
+            allowed = codes | ({1} if command == "stream" else set())  # a stream that ends early is partial
+            assert r["code"] in allowed, (name, command, r)
+            if r["code"] == 2:
+                lines = error_lines(r["stderr"], command)
+                assert len(lines) == 1 and path.name in lines[0], (name, command, r["stderr"])
+        if pred["code"] == 0:
+            p = strict_load((tmp_path / "p" / name / "prediction.json").read_text())
+            assert all(np.isfinite(s["anomaly_score"]) for s in p["segments"])
+            assert p["segments"][-1]["end"] < 120  # declared 1e9 s: the real 2 s are scored
+            assert "nan" not in pred["stdout"].lower()
+        if live["code"] in (0, 1):
+            for line in (tmp_path / f"{name}.jsonl").read_text().splitlines():
+                strict_load(line)
+    last = results[-1]
+    no_crash(last["stderr"])
+    assert last["code"] == 2 and "huge.ckpt" in error_lines(last["stderr"], "predict")[0]
+
+
+@pytest.mark.slow
+def test_extract_over_the_hostile_corpus_under_a_memory_cap(corpus, tiny_backbones, tmp_path):
+    data = tmp_path / "data"
+    for c in ("good", "bad"):
+        (data / c).mkdir(parents=True)
+    mf.clip(data / "good" / "a.mp4", seconds=1.5)
+    mf.clip(data / "good" / "b.mp4", seconds=1.5)
+    for path, _ in corpus.values():
+        (data / "bad" / path.name).symlink_to(path, target_is_directory=path.is_dir())
+    (data / "bad" / "loop").symlink_to(data / "bad")
+    vdir, adir = tiny_backbones
+    r = avarnet("extract", str(data), "--out", str(tmp_path / "feats"), "--video-backbone", str(vdir),
+                "--audio-backbone", str(adir), "--device", "cpu")
+    no_crash(r.stderr)
+    assert r.returncode == 1, r.stdout + r.stderr
+    failed = [line for line in r.stdout.splitlines() if line.strip().startswith("failed: ")]
+    for name, (path, codes) in corpus.items():
+        named = [line for line in failed if f"bad/{path.name}" in line]
+        if name == "directory":  # a folder named like a video is a folder (empty here): not an input
+            assert named == []
+        else:
+            assert len(named) == (1 if codes == {2} else 0), (name, failed)
+    assert any("bad/loop" in line for line in failed)
+    store = FeatureStore.open(tmp_path / "feats")
+    for e in store.entries:
+        assert all(np.isfinite(a).all() for a in store.load(e).values() if a.dtype.kind == "f"), e.source
+    assert {e.source for e in store.entries} >= {"bad/nan_audio.mkv", "bad/declared_1e9.mkv", "bad/wide_4000x2.mp4"}
