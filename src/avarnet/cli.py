@@ -85,6 +85,23 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
+def _add_backbone_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--video-backbone", help="MobileViT folder or hub id to use instead of the one the checkpoint "
+                                            "records (must be the same backbone: checked)")
+    p.add_argument("--audio-backbone", help="Wav2Vec2 folder or hub id instead of the recorded one (checked)")
+
+
+def _checkpoint_with_backbones(a: argparse.Namespace):
+    """The checkpoint of ``a.checkpoint``, its feature spec pointing at --video/--audio-backbone if given."""
+    from .checkpoint import load_checkpoint
+    from .encoders import resolve_device
+
+    ckpt = load_checkpoint(a.checkpoint, resolve_device(a.device))
+    changes = {k: v for k, v in (("video_backbone", a.video_backbone), ("audio_backbone", a.audio_backbone)) if v}
+    ckpt.spec = ckpt.spec.replace(**changes)
+    return ckpt
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("--model", default=d.model, type=_model_name, help="temporal model (see `avarnet models`)")
@@ -139,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--out", type=Path, default=Path("prediction"))
     p.add_argument("--causal", action="store_true", help="score each segment from it and the ones before it only")
+    _add_backbone_overrides(p)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = sub.add_parser("demo", help="synth -> extract -> train -> evaluate -> predict, in one folder")
@@ -222,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", dest="input_format", help="FFmpeg input format of a capture device (v4l2, avfoundation, dshow)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", type=_key_value, help="FFmpeg input option (repeatable)")
     p.add_argument("--no-view", action="store_true", help="no live terminal view even when stdout is a terminal")
+    _add_backbone_overrides(p)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = sub.add_parser("bench", help="throughput and latency of every stage on this machine; prints tables, writes JSON")
@@ -310,7 +329,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_predict(a: argparse.Namespace) -> int:
     from .predict import predict_video
 
-    pred = predict_video(a.video, a.checkpoint, out=a.out, device=a.device, causal=a.causal)
+    pred = predict_video(a.video, _checkpoint_with_backbones(a), out=a.out, device=a.device, causal=a.causal)
     top = sorted(pred["probabilities"].items(), key=lambda kv: -kv[1])[:3]
     peak = max(s["anomaly_score"] for s in pred["segments"])
     print(f"{a.video}: {pred['label']}  (" + ", ".join(f"{c} {p:.2f}" for c, p in top) + f"); peak anomaly score {peak:.2f}")
@@ -400,7 +419,6 @@ def cmd_stream(a: argparse.Namespace) -> int:
     import threading
 
     from .alerts import AlertRule, WebhookPoster
-    from .checkpoint import load_checkpoint
     from .encoders import resolve_device
     from .runtime import configure_cpu
     from .stream import (
@@ -422,7 +440,7 @@ def cmd_stream(a: argparse.Namespace) -> int:
                             autocast_dtype=autocast_dtype(a.precision, resolve_device(a.device)))
     webhook = WebhookPoster(a.webhook) if a.webhook else None
     configure_cpu(a.threads)
-    ckpt = load_checkpoint(a.checkpoint, resolve_device(a.device))
+    ckpt = _checkpoint_with_backbones(a)
     stop = threading.Event()
     source = open_source(a.source, ckpt.spec, options, stop)  # a bad source fails before the encoders load
     extractor = stream_extractor(ckpt, a.device, a.precision)

@@ -72,6 +72,33 @@ class FeatureSpec(_DictMixin):
     sample_rate: int = SAMPLE_RATE
     audio_chunk_seconds: float = 10.0  # Wav2Vec2 runs over the track in chunks this long
     random_init: dict = field(default_factory=dict)  # how random weights were made (init, calibration)
+    # content identity of pretrained backbones (config + weights; see encoders.backbone_digest), "" unknown
+    video_backbone_sha256: str = ""
+    audio_backbone_sha256: str = ""
+
+    def same_features(self, other: FeatureSpec) -> bool:
+        """True when features made under ``self`` and ``other`` are interchangeable.
+
+        Backbones with a recorded identity on both sides match by identity (a moved folder is the
+        same backbone); otherwise by name (or by being the same folder). ``random_init`` is ignored.
+        """
+        blank = {"random_init": {}, "video_backbone": "", "audio_backbone": "",
+                 "video_backbone_sha256": "", "audio_backbone_sha256": ""}
+        if self.replace(**blank) != other.replace(**blank):
+            return False
+        return all(
+            _same_backbone(getattr(self, k), getattr(other, k), getattr(self, f"{k}_sha256"), getattr(other, f"{k}_sha256"))
+            for k in ("video_backbone", "audio_backbone")
+        )
+
+
+def _same_backbone(a: str, b: str, digest_a: str, digest_b: str) -> bool:
+    if digest_a and digest_b:
+        return digest_a == digest_b
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
 
 
 @dataclass(frozen=True)

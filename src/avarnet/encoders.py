@@ -9,6 +9,7 @@ then BatchNorm-recalibrated on real frames (:meth:`VideoEncoder.calibrate`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -650,10 +651,58 @@ class AudioEncoder:
         return {"seed": self.seed, "init": RANDOM_AUDIO_INIT}
 
 
+# Config keys that say where or with what a backbone was saved, not what it computes.
+IDENTITY_IGNORED_CONFIG_KEYS = frozenset(
+    {"transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures", "_commit_hash",
+     "_attn_implementation_autoset", "_attn_implementation", "id2label", "label2id"}
+)
+
+
+def backbone_digest(model: nn.Module) -> str:
+    """SHA-256 over a backbone's config (minus where/how it was saved) and every tensor of its state.
+
+    Two folders holding the same weights and architecture have the same digest; a re-trained or
+    re-configured backbone has another.
+    """
+    h = hashlib.sha256()
+    config = {k: v for k, v in model.config.to_dict().items() if k not in IDENTITY_IGNORED_CONFIG_KEYS}
+    h.update(json.dumps(config, sort_keys=True, default=str).encode("utf-8"))
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def check_backbone(encoder: VideoEncoder | AudioEncoder, kind: str, dim: int, digest: str) -> None:
+    """Refuse an encoder whose output size or (pretrained) identity differs from the recorded one."""
+    if encoder.dim != dim:
+        raise EncoderLoadError(
+            f"{kind} backbone {encoder.source!r} gives {encoder.dim}-d features; "
+            f"these features were made with a {dim}-d backbone"
+        )
+    if digest and encoder.weights == "pretrained":
+        found = backbone_digest(encoder.model)
+        if found != digest:
+            raise EncoderLoadError(
+                f"{kind} backbone {encoder.source!r} is not the one these features were made with "
+                f"(weights or config differ: sha256 {found[:12]}, recorded {digest[:12]})"
+            )
+
+
+def absolute_source(source: str) -> str:
+    """A local backbone folder as an absolute path (hub ids unchanged)."""
+    local = _local_dir(source)
+    return str(local.resolve()) if local is not None else source
+
+
 __all__ = [
     "AudioEncoder",
     "EncoderLoadError",
     "VideoEncoder",
+    "absolute_source",
+    "backbone_digest",
+    "check_backbone",
     "init_mobilevit_random",
     "resolve_device",
 ]

@@ -41,7 +41,7 @@ def blank_sense(x: np.ndarray, sense: str, ckpt: Checkpoint) -> np.ndarray:
 
 def check_compatible(ckpt: Checkpoint, store: FeatureStore) -> None:
     ours, theirs = ckpt.spec.replace(random_init={}), store.spec.replace(random_init={})
-    if ours != theirs:
+    if not ours.same_features(theirs):
         raise EvaluateError(f"checkpoint features ({ours}) differ from the store's ({theirs})")
     unknown = sorted({e.label for e in store.entries} - set(ckpt.classes))
     if unknown:

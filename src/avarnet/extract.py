@@ -15,7 +15,7 @@ from tqdm import tqdm
 from . import media
 from .config import FeatureSpec
 from .data import VideoItem, scan_dataset
-from .encoders import AudioEncoder, VideoEncoder
+from .encoders import AudioEncoder, VideoEncoder, absolute_source, backbone_digest, check_backbone
 from .runtime import configure_cpu
 from .store import Entry, FeatureStore, StoreError, video_id
 
@@ -71,6 +71,8 @@ class Extractor:
         configure_cpu()
         v = VideoEncoder.load(spec.video_backbone, weights=spec.weights, seed=spec.seed, device=device)
         a = AudioEncoder.load(spec.audio_backbone, weights=spec.weights, seed=spec.seed, device=device)
+        check_backbone(v, "video", spec.video_dim, spec.video_backbone_sha256)
+        check_backbone(a, "audio", spec.audio_dim, spec.audio_backbone_sha256)
         if spec.weights == "random":
             if encoder_state is None:
                 raise StoreError("random-weight features need the stored encoder state (BatchNorm statistics)")
@@ -137,9 +139,12 @@ def calibration_frames(items: list[VideoItem], spec: FeatureSpec, seed: int) -> 
 def build_spec(
     video: VideoEncoder, audio: AudioEncoder, weights: str, seed: int, segment_seconds: float, frames_per_segment: int
 ) -> FeatureSpec:
+    pretrained = weights == "pretrained"
     return FeatureSpec(
-        video_backbone=video.source,
-        audio_backbone=audio.source,
+        video_backbone=absolute_source(video.source),
+        audio_backbone=absolute_source(audio.source),
+        video_backbone_sha256=backbone_digest(video.model) if pretrained else "",
+        audio_backbone_sha256=backbone_digest(audio.model) if pretrained else "",
         weights=weights,
         seed=seed,
         segment_seconds=segment_seconds,
@@ -158,7 +163,7 @@ def _prepare_store(out: Path, spec: FeatureSpec, video: VideoEncoder, items: lis
     if (out / "spec.json").exists():
         existing = FeatureStore.open(out)
         existing.remove_stale_temp_files()
-        if existing.spec.replace(random_init={}) != spec:
+        if not existing.spec.same_features(spec):
             raise StoreError(f"{out} holds features made with a different spec; use a new --out folder")
         if spec.weights == "random":
             state = existing.load_encoder_state()

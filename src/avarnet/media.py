@@ -101,7 +101,9 @@ def probe(path: str | Path) -> MediaInfo:
         fields = _video_fields(video) | _audio_fields(audio)
         duration = _stream_duration(video) or _container_duration(container)
         if duration:
-            duration = _checked_duration(path, container, video, duration)
+            checked = _checked_duration(path, container, video, audio, duration)
+            if checked != duration:  # the header lied: its frame count is not believed either
+                duration, fields["stored_frames"] = checked, 0
     stored_frames = fields.pop("stored_frames")
     if not duration:
         duration, counted = _count_duration(path, fields["video_stream"], fields["fps"])
@@ -217,29 +219,32 @@ def _decode_packet(packet, stream=None) -> list:
         return []
 
 
-def _checked_duration(path: Path, container, video, declared: float) -> float:
-    """``declared`` unless the stream's last packets end well before it (then their end).
+def _checked_duration(path: Path, container, video, audio, declared: float) -> float:
+    """``declared`` unless every stream's last packets end well before it (then the latest end).
 
-    Seeks to the declared end and reads the packets from the keyframe found there to the end of
-    the file. When that cannot be measured (no seek, a broken tail), the declaration stands.
+    Seeks each stream (video, and audio when present) to the declared end and reads its packets
+    from the keyframe found there to the end of the file. When the video's end cannot be measured
+    (no seek, a broken tail), the declaration stands.
     """
-    end = _last_packet_end(container, video, declared)
+    origin = _stream_start_seconds(video)
+    end = _last_packet_end(container, video, declared, origin)
+    if end is not None and audio is not None:
+        end = max(end, _last_packet_end(container, audio, declared, origin) or 0.0)
     if end is None or end <= 0 or declared <= end + max(DURATION_SLACK_S, 0.01 * end):
         return declared
-    log.warning("%s: declares %.6g s but its video ends at %.3f s; using %.3f s", path, declared, end, end)
+    log.warning("%s: declares %.6g s but its streams end at %.3f s; using %.3f s", path, declared, end, end)
     return end
 
 
-def _last_packet_end(container, video, declared: float) -> float | None:
-    """End (s, from the stream start) of the last video packet at or after a seek to ``declared``."""
-    start = _stream_start_seconds(video)
+def _last_packet_end(container, stream, declared: float, origin: float) -> float | None:
+    """End (s, from ``origin``) of the last packet of ``stream`` at or after a seek to ``declared``."""
     try:
-        target = min(int((start + declared) / video.time_base), 2**62)
-        container.seek(target, stream=video, backward=True, any_frame=False)
+        target = min(int((origin + declared) / stream.time_base), 2**62)
+        container.seek(target, stream=stream, backward=True, any_frame=False)
         last = None
-        for count, packet in enumerate(container.demux(video)):
+        for count, packet in enumerate(container.demux(stream)):
             if packet.pts is not None:
-                end = float((packet.pts + (packet.duration or 0)) * video.time_base) - start
+                end = float((packet.pts + (packet.duration or 0)) * stream.time_base) - origin
                 last = end if last is None else max(last, end)
             if count >= END_CHECK_PACKETS:
                 return None
