@@ -435,9 +435,12 @@ def cmd_stream(a: argparse.Namespace) -> int:
 
     rule = AlertRule(threshold=a.threshold, min_segments=a.min_segments, hysteresis=a.hysteresis,
                      close_segments=a.close_segments)
+    try:  # a precision the device cannot run is a usage error
+        dtype = autocast_dtype(a.precision, resolve_device(a.device))
+    except ValueError as e:
+        raise InvalidArgumentError(f"--precision {a.precision}: {e}") from None
     options = StreamOptions(realtime=a.realtime, rule=rule, input_format=a.input_format,
-                            options=dict(kv.split("=", 1) for kv in a.option),
-                            autocast_dtype=autocast_dtype(a.precision, resolve_device(a.device)))
+                            options=dict(kv.split("=", 1) for kv in a.option), autocast_dtype=dtype)
     webhook = WebhookPoster(a.webhook) if a.webhook else None
     configure_cpu(a.threads)
     ckpt = _checkpoint_with_backbones(a)
@@ -469,6 +472,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from .io import atomic_write_text, write_json
 
     width, _, height = a.size.partition("x")
+    if a.gpu_only:
+        from .encoders import resolve_device
+
+        if resolve_device(a.device).type != "cuda":
+            raise InvalidArgumentError("--gpu-only needs a CUDA device")
     opts = BenchOptions(seconds=a.seconds, width=int(width), height=int(height), fps=a.fps, video=a.video,
                         threads=a.threads, device=a.device, video_backbones=tuple(a.video_backbones or MOBILEVIT_VARIANTS),
                         audio_backbone=a.audio_backbone, precisions=tuple(a.precisions), cpu=not a.gpu_only)

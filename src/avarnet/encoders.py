@@ -36,7 +36,7 @@ from transformers import (
 )
 
 from avarnet.config import DEFAULT_AUDIO_BACKBONE, DEFAULT_VIDEO_BACKBONE, SAMPLE_RATE
-from avarnet.errors import AvarnetError
+from avarnet.errors import AvarnetError, InvalidArgumentError
 
 logger = logging.getLogger("avarnet")
 
@@ -91,7 +91,7 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
+        raise InvalidArgumentError(f"device {device!r} requested but CUDA is not available")
     return resolved
 
 
@@ -128,7 +128,7 @@ def _pretrained_error(source: str, flag: str, cause: BaseException) -> EncoderLo
 
 def _validate_weights(weights: str) -> None:
     if weights not in WEIGHT_CHOICES:
-        raise ValueError(f"weights must be one of {WEIGHT_CHOICES}, got {weights!r}")
+        raise InvalidArgumentError(f"weights must be one of {WEIGHT_CHOICES}, got {weights!r}")
 
 
 def _offline() -> bool:
@@ -179,7 +179,7 @@ def _cache_then_hub(source: str, fetch: Callable[[bool], _T]) -> tuple[_T, bool]
 
 def _check_model_type(config: PretrainedConfig, model_type: str, source: str) -> None:
     if config.model_type != model_type:
-        raise ValueError(f"{source!r} holds a {config.model_type!r} model, expected {model_type!r}")
+        raise InvalidArgumentError(f"{source!r} holds a {config.model_type!r} model, expected {model_type!r}")
 
 
 def _load_pretrained(

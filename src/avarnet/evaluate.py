@@ -55,8 +55,10 @@ def predict_clips(ckpt: Checkpoint, store: FeatureStore, split: str, drop: str |
         raise EvaluateError(f"split {split!r} of {store.root} is empty")
     index = {c: i for i, c in enumerate(ckpt.classes)}
     probs = []
-    for _, tensors in store.iter_load(entries):
+    for entry, tensors in store.iter_load(entries):
         x = model_input(ckpt, tensors)
+        if not np.isfinite(x).all():
+            raise EvaluateError(f"{store.root / entry.file}: features hold NaN or infinity; extract {entry.source} again")
         if drop:
             x = blank_sense(x, drop, ckpt)
         probs.append(clip_probabilities(step_probabilities(ckpt.model, x, ckpt.train_config.seq_len)))

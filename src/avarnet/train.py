@@ -155,7 +155,10 @@ def train(
         log.warning("no validation split: monitoring the training loss instead")
     val_clips = load_clips(store, val_entries, cfg.modality, classes, norm) if val_entries else train_clips
     mcfg = model_config_for(store, cfg, model_overrides)
-    model = create_model(mcfg).to(device)
+    try:
+        model = create_model(mcfg).to(device)
+    except ValueError as e:  # e.g. a width the attention heads do not divide
+        raise TrainError(f"model options do not fit together: {e}") from None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
     train_loader, val_loader = _loaders(train_clips, val_clips, cfg)

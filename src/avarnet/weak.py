@@ -432,6 +432,8 @@ def train_weak(
         elif (stale := stale + 1) >= cfg.early_stop_patience:
             log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
             break
+    if best_epoch == 0:
+        raise TrainError(f"no epoch reached a finite validation loss (last {history[-1]['val_loss']}); no checkpoint written")
     params, seconds = count_parameters(model), time.time() - start
     return TrainResult(out / BEST_CHECKPOINT, history, best_epoch, best, params, seconds)
 
