@@ -309,3 +309,13 @@ def test_cli_xdv_train_and_evaluate(xd_store, tmp_path, capsys):
         )
         == 2
     )
+
+
+def test_weak_training_without_a_finite_validation_loss_writes_no_checkpoint(xd_store, tmp_path, monkeypatch):
+    from avarnet.train import TrainError
+
+    monkeypatch.setattr("avarnet.weak._loader_loss", lambda *a, **k: float("nan"))
+    with pytest.raises(TrainError, match="no checkpoint written"):
+        train_weak(xd_store, tmp_path / "run", WeakConfig(**{**FAST, "epochs": 2}), model_overrides=TINY,
+                   progress=False)
+    assert not (tmp_path / "run" / "best.ckpt").exists()

@@ -535,7 +535,10 @@ def _error_line(e: BaseException) -> tuple[str, int] | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit codes: 0 success, 1 partial failure, 2 usage or input error, 3 a defect."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or an option refused at parse time (argparse printed why)
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger("avarnet").setLevel(logging.INFO)
     debug = args.debug or os.environ.get("AVARNET_DEBUG", "") not in ("", "0")
