@@ -484,6 +484,15 @@ def test_damaged_checkpoints_are_one_line_naming_the_file(change, words, ckpt_pa
     assert len(lines) == 1 and "damaged.ckpt" in lines[0] and words in lines[0]
 
 
+@pytest.mark.parametrize("field, value", [("segment_seconds", 0.0), ("resize_shortest_edge", 10**9),
+                                          ("frames_per_segment", 10**6)])
+def test_checkpoint_feature_spec_out_of_bounds_is_refused(field, value, ckpt_path, tmp_path):
+    spec = json.loads(safe_open(str(ckpt_path), framework="pt").metadata()["feature_spec"])
+    bad = rewrite_checkpoint(ckpt_path, tmp_path / "spec.ckpt", meta={"feature_spec": json.dumps({**spec, field: value})})
+    with pytest.raises(CheckpointError, match=f"spec.ckpt: feature spec {field}"):
+        load_checkpoint(bad)
+
+
 def test_checkpoint_with_wrong_tensor_shape_is_one_line(ckpt_path, tmp_path):
     with safe_open(str(ckpt_path), framework="pt") as f:
         name = next(k for k in f.keys() if k.startswith("model.") and f.get_tensor(k).dim() == 2)

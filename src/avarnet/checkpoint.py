@@ -19,13 +19,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import io
-from .config import FeatureSpec, ModelConfig, TrainConfig
+from .config import FeatureSpec, ModelConfig, TrainConfig, spec_problem
 from .data import Normalizer, input_dims
 from .errors import AvarnetError
 from .models import create_model
 
 FORMAT = "avarnet-checkpoint-1"
 METADATA_KEYS = ("model_config", "train_config", "classes", "feature_spec")
+MAX_SEQ_LEN = 100_000  # segments per window
 
 
 class CheckpointError(AvarnetError):
@@ -149,8 +150,11 @@ def _check_dims(cfg: ModelConfig, train: TrainConfig, spec: FeatureSpec, path: P
             f"{path}: the model takes {cfg.input_dim} features but the feature spec gives "
             f"{vd + ad} ({train.modality})"
         )
-    if train.seq_len < 1 or spec.segment_seconds <= 0:
-        raise CheckpointError(f"{path}: seq_len and segment_seconds must be positive")
+    if not isinstance(train.seq_len, int) or not 1 <= train.seq_len <= MAX_SEQ_LEN:
+        raise CheckpointError(f"{path}: seq_len {train.seq_len!r} is outside [1, {MAX_SEQ_LEN}]")
+    problem = spec_problem(spec)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
 
 
 def _build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], path: Path) -> torch.nn.Module:

@@ -92,6 +92,30 @@ class FeatureSpec(_DictMixin):
         )
 
 
+# Bounds a feature spec read from a file must respect (memory and time stay bounded).
+SPEC_LIMITS = {
+    "segment_seconds": (0.02, 3600.0),
+    "frames_per_segment": (1, 64),
+    "video_dim": (1, 65_536),
+    "audio_dim": (1, 65_536),
+    "image_size": (1, 4096),
+    "resize_shortest_edge": (1, 4096),
+    "sample_rate": (1_000, 192_000),
+    "audio_chunk_seconds": (0.1, 600.0),
+}
+
+
+def spec_problem(spec: FeatureSpec) -> str | None:
+    """Why a feature spec read from a file cannot be used (a value out of bounds), or None."""
+    for name, (low, high) in SPEC_LIMITS.items():
+        value = getattr(spec, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            return f"feature spec {name} = {value!r} is outside [{low}, {high}]"
+    if spec.weights not in ("pretrained", "random"):
+        return f"feature spec weights = {spec.weights!r} is neither 'pretrained' nor 'random'"
+    return None
+
+
 def _same_backbone(a: str, b: str, digest_a: str, digest_b: str) -> bool:
     if digest_a and digest_b:
         return digest_a == digest_b

@@ -76,7 +76,10 @@ class Extractor:
         if spec.weights == "random":
             if encoder_state is None:
                 raise StoreError("random-weight features need the stored encoder state (BatchNorm statistics)")
-            v.load_bn_state(encoder_state)
+            try:
+                v.load_bn_state(encoder_state)
+            except ValueError as e:  # a damaged or foreign encoder state
+                raise StoreError(f"the stored encoder state does not fit the video backbone: {e}") from None
         return cls(spec, v, a)
 
     def video_features(self, path: Path, info: media.MediaInfo) -> np.ndarray:

@@ -142,7 +142,7 @@ def _check_file(path: str | Path) -> Path:
     if path.is_dir():
         raise UnreadableMediaError(path, "is a directory, not a media file")
     if not path.is_file():
-        raise UnreadableMediaError(path, "no such file")
+        raise UnreadableMediaError(path, "not a regular file" if path.exists() else "no such file")
     if path.stat().st_size == 0:
         raise UnreadableMediaError(path, "empty file")
     return path

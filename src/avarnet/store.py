@@ -32,7 +32,7 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
 
-from .config import FeatureSpec
+from .config import FeatureSpec, spec_problem
 from .errors import AvarnetError, NonFiniteError
 from .io import TEMP_PREFIX, atomic_write, atomic_write_bytes, atomic_write_text
 
@@ -168,9 +168,12 @@ class FeatureStore:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise StoreError(f"{root / SPEC_FILE} is damaged: {e}") from None
         try:
-            return cls(root, FeatureSpec.from_dict(doc["spec"]), doc.get("info") or {})
+            spec = FeatureSpec.from_dict(doc["spec"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise StoreError(f"{root / SPEC_FILE} is not a feature spec: {type(e).__name__}: {e}") from None
+        if spec_problem(spec):
+            raise StoreError(f"{root / SPEC_FILE}: {spec_problem(spec)}")
+        return cls(root, spec, doc.get("info") or {})
 
     def remove_stale_temp_files(self) -> int:
         """Delete temporary files a killed writer left behind (call only with no other writer running)."""
