@@ -403,6 +403,27 @@ def test_extract_lists_unscannable_folders_as_failures(tiny_backbones, tmp_path,
     assert "failed: crash/loop: symbolic link loop" in out
 
 
+def test_extract_records_non_finite_features_as_a_failure(tiny_backbones, tmp_path, capsys, monkeypatch):
+    from avarnet.extract import Extractor
+
+    data = tmp_path / "data"
+    for name in ("crash/a.mp4", "crash/b.mp4", "pain/a.mp4"):
+        mf.clip(data / name, seconds=1.0)
+    original = Extractor.__call__
+
+    def overflowing(self, path):  # an encoder that overflows on one input
+        tensors, info = original(self, path)
+        if Path(path).name == "b.mp4":
+            tensors["video"][0, 0] = np.inf
+        return tensors, info
+
+    monkeypatch.setattr(Extractor, "__call__", overflowing)
+    assert main(_tiny_extract_args(tiny_backbones, data, tmp_path / "feats")) == 1
+    out = capsys.readouterr().out
+    assert "extracted 2" in out and "failed: crash/b.mp4: features hold NaN or infinity" in out
+    assert "crash/b.mp4" in {f["path"] for f in FeatureStore.open(tmp_path / "feats").failures}
+
+
 def test_resume_after_adding_a_class_folder_is_refused_in_one_line(tiny_backbones, tmp_path, capsys):
     data = tmp_path / "data"
     for c in ("crash", "pain"):
@@ -593,6 +614,10 @@ def test_unwritable_out_is_one_line(ckpt_path, corpus, tmp_path, capsys):
     video = corpus["unicode"][0]
     assert main(["-q", "predict", str(video), "--checkpoint", str(ckpt_path), "--out", str(blocker / "sub")]) == 2
     lines = error_lines(capsys.readouterr().err, "predict")
+    assert len(lines) == 1 and str(blocker) in lines[0]
+    assert main(["-q", "train", str(tmp_path), "--out", str(blocker)]) == 2  # not a store
+    assert main(["-q", "synth", str(blocker), "--clips-per-class", "1"]) == 2  # a file where a folder goes
+    lines = error_lines(capsys.readouterr().err, "synth")
     assert len(lines) == 1 and str(blocker) in lines[0]
 
 

@@ -16,6 +16,7 @@ from . import media
 from .config import FeatureSpec
 from .data import VideoItem, scan_dataset
 from .encoders import AudioEncoder, VideoEncoder, absolute_source, backbone_digest, check_backbone
+from .errors import NonFiniteError
 from .runtime import configure_cpu
 from .store import Entry, FeatureStore, StoreError, video_id
 
@@ -242,9 +243,13 @@ def extract_dataset(
                 has_audio=minfo.has_audio,
                 T=len(tensors["video"]),
             )
-            store.write(entry, tensors)
-            result.done += 1
-            continue
+            try:
+                store.write(entry, tensors)
+            except NonFiniteError:  # refused by the store: a failure of this input only
+                reason = "features hold NaN or infinity (not stored)"
+            else:
+                result.done += 1
+                continue
         line = f"{item.rel_path}: {reason}"
         tqdm.write(f"failed: {line}", file=sys.stderr)
         store.record_failure(item.rel_path, reason)
