@@ -137,6 +137,12 @@ def hostile_corpus(folder: Path) -> dict[str, tuple[Path, set[int]]]:
 # ------------------------------------------------------------------------------ helpers
 
 
+def clip(path: Path, seconds: float) -> Path:
+    """An indexed test clip; its folder is created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return mf.clip(path, seconds=seconds)
+
+
 def _refuse_constant(name: str):
     raise ValueError(f"non-standard JSON constant {name}")
 
@@ -350,8 +356,8 @@ def test_strict_json_writer_turns_non_finite_into_null(tmp_path):
 
 def test_scan_reports_unreadable_folders_loops_and_ignores_a_folder_named_like_a_video(tmp_path, monkeypatch):
     data = tmp_path / "data"
-    mf.clip(data / "crash" / "a.mp4", seconds=1.0)
-    mf.clip(data / "crash" / "deep" / "b.mp4", seconds=1.0)
+    clip(data / "crash" / "a.mp4", seconds=1.0)
+    clip(data / "crash" / "deep" / "b.mp4", seconds=1.0)
     (data / "crash" / "dir.mp4").mkdir()
     (data / "crash" / "loop").symlink_to(data / "crash")
     (data / "crash" / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
@@ -376,7 +382,7 @@ def test_scan_reports_unreadable_folders_loops_and_ignores_a_folder_named_like_a
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders without read permission")
 def test_scan_reports_a_folder_without_read_permission(tmp_path):
     data = tmp_path / "data"
-    mf.clip(data / "crash" / "a.mp4", seconds=1.0)
+    clip(data / "crash" / "a.mp4", seconds=1.0)
     (data / "pain").mkdir()
     (data / "pain").chmod(0)
     try:
@@ -395,7 +401,7 @@ def _tiny_extract_args(tiny_backbones, data: Path, out: Path) -> list[str]:
 def test_extract_lists_unscannable_folders_as_failures(tiny_backbones, tmp_path, capsys, monkeypatch):
     data = tmp_path / "data"
     for c in ("crash", "pain"):
-        mf.clip(data / c / "a.mp4", seconds=1.0)
+        clip(data / c / "a.mp4", seconds=1.0)
     (data / "crash" / "loop").symlink_to(data / "crash")
     code = main(_tiny_extract_args(tiny_backbones, data, tmp_path / "feats"))
     out = capsys.readouterr().out
@@ -408,7 +414,7 @@ def test_extract_records_non_finite_features_as_a_failure(tiny_backbones, tmp_pa
 
     data = tmp_path / "data"
     for name in ("crash/a.mp4", "crash/b.mp4", "pain/a.mp4"):
-        mf.clip(data / name, seconds=1.0)
+        clip(data / name, seconds=1.0)
     original = Extractor.__call__
 
     def overflowing(self, path):  # an encoder that overflows on one input
@@ -427,9 +433,9 @@ def test_extract_records_non_finite_features_as_a_failure(tiny_backbones, tmp_pa
 def test_resume_after_adding_a_class_folder_is_refused_in_one_line(tiny_backbones, tmp_path, capsys):
     data = tmp_path / "data"
     for c in ("crash", "pain"):
-        mf.clip(data / c / "a.mp4", seconds=1.0)
+        clip(data / c / "a.mp4", seconds=1.0)
     assert main(_tiny_extract_args(tiny_backbones, data, tmp_path / "feats")) == 0
-    mf.clip(data / "normal" / "a.mp4", seconds=1.0)
+    clip(data / "normal" / "a.mp4", seconds=1.0)
     capsys.readouterr()
     assert main(_tiny_extract_args(tiny_backbones, data, tmp_path / "feats")) == 2
     lines = error_lines(capsys.readouterr().err, "extract")
@@ -499,7 +505,7 @@ def test_checkpoint_metadata_is_checked_before_the_model_is_built(ckpt_path, tmp
 )
 def test_damaged_checkpoints_are_one_line_naming_the_file(change, words, ckpt_path, tmp_path, capsys):
     bad = rewrite_checkpoint(ckpt_path, tmp_path / "damaged.ckpt", **change)
-    video = mf.clip(tmp_path / "v.mp4", seconds=1.0)
+    video = clip(tmp_path / "v.mp4", seconds=1.0)
     assert main(["-q", "predict", str(video), "--checkpoint", str(bad), "--out", str(tmp_path / "p")]) == 2
     lines = error_lines(capsys.readouterr().err, "predict")
     assert len(lines) == 1 and "damaged.ckpt" in lines[0] and words in lines[0]
@@ -716,8 +722,8 @@ def test_extract_over_the_hostile_corpus_under_a_memory_cap(corpus, tiny_backbon
     data = tmp_path / "data"
     for c in ("good", "bad"):
         (data / c).mkdir(parents=True)
-    mf.clip(data / "good" / "a.mp4", seconds=1.5)
-    mf.clip(data / "good" / "b.mp4", seconds=1.5)
+    clip(data / "good" / "a.mp4", seconds=1.5)
+    clip(data / "good" / "b.mp4", seconds=1.5)
     for path, _ in corpus.values():
         (data / "bad" / path.name).symlink_to(path, target_is_directory=path.is_dir())
     (data / "bad" / "loop").symlink_to(data / "bad")
@@ -753,7 +759,7 @@ def relative_pipeline(tiny_backbones, tmp_path_factory) -> Path:
         shutil.copytree(src, root / "bb" / src.name)
     for c in ("crash", "pain"):
         for i in range(3):
-            mf.clip(root / "data" / c / f"{i}.mp4", seconds=1.0)
+            clip(root / "data" / c / f"{i}.mp4", seconds=1.0)
     cwd = os.getcwd()
     os.chdir(root)
     try:
