@@ -80,6 +80,7 @@ class MediaInfo:
     audio_channels: int  # 0 when no audio
     video_stream: int
     audio_stream: int | None
+    declared_duration: float = 0.0  # what the container header says (== duration unless it lied)
 
 
 # --------------------------------------------------------------------------- probe
@@ -99,7 +100,7 @@ def probe(path: str | Path) -> MediaInfo:
         _check_first_frame(path, container, video)
         audio = _best_audio_stream(container)
         fields = _video_fields(video) | _audio_fields(audio)
-        duration = _stream_duration(video) or _container_duration(container)
+        duration = declared = _stream_duration(video) or _container_duration(container)
         if duration:
             checked = _checked_duration(path, container, video, audio, duration)
             if checked != duration:  # the header lied: its frame count is not believed either
@@ -115,7 +116,8 @@ def probe(path: str | Path) -> MediaInfo:
     if fields["fps"] <= 0:
         raise UnreadableMediaError(path, "cannot determine the frame rate")
     num_frames = stored_frames or max(1, round(duration * fields["fps"]))
-    return MediaInfo(path=str(path), duration=duration, num_frames=num_frames, **fields)
+    return MediaInfo(path=str(path), duration=duration, num_frames=num_frames,
+                     declared_duration=declared or duration, **fields)
 
 
 def _video_fields(video) -> dict:

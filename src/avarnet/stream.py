@@ -356,7 +356,7 @@ class SegmentSource:
             width,
             height,
             audio is not None,
-            probed.duration if probed else None,
+            probed.declared_duration if probed else None,
         )
 
     def close(self) -> None:
