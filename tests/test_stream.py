@@ -155,23 +155,21 @@ def test_cutter_memory_stays_bounded_when_video_stalls():
 
     cutter = SegmentCutter(1.0, 1, 16_000, None, has_audio=True, fps=10.0)
     frame = av.VideoFrame.from_ndarray(np.zeros((8, 8, 3), np.uint8), format="rgb24")
-    assert cutter.add_frame(frame, 0.0) == []
+    assert list(cutter.add_frame(frame, 0.0)) == []
     second = np.zeros(16_000, np.float32)
     for _ in range(100):  # 100 s of audio, no more video
         assert cutter.add_audio(second) == []
     assert cutter.audio_held <= MAX_AUDIO_HELD_S * 16_000
-    segments = cutter.finish()
+    segments = list(cutter.finish())
     assert len(segments) == 1 and segments[0].frames.shape == (1, 8, 8, 3)
 
 
 def test_batched_audio_windows_equal_one_at_a_time(extractor):
-    from avarnet.stream import _encode_windows
-
     rng = np.random.default_rng(0)
     windows = [
         rng.normal(0, 0.1, n).astype(np.float32) for n in (32_000, 16_000, 32_000, 300, 32_000)
     ]
-    batched = _encode_windows(extractor.audio, windows)
+    batched = extractor.audio.encode_batch(windows)
     for w, got in zip(windows, batched, strict=True):
         np.testing.assert_allclose(got, extractor.audio.encode_chunk(w), atol=1e-5)
 

@@ -39,18 +39,10 @@ from .encoders import AudioEncoder, VideoEncoder, resolve_device
 from .extract import Extractor, build_spec
 from .models import create_model
 from .runtime import configure_cpu
-from .stream import (
-    AUDIO_CONTEXT_SECONDS,
-    BATCH_SEGMENTS,
-    CPU_FRAME_BATCH,
-    Segment,
-    SegmentEncoder,
-    SegmentSource,
-    StreamOptions,
-    autocast_dtype,
-    quantize_audio_encoder,
-    run_stream,
-)
+from .features import BATCH_SEGMENTS, CPU_FRAME_BATCH, SegmentEncoder
+from .media import Segment, SegmentSource
+from .runtime import autocast_dtype, quantize_audio_encoder
+from .stream import StreamOptions, run_stream
 from .synth import write_av
 
 log = logging.getLogger("avarnet")
@@ -72,6 +64,7 @@ MODEL_BATCHES = (1, 256)
 GPU_BATCH_SEGMENTS = 32  # segments encoded together end to end on a GPU (CPU: BATCH_SEGMENTS)
 CALIBRATION_FRAMES = 32
 MIN_TIMED_S = 2.0  # each throughput figure times at least this long (after one warm-up call)
+AUDIO_CONTEXT_SECONDS = 1.0
 CLIP_SAMPLE_RATE = 48_000  # generated clips carry 48 kHz audio, like most cameras
 
 

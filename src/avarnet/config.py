@@ -27,6 +27,8 @@ NORMAL_CLASS = "normal"
 SAMPLE_RATE = 16_000  # Wav2Vec2 expects 16 kHz mono
 DEFAULT_VIDEO_BACKBONE = "apple/mobilevit-small"  # pooled output: 640-d
 DEFAULT_AUDIO_BACKBONE = "facebook/wav2vec2-base"  # hidden size: 768-d
+AUDIO_MODES = ("chunked", "causal")  # how audio features are made (FeatureSpec.audio_mode)
+DEFAULT_AUDIO_CONTEXT_S = 0.5  # causal audio look-back (docs/live.md: chosen from measurements)
 
 
 class _DictMixin:
@@ -72,6 +74,23 @@ class FeatureSpec(_DictMixin):
     sample_rate: int = SAMPLE_RATE
     audio_chunk_seconds: float = 10.0  # Wav2Vec2 runs over the track in chunks this long
     random_init: dict = field(default_factory=dict)  # how random weights were made (init, calibration)
+    # "chunked": Wav2Vec2 over audio_chunk_seconds chunks of the whole track (sees the future);
+    # "causal": per segment over its samples plus audio_context_seconds of the past (what a live
+    # stream can compute). Stores and checkpoints without these fields are chunked.
+    audio_mode: str = "chunked"
+    audio_context_seconds: float = DEFAULT_AUDIO_CONTEXT_S  # look-back of causal audio (0 allowed)
+
+    def __post_init__(self) -> None:
+        if self.audio_mode not in AUDIO_MODES:
+            raise ValueError(f"audio_mode must be one of {AUDIO_MODES}, got {self.audio_mode!r}")
+        if not self.audio_context_seconds >= 0:
+            raise ValueError(f"audio_context_seconds must be >= 0, got {self.audio_context_seconds}")
+
+    def describe_audio(self) -> str:
+        """``chunked (10 s)`` or ``causal (look-back 0.5 s)``."""
+        if self.audio_mode == "chunked":
+            return f"chunked ({self.audio_chunk_seconds:g}-s chunks)"
+        return f"causal (look-back {self.audio_context_seconds:g} s)"
 
 
 @dataclass(frozen=True)
