@@ -37,11 +37,10 @@ from .config import DEFAULT_AUDIO_BACKBONE, VAAR_CLASSES, FeatureSpec, ModelConf
 from .data import Normalizer
 from .encoders import AudioEncoder, VideoEncoder, resolve_device
 from .extract import Extractor, build_spec
-from .models import create_model
-from .runtime import configure_cpu
 from .features import BATCH_SEGMENTS, CPU_FRAME_BATCH, SegmentEncoder
 from .media import Segment, SegmentSource
-from .runtime import autocast_dtype, quantize_audio_encoder
+from .models import create_model
+from .runtime import autocast_dtype, configure_cpu, quantize_audio_encoder
 from .stream import StreamOptions, run_stream
 from .synth import write_av
 
