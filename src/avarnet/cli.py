@@ -203,8 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--video-backbones", nargs="+", help="MobileViT variants (default: small, x-small, xx-small)")
     p.add_argument("--audio-backbone", default=DEFAULT_AUDIO_BACKBONE)
-    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "int8"],
-                   help="CPU precisions to measure (fp32, bf16, int8); a GPU adds fp32 and fp16")
+    p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "int8"],
+                   help="CPU precisions to measure (default: fp32, int8, and bf16 where the CPU has it); a GPU adds fp16")
+    p.add_argument("--runtimes", nargs="+", choices=["torch", "onnx"], default=["torch", "onnx"],
+                   help="inference runtimes of the end-to-end rows (onnx: fp32 and int8)")
+    p.add_argument("--audio-contexts", nargs="+", type=_seconds, metavar="S",
+                   help="causal audio look-backs of the end-to-end rows (default 0.5)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="GPU rows are added on cuda")
     p.add_argument("--gpu-only", action="store_true", help="with a GPU: skip the CPU rows")
     return parser
@@ -451,7 +455,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
         raise ValueError(f"--size takes WIDTHxHEIGHT, got {a.size!r}")
     opts = BenchOptions(seconds=a.seconds, width=int(width), height=int(height), fps=a.fps, video=a.video,
                         threads=a.threads, device=a.device, video_backbones=tuple(a.video_backbones or MOBILEVIT_VARIANTS),
-                        audio_backbone=a.audio_backbone, precisions=tuple(a.precisions), cpu=not a.gpu_only)
+                        audio_backbone=a.audio_backbone, cpu=not a.gpu_only, runtimes=tuple(a.runtimes),
+                        **({"precisions": tuple(a.precisions)} if a.precisions else {}),
+                        **({"audio_contexts": tuple(a.audio_contexts)} if a.audio_contexts else {}))
     result = run_bench(opts, a.out, progress=None if a.quiet else lambda m: print(f"bench: {m}", file=sys.stderr))
     tables = format_tables(result)
     (a.out / "bench.json").write_text(json.dumps(result, indent=1))

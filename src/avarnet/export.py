@@ -136,19 +136,20 @@ def export_checkpoint(
     *,
     int8: bool = True,
     audio_context_seconds: float | None = None,
+    extractor: Extractor | None = None,
 ) -> Path:
     """Export ``checkpoint`` to ``out`` (see the module docstring); returns the manifest path.
 
     The manifest's feature spec is the live one (:func:`avarnet.features.live_spec`): what
     ``stream --runtime onnx`` computes. The manifest is written last, so a folder without one is
-    an unfinished export.
+    an unfinished export. ``extractor``: the checkpoint's encoders when already loaded.
     """
     _require_onnx()
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
-    extractor = Extractor.from_spec(ckpt.spec, "cpu", ckpt.encoder_state)
+    extractor = extractor or Extractor.from_spec(ckpt.spec, "cpu", ckpt.encoder_state)
     video, audio = extractor.video, extractor.audio
     spec = live_spec(ckpt.spec, audio_context_seconds)
     size = video.image_size
