@@ -154,7 +154,7 @@ class SegmentEncoder:
             raise ValueError("encode() needs at least one segment")
         with self._autocast():
             video = self._video(segments)
-            audio, mask = self._audio(segments)
+            audio, mask = self.encode_audio(segments)
         return {"video": video, "audio": audio, "audio_mask": mask}
 
     def _autocast(self):
@@ -186,7 +186,8 @@ class SegmentEncoder:
         self._last_video = (segments[-1].frames, out[-1].copy())
         return out
 
-    def _audio(self, segments: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
+    def encode_audio(self, segments: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
+        """Causal audio vectors (n, Da) and mask (n,) of consecutive segments (no video)."""
         enc = self.extractor.audio
         audio = np.zeros((len(segments), enc.dim), np.float32)
         mask = np.zeros(len(segments), bool)
