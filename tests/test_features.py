@@ -51,6 +51,8 @@ def test_old_specs_without_the_field_are_chunked():
     assert live_spec(spec, 0.0).audio_context_seconds == 0.0
     causal = spec.replace(audio_mode="causal", audio_context_seconds=1.0)
     assert live_spec(causal) is causal
+    # a chunked spec has no look-back: stores compare equal whatever default a version used
+    assert FeatureSpec(audio_context_seconds=1.0) == FeatureSpec() == spec
     with pytest.raises(ValueError):
         FeatureSpec(audio_mode="lookahead")
     with pytest.raises(ValueError):

@@ -78,13 +78,16 @@ class FeatureSpec(_DictMixin):
     # "causal": per segment over its samples plus audio_context_seconds of the past (what a live
     # stream can compute). Stores and checkpoints without these fields are chunked.
     audio_mode: str = "chunked"
-    audio_context_seconds: float = DEFAULT_AUDIO_CONTEXT_S  # look-back of causal audio (0 allowed)
+    audio_context_seconds: float = 0.0  # look-back of causal audio (0 allowed); 0 when chunked
 
     def __post_init__(self) -> None:
         if self.audio_mode not in AUDIO_MODES:
             raise ValueError(f"audio_mode must be one of {AUDIO_MODES}, got {self.audio_mode!r}")
         if not self.audio_context_seconds >= 0:
             raise ValueError(f"audio_context_seconds must be >= 0, got {self.audio_context_seconds}")
+        if self.audio_mode == "chunked":  # no look-back: specs compare equal whatever was passed
+            object.__setattr__(self, "audio_context_seconds", 0.0)
+        object.__setattr__(self, "audio_context_seconds", float(self.audio_context_seconds))
 
     def describe_audio(self) -> str:
         """``chunked (10 s)`` or ``causal (look-back 0.5 s)``."""
