@@ -374,3 +374,23 @@ def test_configure_cpu_is_idempotent() -> None:
     finally:
         torch.set_num_threads(threads)
         torch.set_flush_denormal(False)
+
+
+def test_audio_encode_batch_equals_one_window_at_a_time(audio: AudioEncoder) -> None:
+    rng = np.random.default_rng(5)
+    windows = [rng.normal(0, 0.1, n).astype(np.float32) for n in (8_000, 0, 8_000, 250, 12_000)]
+    batched = audio.encode_batch(windows)
+    assert [len(f) for f in batched] == [audio.num_frames(len(w)) for w in windows]
+    for w, got in zip(windows, batched, strict=True):
+        alone = audio.encode_chunk(w)
+        assert got.shape == alone.shape
+        np.testing.assert_allclose(got, alone, atol=1e-5)
+    # each window is normalised on its own: a louder neighbour in the batch changes nothing
+    louder = audio.encode_batch([windows[0], 50 * windows[2]])
+    np.testing.assert_allclose(louder[0], batched[0], atol=1e-5)
+
+
+def test_video_forward_is_the_batch_method(video_dir: Path) -> None:
+    enc = VideoEncoder.load(str(video_dir), device="cpu")
+    frames = np.random.default_rng(6).integers(0, 255, (3, 50, 70, 3), dtype=np.uint8)
+    np.testing.assert_allclose(enc.forward(enc.preprocess(frames)), enc.encode(frames), atol=1e-6)

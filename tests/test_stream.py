@@ -155,23 +155,21 @@ def test_cutter_memory_stays_bounded_when_video_stalls():
 
     cutter = SegmentCutter(1.0, 1, 16_000, None, has_audio=True, fps=10.0)
     frame = av.VideoFrame.from_ndarray(np.zeros((8, 8, 3), np.uint8), format="rgb24")
-    assert cutter.add_frame(frame, 0.0) == []
+    assert list(cutter.add_frame(frame, 0.0)) == []
     second = np.zeros(16_000, np.float32)
     for _ in range(100):  # 100 s of audio, no more video
         assert cutter.add_audio(second) == []
     assert cutter.audio_held <= MAX_AUDIO_HELD_S * 16_000
-    segments = cutter.finish()
+    segments = list(cutter.finish())
     assert len(segments) == 1 and segments[0].frames.shape == (1, 8, 8, 3)
 
 
 def test_batched_audio_windows_equal_one_at_a_time(extractor):
-    from avarnet.stream import _encode_windows
-
     rng = np.random.default_rng(0)
     windows = [
         rng.normal(0, 0.1, n).astype(np.float32) for n in (32_000, 16_000, 32_000, 300, 32_000)
     ]
-    batched = _encode_windows(extractor.audio, windows)
+    batched = extractor.audio.encode_batch(windows)
     for w, got in zip(windows, batched, strict=True):
         np.testing.assert_allclose(got, extractor.audio.encode_chunk(w), atol=1e-5)
 
@@ -559,25 +557,46 @@ def test_bench_cli_writes_tables_and_json(tiny_backbones, tmp_path, monkeypatch,
         "--precisions",
         "fp32",
         "int8",
+        "--runtimes",
+        "torch",
+        "onnx",
+        "--audio-contexts",
+        "0",
+        "1",
         "--device",
         "cpu",
     ]
     assert main(args) == 0
     result = json.loads((out / "bench.json").read_text())
-    assert [r["precision"] for r in result["end_to_end"]] == ["fp32", "int8"]
-    e2e = result["end_to_end"][0]
+    rows = result["end_to_end"]
+    assert [(r["runtime"], r["precision"], r["audio_context_s"]) for r in rows] == [
+        (rt, p, c) for rt in ("torch", "onnx") for p in ("fp32", "int8") for c in (0.0, 1.0)
+    ]
+    e2e = rows[0]
     assert (
         e2e["segments"] == 3
         and e2e["realtime_factor"] > 0
         and e2e["latency_p95_ms"] >= e2e["latency_p50_ms"] > 0
     )
+    assert result["floor"]["fp32_gflops"] > 0
+    assert rows[1]["gflop_per_segment"] > rows[0]["gflop_per_segment"] > 0  # look-back costs
+    for r in rows:
+        assert r["floor_gflops"] > 0 and r["floor_realtime_factor"] == pytest.approx(
+            r["floor_gflops"] / r["gflop_per_segment"], rel=0.02
+        )
+        assert r["percent_of_floor"] == pytest.approx(
+            100 * r["realtime_factor"] / r["floor_realtime_factor"], rel=0.05, abs=0.2
+        )
+    onnx_fp32 = [r for r in rows if r["runtime"] == "onnx" and r["precision"] == "fp32"]
+    assert all(r["cosine_audio_min"] > 0.999 and r["cosine_video_min"] > 0.999 for r in onnx_fp32)
     assert {r["batch"] for r in result["video"]} == {1, 4} and result["decode"][
         "media_seconds"
     ] == pytest.approx(3.0)
     assert 0 < result["features"]["int8_vs_fp32_audio"]["mean"] <= 1.0001
     printed = capsys.readouterr().out
     assert (
-        "real-time factor" in printed
+        "RTF % of floor" in printed
+        and "Compute floor: fp32 matmul" in printed
         and "Paper (RTX 3090 Ti)" in printed
         and (out / "bench.md").exists()
     )

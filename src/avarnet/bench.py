@@ -21,6 +21,7 @@ throughput does not depend on the weights' values.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import platform
@@ -33,24 +34,22 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint
-from .config import DEFAULT_AUDIO_BACKBONE, VAAR_CLASSES, FeatureSpec, ModelConfig, TrainConfig
+from .config import (
+    DEFAULT_AUDIO_BACKBONE,
+    DEFAULT_AUDIO_CONTEXT_S,
+    VAAR_CLASSES,
+    FeatureSpec,
+    ModelConfig,
+    TrainConfig,
+)
 from .data import Normalizer
 from .encoders import AudioEncoder, VideoEncoder, resolve_device
 from .extract import Extractor, build_spec
+from .features import BATCH_SEGMENTS, CPU_FRAME_BATCH, SegmentEncoder
+from .media import Segment, SegmentSource
 from .models import create_model
-from .runtime import configure_cpu
-from .stream import (
-    AUDIO_CONTEXT_SECONDS,
-    BATCH_SEGMENTS,
-    CPU_FRAME_BATCH,
-    Segment,
-    SegmentEncoder,
-    SegmentSource,
-    StreamOptions,
-    autocast_dtype,
-    quantize_audio_encoder,
-    run_stream,
-)
+from .runtime import autocast_dtype, configure_cpu, cpu_has_bf16, quantize_audio_encoder
+from .stream import StreamOptions, run_stream
 from .synth import write_av
 
 log = logging.getLogger("avarnet")
@@ -72,7 +71,13 @@ MODEL_BATCHES = (1, 256)
 GPU_BATCH_SEGMENTS = 32  # segments encoded together end to end on a GPU (CPU: BATCH_SEGMENTS)
 CALIBRATION_FRAMES = 32
 MIN_TIMED_S = 2.0  # each throughput figure times at least this long (after one warm-up call)
-CLIP_SAMPLE_RATE = 48_000  # generated clips carry 48 kHz audio, like most cameras
+AUDIO_CONTEXT_SECONDS = 1.0  # the component rows' per-segment Wav2Vec2 look-back
+CLIP_SAMPLE_RATE = 48_000
+AGREEMENT_SEGMENTS = 12  # segments whose features each row compares with torch fp32
+RUNTIMES = ("torch", "onnx")
+ONNX_PRECISIONS = ("fp32", "int8")
+# bf16 is measured only where the CPU has bf16 instructions (elsewhere it is slower than fp32)
+DEFAULT_PRECISIONS = ("fp32", "int8", "bf16") if cpu_has_bf16() else ("fp32", "int8")  # generated clips carry 48 kHz audio, like most cameras
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,9 @@ class BenchOptions:
     device: str = "auto"  # GPU rows are added when this resolves to cuda
     video_backbones: tuple[str, ...] = MOBILEVIT_VARIANTS
     audio_backbone: str = DEFAULT_AUDIO_BACKBONE
-    precisions: tuple[str, ...] = ("fp32", "bf16", "int8")  # CPU; a GPU adds fp32 and fp16
+    precisions: tuple[str, ...] = DEFAULT_PRECISIONS  # CPU; a GPU adds fp32 and fp16
+    runtimes: tuple[str, ...] = ("torch", "onnx")
+    audio_contexts: tuple[float, ...] = (DEFAULT_AUDIO_CONTEXT_S,)  # causal look-backs (s)
     cpu: bool = True  # False: GPU rows only (with device cuda)
     model: str = "mtcn"
     seq_len: int = 10
@@ -364,10 +371,17 @@ def _model_rows(model_name: str, input_dim: int, seq_len: int, device: torch.dev
 
 
 def bench_checkpoint(
-    extractor: Extractor, model_name: str = "mtcn", seq_len: int = 10, seed: int = 0
+    extractor: Extractor,
+    model_name: str = "mtcn",
+    seq_len: int = 10,
+    seed: int = 0,
+    audio_context_seconds: float = DEFAULT_AUDIO_CONTEXT_S,
 ) -> Checkpoint:
-    """An untrained checkpoint for the extractor's features (identity normalisation): timing only."""
-    spec = extractor.spec
+    """An untrained checkpoint for the extractor's features (identity normalisation): timing only.
+
+    Its spec is causal with the given look-back, so a stream computes what it was "trained" on.
+    """
+    spec = extractor.spec.replace(audio_mode="causal", audio_context_seconds=audio_context_seconds)
     dim = spec.video_dim + spec.audio_dim
     cfg = ModelConfig(
         name=model_name, input_dim=dim, video_dim=spec.video_dim, audio_dim=spec.audio_dim
@@ -387,15 +401,63 @@ def bench_checkpoint(
     )
 
 
-def _end_to_end(clip: Path, ckpt: Checkpoint, extractor: Extractor, precision: str) -> dict:
+# ----------------------------------------------------------------------------- the floor
+
+
+FLOOR_SIZE = 1024  # square matmul that measures the compute floor
+FLOOR_SECONDS = 1.0
+
+
+def measure_floor(dtype: torch.dtype = torch.float32, seconds: float = FLOOR_SECONDS) -> float:
+    """Matmul GFLOP/s this process reaches now (torch's threads): the compute floor of a row."""
+    a = torch.randn(FLOOR_SIZE, FLOOR_SIZE).to(dtype)
+    b = torch.randn(FLOOR_SIZE, FLOOR_SIZE).to(dtype)
+    flop = 2 * FLOOR_SIZE**3
+    with torch.inference_mode():
+        torch.mm(a, b)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            torch.mm(a, b)
+            count += 1
+        wall = time.perf_counter() - start
+    return count * flop / wall / 1e9
+
+
+def segment_gflop(extractor: Extractor, ckpt: Checkpoint, audio_context_seconds: float) -> float:
+    """GFLOP to score one segment (fp32 count): k MobileViT frames, Wav2Vec2 over the segment plus
+    its look-back, one temporal-model window."""
+    spec, video, audio = extractor.spec, extractor.video, extractor.audio
+    pixels = video.preprocess(
+        np.zeros((spec.frames_per_segment, spec.image_size, spec.image_size, 3), np.uint8)
+    ).to(video.device)
+    samples = round((spec.segment_seconds + audio_context_seconds) * audio.sample_rate)
+    window = torch.zeros(1, ckpt.train_config.seq_len, ckpt.model_config.input_dim)
+    mask = torch.ones(1, ckpt.train_config.seq_len, dtype=torch.bool)
+    with torch.inference_mode():
+        total = _gflop(lambda: video.model(pixel_values=pixels))
+        total += _gflop(lambda: audio.model(input_values=torch.zeros(1, samples)))
+        total += _gflop(lambda: ckpt.model(window.to(video.device), mask.to(video.device)))
+    return total
+
+
+def _end_to_end(
+    clip: Path,
+    ckpt: Checkpoint,
+    extractor: Extractor,
+    precision: str,
+    runtime: str = "torch",
+    model=None,
+) -> dict:
+    """RTF with batching, per-segment compute latency one segment at a time."""
     device = extractor.video.device
-    dtype = autocast_dtype(precision, device)
+    dtype = autocast_dtype(precision, device) if runtime == "torch" else None
     batch = GPU_BATCH_SEGMENTS if device.type == "cuda" else BATCH_SEGMENTS
-    batched = StreamOptions(autocast_dtype=dtype, batch_segments=batch, queue_segments=2 * batch)
-    batched_run = run_stream(clip, ckpt, extractor, lambda r: None, batched)
-    single = run_stream(
-        clip, ckpt, extractor, lambda r: None, StreamOptions(batch_segments=1, autocast_dtype=dtype)
-    )
+    context = ckpt.spec.audio_context_seconds
+    common = {"autocast_dtype": dtype, "audio_context_seconds": context}
+    batched = StreamOptions(batch_segments=batch, queue_segments=2 * batch, **common)
+    batched_run = run_stream(clip, ckpt, extractor, lambda r: None, batched, model=model)
+    single_options = StreamOptions(batch_segments=1, **common)
+    single = run_stream(clip, ckpt, extractor, lambda r: None, single_options, model=model)
     lat = single.record()["compute_ms"]
     return {
         "realtime_factor": round(batched_run.realtime_factor, 2),
@@ -404,6 +466,16 @@ def _end_to_end(clip: Path, ckpt: Checkpoint, extractor: Extractor, precision: s
         "latency_p50_ms": lat["p50"],
         "latency_p95_ms": lat["p95"],
         "segments": batched_run.segments,
+    }
+
+
+def _agreement(
+    reference: dict[str, np.ndarray], extractor: Extractor, context: float, segments, dtype=None
+) -> dict:
+    feats = SegmentEncoder(extractor, context, dtype).encode(segments)
+    return {
+        "cosine_video_min": round(float(_cosine(feats["video"], reference["video"]).min()), 4),
+        "cosine_audio_min": round(float(_cosine(feats["audio"], reference["audio"]).min()), 4),
     }
 
 
@@ -442,16 +514,24 @@ class _Encoders:
         return Extractor(spec, v, a)
 
 
-def _configs(options: BenchOptions, device: torch.device) -> list[tuple[str, torch.device, str]]:
-    """(video backbone, device, precision) of each end-to-end row."""
+def _configs(options: BenchOptions, device: torch.device) -> list[tuple[str, torch.device, str, str, float]]:
+    """(video backbone, device, runtime, precision, audio look-back) of each end-to-end row."""
     cpu = torch.device("cpu")
-    out = (
-        [(b, cpu, p) for b in options.video_backbones for p in options.precisions]
-        if options.cpu
-        else []
-    )
+    out = []
+    if options.cpu:
+        for b in options.video_backbones:
+            for runtime in options.runtimes:
+                for p in options.precisions:
+                    if runtime == "onnx" and p not in ONNX_PRECISIONS:
+                        continue  # ONNX Runtime's CPU kernels: fp32 and int8
+                    out += [(b, cpu, runtime, p, c) for c in options.audio_contexts]
     if device.type == "cuda":
-        out += [(b, device, p) for b in options.video_backbones for p in ("fp32", "fp16")]
+        out += [
+            (b, device, "torch", p, c)
+            for b in options.video_backbones
+            for p in ("fp32", "fp16")
+            for c in options.audio_contexts
+        ]
     return out
 
 
@@ -465,6 +545,7 @@ class _Results:
     temporal: list = field(default_factory=list)
     features: dict = field(default_factory=dict)
     end_to_end: list = field(default_factory=list)
+    floor: dict = field(default_factory=dict)
     paper: dict = field(default_factory=lambda: PAPER)
 
 
@@ -553,20 +634,55 @@ def run_bench(
     say("feature agreement")
     precisions = options.precisions if options.cpu else ("fp32",)
     res.features = _feature_agreement(enc, options.video_backbones[0], segments, precisions)
-    for backbone, dev, precision in _configs(options, device):
+    res.floor = {"fp32_gflops": round(measure_floor(torch.float32), 1)}
+    if cpu_has_bf16():
+        res.floor["bf16_gflops"] = round(measure_floor(torch.bfloat16), 1)
+    say(f"compute floor: {res.floor}")
+    sample = segments[: min(len(segments), AGREEMENT_SEGMENTS)]
+    references: dict[tuple[str, float], dict] = {}
+    exports: dict[str, Path] = {}
+    for backbone, dev, runtime, precision, context in _configs(options, device):
         name = (
-            f"{Path(backbone).name} + {Path(options.audio_backbone).name}, {precision} ({dev.type})"
+            f"{Path(backbone).name} + {Path(options.audio_backbone).name}, {runtime} {precision},"
+            f" look-back {context:g} s ({dev.type})"
         )
         say(f"end to end: {name}")
-        ex = enc.extractor(backbone, dev, int8=precision == "int8")
-        ckpt = bench_checkpoint(ex, options.model, options.seq_len, options.seed)
+        ex = enc.extractor(backbone, dev, int8=precision == "int8" and runtime == "torch")
+        ckpt = bench_checkpoint(ex, options.model, options.seq_len, options.seed, context)
+        fp32 = enc.extractor(backbone, dev)
+        if (backbone, context) not in references:
+            references[(backbone, context)] = SegmentEncoder(fp32, context).encode(sample)
+        gflop = segment_gflop(fp32, bench_checkpoint(fp32, options.model, options.seq_len), context)
+        model = None
+        if runtime == "onnx":
+            from .export import export_checkpoint, load_onnx
+
+            if backbone not in exports:
+                exports[backbone] = workdir / f"onnx-{Path(backbone).name}"
+                export_checkpoint(ckpt, exports[backbone], extractor=fp32)
+            bundle = load_onnx(exports[backbone], precision, options.threads)
+            ex, model = bundle.extractor, bundle.model
+            ckpt = dataclasses.replace(bundle.checkpoint, spec=ckpt.spec)
+        dtype = autocast_dtype(precision, dev) if runtime == "torch" else None
+        # the floor is measured again right before each row: on a shared machine the load moves
+        floor_dtype = torch.bfloat16 if precision == "bf16" and cpu_has_bf16() else torch.float32
+        floor = round(measure_floor(floor_dtype), 1)
         row = {
             "config": name,
             "video_backbone": backbone,
             "device": dev.type,
+            "runtime": runtime,
             "precision": precision,
+            "audio_context_s": context,
+            "gflop_per_segment": round(gflop, 6),
+            "floor_gflops": floor,
+            "floor_dtype": str(floor_dtype).removeprefix("torch."),
+            "floor_realtime_factor": round(floor / gflop * ex.spec.segment_seconds, 2),
         }
-        res.end_to_end.append(row | _end_to_end(clip, ckpt, ex, precision))
+        row |= _end_to_end(clip, ckpt, ex, precision, runtime, model)
+        row["percent_of_floor"] = round(100 * row["realtime_factor"] / row["floor_realtime_factor"], 1)
+        row |= _agreement(references[(backbone, context)], ex, context, sample, dtype)
+        res.end_to_end.append(row)
     res.machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     res.machine["options"] = {
         k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()
@@ -642,22 +758,38 @@ def format_tables(result: dict) -> str:
         _table(
             [
                 "end to end",
-                "real-time factor (batched)",
-                "real-time factor (1 segment at a time)",
+                "GFLOP/segment",
+                "floor GFLOP/s",
+                "floor RTF",
+                "RTF (batched)",
+                "RTF (1 segment at a time)",
                 "latency p50 ms",
                 "latency p95 ms",
+                "RTF % of floor",
+                "cos video / audio vs torch fp32 (min)",
             ],
             [
                 [
                     r["config"],
+                    round(r["gflop_per_segment"], 2),
+                    r["floor_gflops"],
+                    r["floor_realtime_factor"],
                     r["realtime_factor"],
                     r["realtime_factor_batch1"],
                     r["latency_p50_ms"],
                     r["latency_p95_ms"],
+                    r["percent_of_floor"],
+                    f"{r['cosine_video_min']:.4f} / {r['cosine_audio_min']:.4f}",
                 ]
                 for r in result["end_to_end"]
             ],
         ),
+        "",
+        "Compute floor: "
+        + ", ".join(f"{k.split('_')[0]} matmul {v} GFLOP/s" for k, v in result["floor"].items())
+        + f" ({FLOOR_SIZE}x{FLOOR_SIZE}, at the start); each row's floor is measured again right"
+        " before it (bf16 rows: bf16 matmul; others fp32), floor RTF = floor GFLOP/s / GFLOP per"
+        " segment x segment seconds.",
     ]
     parts.append("")
     for key, cos in result["features"].items():

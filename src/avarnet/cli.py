@@ -100,6 +100,15 @@ def _checkpoint_with_backbones(a: argparse.Namespace):
     changes = {k: v for k, v in (("video_backbone", a.video_backbone), ("audio_backbone", a.audio_backbone)) if v}
     ckpt.spec = ckpt.spec.replace(**changes)
     return ckpt
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -136,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backbone_args(p)
     p.add_argument("--segment-seconds", type=SEGMENT_SECONDS, default=1.0)
     p.add_argument("--frames-per-segment", type=FRAMES_PER_SEGMENT, default=1)
+    p.add_argument("--audio-features", choices=["chunked", "causal"], default="chunked",
+                   help="chunked: Wav2Vec2 over 10-s chunks (sees ahead); causal: per segment with --audio-context "
+                        "of look-back, exactly what `stream` computes (docs/live.md)")
+    p.add_argument("--audio-context", type=_seconds, default=None, metavar="S",
+                   help="causal audio look-back in seconds (0 allowed; default 0.5)")
     p.add_argument("--seed", type=SEED, default=0, help="split seed and random-weight seed")
 
     p = sub.add_parser("train", help="train a temporal model on a feature store")
@@ -157,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("prediction"))
     p.add_argument("--causal", action="store_true", help="score each segment from it and the ones before it only")
     _add_backbone_overrides(p)
+    p.add_argument("--audio-context", type=_seconds, metavar="S",
+                   help="with --causal: audio look-back in seconds (default: the checkpoint's, else 0.5)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = sub.add_parser("demo", help="synth -> extract -> train -> evaluate -> predict, in one folder")
@@ -237,11 +253,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder arithmetic: bf16 (CPU with bf16 instructions, GPU), fp16 (GPU), int8 Wav2Vec2 (CPU);"
                         " faster, features shift slightly (fp32 equals predict --causal)")
     p.add_argument("--threads", type=THREADS, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--audio-context", type=_seconds, metavar="S",
+                   help="audio look-back in seconds (default: the checkpoint's when trained on causal features, else 0.5)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a checkpoint trained on features a stream cannot compute (chunked audio)")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="onnx: ONNX Runtime on a folder written by `avarnet export` (give it as --checkpoint)")
     p.add_argument("--format", dest="input_format", help="FFmpeg input format of a capture device (v4l2, avfoundation, dshow)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", type=_key_value, help="FFmpeg input option (repeatable)")
     p.add_argument("--no-view", action="store_true", help="no live terminal view even when stdout is a terminal")
     _add_backbone_overrides(p)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    p = sub.add_parser("export", help="ONNX encoders + temporal model + manifest for `stream --runtime onnx`")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--no-int8", action="store_true", help="skip the dynamically quantised int8 copies")
+    p.add_argument("--audio-context", type=_seconds, metavar="S",
+                   help="look-back of the exported live features (default: the checkpoint's, else 0.5)")
 
     p = sub.add_parser("bench", help="throughput and latency of every stage on this machine; prints tables, writes JSON")
     p.add_argument("--out", type=Path, default=Path("bench"), help="folder for bench.json, bench.md and the test clip")
@@ -252,8 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=THREADS, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--video-backbones", nargs="+", help="MobileViT variants (default: small, x-small, xx-small)")
     p.add_argument("--audio-backbone", default=DEFAULT_AUDIO_BACKBONE)
-    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "int8"],
-                   help="CPU precisions to measure (fp32, bf16, int8); a GPU adds fp32 and fp16")
+    p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "int8"],
+                   help="CPU precisions to measure (default: fp32, int8, and bf16 where the CPU has it); a GPU adds fp16")
+    p.add_argument("--runtimes", nargs="+", choices=["torch", "onnx"], default=["torch", "onnx"],
+                   help="inference runtimes of the end-to-end rows (onnx: fp32 and int8)")
+    p.add_argument("--audio-contexts", nargs="+", type=_seconds, metavar="S",
+                   help="causal audio look-backs of the end-to-end rows (default 0.5)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="GPU rows are added on cuda")
     p.add_argument("--gpu-only", action="store_true", help="with a GPU: skip the CPU rows")
     return parser
@@ -299,7 +332,8 @@ def cmd_extract(a: argparse.Namespace) -> int:
         log.warning("RANDOM WEIGHTS: backbones are randomly initialised (seed %d); features are for offline use only", a.seed)
     r = extract_dataset(a.data, a.out, weights=a.weights, video_backbone=a.video_backbone, audio_backbone=a.audio_backbone,
                         segment_seconds=a.segment_seconds, frames_per_segment=a.frames_per_segment, device=a.device,
-                        seed=a.seed, progress=not a.quiet)
+                        seed=a.seed, progress=not a.quiet, audio_mode=a.audio_features,
+                        **({} if a.audio_context is None else {"audio_context_seconds": a.audio_context}))
     print(f"extracted {r.done}, already done {r.skipped}, failed {len(r.failures)} -> {a.out}")
     for f in r.failures:
         print(f"  failed: {f['path']}: {f['reason']}")
@@ -329,7 +363,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_predict(a: argparse.Namespace) -> int:
     from .predict import predict_video
 
-    pred = predict_video(a.video, _checkpoint_with_backbones(a), out=a.out, device=a.device, causal=a.causal)
+    if a.audio_context is not None and not a.causal:
+        raise InvalidArgumentError("--audio-context applies to --causal predictions")
+    pred = predict_video(a.video, _checkpoint_with_backbones(a), out=a.out, device=a.device, causal=a.causal,
+                         audio_context_seconds=a.audio_context)
     top = sorted(pred["probabilities"].items(), key=lambda kv: -kv[1])[:3]
     peak = max(s["anomaly_score"] for s in pred["segments"])
     print(f"{a.video}: {pred['label']}  (" + ", ".join(f"{c} {p:.2f}" for c, p in top) + f"); peak anomaly score {peak:.2f}")
@@ -426,6 +463,8 @@ def cmd_stream(a: argparse.Namespace) -> int:
         StreamOptions,
         StreamOutput,
         autocast_dtype,
+        check_live_features,
+        live_spec,
         open_source,
         run_stream,
         stop_on_sigint,
@@ -433,26 +472,42 @@ def cmd_stream(a: argparse.Namespace) -> int:
         summary_text,
     )
 
+    if a.runtime == "onnx" and a.precision not in ("fp32", "int8"):
+        raise InvalidArgumentError("--runtime onnx runs fp32 or int8")
     rule = AlertRule(threshold=a.threshold, min_segments=a.min_segments, hysteresis=a.hysteresis,
                      close_segments=a.close_segments)
+    device = resolve_device(a.device)
     try:  # a precision the device cannot run is a usage error
-        dtype = autocast_dtype(a.precision, resolve_device(a.device))
+        dtype = autocast_dtype(a.precision, device) if a.runtime == "torch" else None
     except ValueError as e:
         raise InvalidArgumentError(f"--precision {a.precision}: {e}") from None
-    options = StreamOptions(realtime=a.realtime, rule=rule, input_format=a.input_format,
-                            options=dict(kv.split("=", 1) for kv in a.option), autocast_dtype=dtype)
     webhook = WebhookPoster(a.webhook) if a.webhook else None
     configure_cpu(a.threads)
-    ckpt = _checkpoint_with_backbones(a)
+    model = bundle = None
+    if a.runtime == "onnx":
+        from .export import load_onnx, read_manifest
+
+        read_manifest(a.checkpoint)  # one line when the folder is not an export
+        bundle = load_onnx(a.checkpoint, a.precision, a.threads)
+        ckpt, model = bundle.checkpoint, bundle.model
+        context = a.audio_context if a.audio_context is not None else bundle.extractor.spec.audio_context_seconds
+    else:
+        ckpt = _checkpoint_with_backbones(a)
+        context = a.audio_context
+    live = live_spec(ckpt.spec, context)
+    check_live_features(ckpt, live, strict=a.strict)  # --strict refuses before anything loads
+    options = StreamOptions(realtime=a.realtime, rule=rule, input_format=a.input_format,
+                            options=dict(kv.split("=", 1) for kv in a.option), autocast_dtype=dtype,
+                            audio_context_seconds=live.audio_context_seconds)
     stop = threading.Event()
     source = open_source(a.source, ckpt.spec, options, stop)  # a bad source fails before the encoders load
-    extractor = stream_extractor(ckpt, a.device, a.precision)
+    extractor = bundle.extractor if bundle is not None else stream_extractor(ckpt, a.device, a.precision)
     view = LiveView(sys.stdout, rule.threshold) if sys.stdout.isatty() and not a.no_view else None
     jsonl = a.jsonl.open("w", encoding="utf-8") if a.jsonl else (None if view else sys.stdout)
     out = StreamOutput(jsonl, view, sys.stderr if jsonl is sys.stdout else sys.stdout)
     try:
         with stop_on_sigint(stop):
-            result = run_stream(source, ckpt, extractor, out, options, webhook=webhook)
+            result = run_stream(source, ckpt, extractor, out, options, webhook=webhook, model=model)
     finally:
         if a.jsonl:
             jsonl.close()
@@ -462,6 +517,14 @@ def cmd_stream(a: argparse.Namespace) -> int:
         print(f"webhook: {lost} of {lost + webhook.stats.delivered} event records were not delivered to "
               f"{webhook.display_url} (last error: {webhook.stats.last_error})", file=out.text, flush=True)
     return EXIT_OK if result.complete and not lost else EXIT_PARTIAL
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+
+    manifest = export_checkpoint(a.checkpoint, a.out, int8=not a.no_int8, audio_context_seconds=a.audio_context)
+    print(f"exported {a.checkpoint} -> {a.out} ({manifest.name}: video, audio and temporal ONNX models)")
+    return EXIT_OK
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
@@ -479,7 +542,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
             raise InvalidArgumentError("--gpu-only needs a CUDA device")
     opts = BenchOptions(seconds=a.seconds, width=int(width), height=int(height), fps=a.fps, video=a.video,
                         threads=a.threads, device=a.device, video_backbones=tuple(a.video_backbones or MOBILEVIT_VARIANTS),
-                        audio_backbone=a.audio_backbone, precisions=tuple(a.precisions), cpu=not a.gpu_only)
+                        audio_backbone=a.audio_backbone, cpu=not a.gpu_only, runtimes=tuple(a.runtimes),
+                        **({"precisions": tuple(a.precisions)} if a.precisions else {}),
+                        **({"audio_contexts": tuple(a.audio_contexts)} if a.audio_contexts else {}))
     result = run_bench(opts, a.out, progress=None if a.quiet else lambda m: print(f"bench: {m}", file=sys.stderr))
     tables = format_tables(result)
     write_json(a.out / "bench.json", result)
@@ -513,7 +578,7 @@ def cmd_ablate(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "stream": cmd_stream, "bench": cmd_bench,
+    "stream": cmd_stream, "bench": cmd_bench, "export": cmd_export,
     "synth": cmd_synth, "extract": cmd_extract, "train": cmd_train, "evaluate": cmd_evaluate,
     "predict": cmd_predict, "demo": cmd_demo, "models": cmd_models, "ablate": cmd_ablate, "xdv": cmd_xdv,
 }

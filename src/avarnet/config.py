@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from .errors import InvalidArgumentError
+
 # The ten classes of the paper's VAAR dataset, in the order used everywhere.
 VAAR_CLASSES: tuple[str, ...] = (
     "abuse",
@@ -27,6 +29,8 @@ NORMAL_CLASS = "normal"
 SAMPLE_RATE = 16_000  # Wav2Vec2 expects 16 kHz mono
 DEFAULT_VIDEO_BACKBONE = "apple/mobilevit-small"  # pooled output: 640-d
 DEFAULT_AUDIO_BACKBONE = "facebook/wav2vec2-base"  # hidden size: 768-d
+AUDIO_MODES = ("chunked", "causal")  # how audio features are made (FeatureSpec.audio_mode)
+DEFAULT_AUDIO_CONTEXT_S = 0.5  # causal audio look-back (docs/live.md: chosen from measurements)
 
 
 class _DictMixin:
@@ -75,6 +79,26 @@ class FeatureSpec(_DictMixin):
     # content identity of pretrained backbones (config + weights; see encoders.backbone_digest), "" unknown
     video_backbone_sha256: str = ""
     audio_backbone_sha256: str = ""
+    # "chunked": Wav2Vec2 over audio_chunk_seconds chunks of the whole track (sees the future);
+    # "causal": per segment over its samples plus audio_context_seconds of the past (what a live
+    # stream can compute). Stores and checkpoints without these fields are chunked.
+    audio_mode: str = "chunked"
+    audio_context_seconds: float = 0.0  # look-back of causal audio (0 allowed); 0 when chunked
+
+    def __post_init__(self) -> None:
+        if self.audio_mode not in AUDIO_MODES:
+            raise InvalidArgumentError(f"audio_mode must be one of {AUDIO_MODES}, got {self.audio_mode!r}")
+        if not self.audio_context_seconds >= 0:
+            raise InvalidArgumentError(f"audio_context_seconds must be >= 0, got {self.audio_context_seconds}")
+        if self.audio_mode == "chunked":  # no look-back: specs compare equal whatever was passed
+            object.__setattr__(self, "audio_context_seconds", 0.0)
+        object.__setattr__(self, "audio_context_seconds", float(self.audio_context_seconds))
+
+    def describe_audio(self) -> str:
+        """``chunked (10 s)`` or ``causal (look-back 0.5 s)``."""
+        if self.audio_mode == "chunked":
+            return f"chunked ({self.audio_chunk_seconds:g}-s chunks)"
+        return f"causal (look-back {self.audio_context_seconds:g} s)"
 
     def same_features(self, other: FeatureSpec) -> bool:
         """True when features made under ``self`` and ``other`` are interchangeable.
@@ -102,6 +126,7 @@ SPEC_LIMITS = {
     "resize_shortest_edge": (1, 4096),
     "sample_rate": (1_000, 192_000),
     "audio_chunk_seconds": (0.1, 600.0),
+    "audio_context_seconds": (0.0, 600.0),
 }
 
 

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -448,13 +448,18 @@ class VideoEncoder:
         """(B, 3, S, S) -> (B, dim) pooled features."""
         return self.model(pixel_values=pixels.to(self.device)).pooler_output
 
+    def forward(self, pixels: torch.Tensor) -> np.ndarray:
+        """Preprocessed pixels (B, 3, S, S) -> pooled features (B, dim) float32."""
+        with torch.inference_mode():
+            return self._pooled(pixels).float().cpu().numpy()
+
     def encode(self, frames: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """uint8 RGB frames (N, H, W, 3) -> features (N, dim) float32."""
         frames = _as_batch(frames)
         outputs = [np.zeros((0, self.dim), dtype=np.float32)]
         with torch.inference_mode():
             for pixels in self._pixel_batches(frames, batch_size):
-                outputs.append(self._pooled(pixels).float().cpu().numpy())
+                outputs.append(self.forward(pixels))
         return np.concatenate(outputs)
 
     def _batchnorms(self) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
@@ -532,7 +537,7 @@ class VideoEncoder:
 # --------------------------------------------------------------------------- audio
 
 
-def _conv_geometry(config: Wav2Vec2Config) -> tuple[int, int]:
+def conv_geometry(config: Wav2Vec2Config) -> tuple[int, int]:
     """(hop, receptive field) in samples of Wav2Vec2's conv feature encoder (base: 320, 400)."""
     hop, field = 1, 1
     for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
@@ -567,7 +572,7 @@ class AudioEncoder:
         self.do_normalize = do_normalize
         self.device = device
         self.dim = int(model.config.hidden_size)
-        self.hop, self.receptive_field = _conv_geometry(model.config)
+        self.hop, self.receptive_field = conv_geometry(model.config)
         _prepare(model, device)
 
     @classmethod
@@ -613,11 +618,17 @@ class AudioEncoder:
             return 0
         return (max(num_samples, self.receptive_field) - self.receptive_field) // self.hop + 1
 
-    def _normalise(self, samples: np.ndarray) -> np.ndarray:
+    def normalise(self, samples: np.ndarray) -> np.ndarray:
         """Zero mean, unit variance (as Wav2Vec2FeatureExtractor), if the model expects it."""
         if not self.do_normalize:
             return samples
         return (samples - samples.mean()) / np.sqrt(samples.var() + AUDIO_NORM_EPS)
+
+    def forward(self, inputs: np.ndarray) -> np.ndarray:
+        """Normalised, padded windows (B, S) float32 -> last hidden state (B, F, dim) float32."""
+        with torch.inference_mode():
+            hidden = self.model(input_values=torch.from_numpy(inputs).to(self.device))
+            return hidden.last_hidden_state.float().cpu().numpy()
 
     def encode_chunk(self, samples: np.ndarray) -> np.ndarray:
         """Mono float32 samples (S,) at ``sample_rate`` -> features (F, dim) float32.
@@ -631,13 +642,29 @@ class AudioEncoder:
             raise ValueError(f"expected mono samples (S,), got shape {samples.shape}")
         if samples.size == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        x = self._normalise(samples).astype(np.float32)
-        if x.size < self.receptive_field:
-            x = np.pad(x, (0, self.receptive_field - x.size))
-        inputs = torch.from_numpy(x)[None].to(self.device)  # (1, S)
-        with torch.inference_mode():
-            hidden = self.model(input_values=inputs).last_hidden_state[0]  # (F, dim)
-        return hidden.float().cpu().numpy()
+        return self.encode_batch([samples])[0]
+
+    def encode_batch(self, windows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Frames (F_i, dim) of each window, as :meth:`encode_chunk` gives them; windows of equal
+        length run as one batch. Each window is normalised on its own (zero mean, unit variance).
+        """
+        out: list[np.ndarray | None] = [None] * len(windows)
+        by_length: dict[int, list[int]] = {}
+        for i, w in enumerate(windows):
+            by_length.setdefault(len(w), []).append(i)
+        for length, idx in by_length.items():
+            if length == 0:
+                for i in idx:
+                    out[i] = np.zeros((0, self.dim), np.float32)
+                continue
+            x = np.stack([self.normalise(np.asarray(windows[i], np.float32)) for i in idx])
+            x = x.astype(np.float32)
+            if length < self.receptive_field:
+                x = np.pad(x, ((0, 0), (0, self.receptive_field - length)))
+            hidden = self.forward(x)  # (B, F, dim)
+            for j, i in enumerate(idx):
+                out[i] = hidden[j]
+        return out  # type: ignore[return-value]
 
     def frame_times(self, num_frames: int, offset_seconds: float = 0.0) -> np.ndarray:
         """Centre time (s) of each output frame of a chunk starting at ``offset_seconds``."""

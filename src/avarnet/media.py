@@ -17,16 +17,23 @@ Hostile input is bounded here, once for every caller:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 
-from avarnet.config import SAMPLE_RATE
+from avarnet.config import SAMPLE_RATE, FeatureSpec
 from avarnet.errors import AvarnetError
+
+log = logging.getLogger("avarnet")
 
 WAV2VEC2_HOP = 320  # Wav2Vec2's conv stack strides 5*2*2*2*2*2*2 = 320 samples (20 ms at 16 kHz)
 DEFAULT_CHUNK_SECONDS = 10.0
@@ -41,7 +48,6 @@ AUDIO_FULL_SCALE = 1.0  # float samples are clipped to [-1, 1]
 _RESAMPLER_OPTIONS = {"rematrix_maxval": "1.0"}
 _AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
 
-log = logging.getLogger("avarnet")
 
 
 class MediaError(AvarnetError):
@@ -546,3 +552,476 @@ def load_audio(
     """The whole audio track as float32 mono (S,) at ``sample_rate``; (0,) without audio."""
     chunks = list(iter_audio(path, chunk_seconds=60.0, sample_rate=sample_rate, info=info))
     return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+# ----------------------------------------------------------------------- segments
+#
+# One segment iterator for files and live sources: extract (causal spec), predict --causal, stream
+# and bench all cut media into segments here, so they see the same frames and the same samples.
+
+AUDIO_LAG_LIMIT_S = 5.0  # a segment waits at most this long (media time) for late audio
+MAX_AUDIO_HELD_S = 60.0  # audio running ahead of the video by more than this is dropped (oldest first)
+READ_TIMEOUT_S = 10.0  # network sources: no data for this long ends the stream
+OPEN_TIMEOUT_S = 15.0
+MAX_TIME_JUMP_S = 10.0  # a timestamp jump larger than this is a discontinuity
+EARLY_END_TOLERANCE_S = 1.0  # files: ending this much before the declared duration is a truncation
+LINUX_CAPTURE_FORMAT = "v4l2"
+
+class SourceError(MediaError):
+    """A stream source cannot be opened or holds no usable video; one line naming the source."""
+
+
+# ------------------------------------------------------------------------------------ sources
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What was opened. ``duration`` is known for files only (seconds)."""
+
+    source: str
+    kind: str  # "file" | "url" | "device"
+    fps: float
+    width: int
+    height: int
+    has_audio: bool
+    duration: float | None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment of a source: frames at its centre and its audio, ready for the encoders."""
+
+    index: int
+    start: float  # s, media time
+    end: float  # s
+    frames: np.ndarray  # (k, H, W, 3) uint8 RGB, shortest edge resized as the spec says
+    audio: np.ndarray  # (S,) float32 at the spec's sample rate: this segment's samples only
+    ready: float = 0.0  # time.monotonic() when the decoder finished it
+
+
+def source_kind(source: str) -> str:
+    """ "url" for anything with ``://``, "device" for /dev/video* paths, else "file"."""
+    if "://" in source:
+        return "url"
+    if source.startswith("/dev/video"):
+        return "device"
+    return "file"
+
+
+def _open_container(source: str, kind: str, input_format: str | None, options: dict[str, str]):
+    opts = dict(options)
+    fmt = input_format
+    if kind == "url" and source.lower().startswith("rtsp") and "rtsp_transport" not in opts:
+        opts["rtsp_transport"] = "tcp"
+    if kind == "device" and fmt is None:
+        fmt = LINUX_CAPTURE_FORMAT
+    timeout = (OPEN_TIMEOUT_S, READ_TIMEOUT_S) if kind != "file" else None
+    try:
+        return av.open(source, mode="r", format=fmt, options=opts, timeout=timeout)
+    except _AV_ERRORS as e:
+        raise SourceError(source, f"cannot open ({_reason(e)})") from e
+
+
+class SegmentCutter:
+    """Cuts decoded video frames and audio samples into :class:`Segment` s, in order.
+
+    Segment i spans [i, i+1) * segment_seconds on the video's timeline. Its frames are the decoded
+    frames nearest to the k timestamps of :func:`avarnet.extract.segment_times` (as
+    :func:`read_frames` picks them); its audio is samples [round(i*s*sr), round((i+1)*s*sr)) of
+    the track aligned so sample 0 is video time 0 (as :func:`iter_audio`). A segment is handed
+    out once its frames are chosen and its audio has arrived (or audio lags by more than
+    ``audio_lag_limit_s`` of media time). Memory is bounded: only unfinished segments are held.
+    """
+
+    def __init__(
+        self,
+        segment_seconds: float,
+        frames_per_segment: int,
+        sample_rate: int,
+        size: tuple[int, int] | None,
+        has_audio: bool,
+        fps: float,
+        audio_lag_limit_s: float = AUDIO_LAG_LIMIT_S,
+    ) -> None:
+        self.seg = segment_seconds
+        self.k = frames_per_segment
+        self.sr = sample_rate
+        self.size = size
+        self.has_audio = has_audio
+        self.fps = fps
+        self.audio_lag_limit_s = audio_lag_limit_s
+        self._next_target = 0  # index of the next frame timestamp to serve (over all segments)
+        self._chosen: list[np.ndarray] = []  # frames chosen for segments not yet handed out
+        self._prev: tuple[Any, float] | None = None  # last decoded frame and its time
+        self._prev_array: np.ndarray | None = None  # the last frame as RGB, once converted
+        self.frames_built = 0  # RGB conversions so far (at most one per decoded frame)
+        self._seen_t: float | None = None  # time of the newest frame given to add_frame
+        self._frame_seconds = 0.0  # duration of the last frame
+        self._emit = 0  # next segment to hand out
+        self._audio: list[np.ndarray] = []
+        self._audio_base = 0  # absolute index of the first held sample
+        self._audio_total = 0  # samples received so far
+
+    @property
+    def last_time(self) -> float | None:
+        """Time (s) of the last decoded frame, None before the first."""
+        return None if self._prev is None else self._prev[1]
+
+    @property
+    def audio_held(self) -> int:
+        """Audio samples held for segments not yet handed out."""
+        return self._audio_total - self._audio_base
+
+    @property
+    def media_end(self) -> float:
+        """End (s) of the video decoded so far: last frame time plus its duration."""
+        return 0.0 if self._prev is None else self._prev[1] + self._frame_seconds
+
+    def _target(self, j: int) -> float:
+        i, r = divmod(j, self.k)
+        return (i + (r + 0.5) / self.k) * self.seg
+
+    def add_frame(
+        self, frame, t: float, frame_seconds: float | None = None
+    ) -> Iterator[Segment]:
+        """A decoded video frame at ``t`` seconds (presentation order); yields finished segments.
+
+        Lazy: segments are handed out as soon as they are complete, so a timestamp jump (a gap in
+        the file) never holds more than one segment. Each decoded frame is converted to RGB at
+        most once (``frames_built``); segments inside a gap share that array instead of copying it.
+        """
+        rgb = None
+        self._seen_t = t
+        while t >= self._target(self._next_target):
+            target = self._target(self._next_target)
+            prev = self._prev
+            if prev is not None and target - prev[1] <= t - target:
+                self._chosen.append(self._prev_rgb())
+            else:
+                rgb = rgb if rgb is not None else self._rgb(frame)
+                self._chosen.append(rgb)
+            self._next_target += 1
+            yield from self._finished()
+        self._prev = (frame, t)
+        self._prev_array = rgb
+        self._frame_seconds = frame_seconds or (1.0 / self.fps if self.fps > 0 else 0.0)
+        yield from self._finished()
+
+    def _rgb(self, frame) -> np.ndarray:
+        self.frames_built += 1
+        return _to_rgb(frame, self.size)
+
+    def _prev_rgb(self) -> np.ndarray:
+        if self._prev_array is None:
+            self._prev_array = self._rgb(self._prev[0])
+        return self._prev_array
+
+    def add_audio(self, samples: np.ndarray) -> list[Segment]:
+        """Mono float32 samples continuing the aligned track; returns finished segments.
+
+        At most MAX_AUDIO_HELD_S of audio is held: if the video stalls (or ends) while audio keeps
+        coming, the oldest held samples are dropped, so memory stays bounded.
+        """
+        if samples.size:
+            self._audio.append(samples)
+            self._audio_total += samples.size
+        excess = self.audio_held - round(MAX_AUDIO_HELD_S * self.sr)
+        if excess > 0:
+            self._take_audio(self._audio_base, self._audio_base + excess)
+        return list(self._finished())
+
+    def _bounds(self, i: int) -> tuple[int, int]:
+        return round(i * self.seg * self.sr), round((i + 1) * self.seg * self.sr)
+
+    def _audio_ready(self, i: int) -> bool:
+        if not self.has_audio or self._audio_total >= self._bounds(i)[1]:
+            return True
+        last = self._seen_t
+        return last is not None and last - (i + 1) * self.seg > self.audio_lag_limit_s
+
+    def _finished(self) -> Iterator[Segment]:
+        while self._next_target >= (self._emit + 1) * self.k and self._audio_ready(self._emit):
+            yield self._make(self._emit, (self._emit + 1) * self.seg)
+
+    def _take_audio(self, lo: int, hi: int) -> np.ndarray:
+        """Samples [lo, hi) that were received; older ones are released."""
+        held = np.concatenate(self._audio) if self._audio else np.zeros(0, np.float32)
+        a, b = max(0, lo - self._audio_base), max(0, hi - self._audio_base)
+        out = held[a:b].copy()
+        rest = held[b:]
+        self._audio = [rest] if rest.size else []
+        self._audio_base += min(b, held.size)
+        return out
+
+    def _make(self, i: int, end: float) -> Segment:
+        chosen = self._chosen[: self.k]
+        del self._chosen[: self.k]
+        if all(c is chosen[0] for c in chosen):  # one frame (k = 1, or a gap): a view, no copy
+            frames = np.broadcast_to(chosen[0], (self.k, *chosen[0].shape))
+        else:
+            frames = np.stack(chosen)
+        audio = self._take_audio(*self._bounds(i)) if self.has_audio else np.zeros(0, np.float32)
+        self._emit += 1
+        return Segment(i, i * self.seg, end, frames, audio, time.monotonic())
+
+    def finish(self) -> Iterator[Segment]:
+        """End of input: hand out the remaining segments (missing frames repeat the last frame)."""
+        if self._prev is None:
+            return
+        end = self.media_end
+        total = max(self._emit, math.ceil(end / self.seg - 1e-9), 1)
+        while self._next_target < total * self.k:
+            self._chosen.append(self._prev_rgb())
+            self._next_target += 1
+            while len(self._chosen) >= self.k and self._emit < total:
+                yield self._make(self._emit, min((self._emit + 1) * self.seg, end))
+        while self._emit < total:
+            yield self._make(self._emit, min((self._emit + 1) * self.seg, end))
+
+
+class _LiveClock:
+    """Media time of live sources, with large timestamp jumps (discontinuities) closed up."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.shift = 0.0
+        self.last: float | None = None
+
+    def __call__(self, t: float, step: float) -> float:
+        t += self.shift
+        if self.live and self.last is not None and abs(t - self.last) > MAX_TIME_JUMP_S:
+            log.warning("timestamp jump of %.1f s in a live source: closing the gap", t - self.last)
+            self.shift += self.last + step - t
+            t = self.last + step
+        self.last = t
+        return t
+
+
+class SegmentSource:
+    """Opens a source and yields its :class:`Segment` s; decoding problems end it, never raise.
+
+    Raises :class:`SourceError` (or another :class:`MediaError` for files) when the source cannot
+    be opened or has no video. After iteration, ``end_reason`` says why it ended and ``complete``
+    whether it ended normally (end of file/stream or a stop request).
+    """
+
+    def __init__(
+        self,
+        source: str | Path,
+        spec: FeatureSpec,
+        *,
+        realtime: bool = False,
+        stop: threading.Event | None = None,
+        input_format: str | None = None,
+        options: dict[str, str] | None = None,
+    ) -> None:
+        self.source = str(source)
+        self.spec = spec
+        self.realtime = realtime
+        self.stop = stop or threading.Event()
+        kind = source_kind(self.source)
+        self.kind = "device" if input_format is not None and kind == "file" else kind
+        self.end_reason = "not started"
+        self.complete = False
+        self.clock0: float | None = None  # time.monotonic() at media time 0 (live and realtime)
+        self.segments = 0
+        self.media_end = 0.0  # s of video decoded
+        self._container = None
+        self._cutter: SegmentCutter | None = None
+        self._open(input_format, options or {})
+
+    @property
+    def frames_built(self) -> int:
+        """Decoded frames converted to RGB so far (never more than one per decoded frame)."""
+        return 0 if self._cutter is None else self._cutter.frames_built
+
+    @property
+    def live(self) -> bool:
+        return self.kind != "file"
+
+    @property
+    def paced(self) -> bool:
+        """True when input arrives at real-time speed (live sources, --realtime files)."""
+        return self.live or self.realtime
+
+    def _open(self, input_format: str | None, options: dict[str, str]) -> None:
+        probed = probe(self.source) if self.kind == "file" else None
+        container = _open_container(self.source, self.kind, input_format, options)
+        try:
+            video = (
+                container.streams[probed.video_stream] if probed else _best_video_stream(container)
+            )
+            if video is None:
+                raise SourceError(self.source, "no video stream")
+            audio = _best_audio_stream(container) if probed is None else None
+            if probed is not None and probed.audio_stream is not None:
+                audio = container.streams[probed.audio_stream]
+        except BaseException:
+            container.close()
+            raise
+        video.thread_type = "AUTO"
+        self._container, self._video, self._audio = container, video, audio
+        width, height = video.codec_context.width, video.codec_context.height
+        fps = probed.fps if probed else _stream_fps(video)
+        self.info = SourceInfo(
+            self.source,
+            self.kind,
+            fps,
+            width,
+            height,
+            audio is not None,
+            probed.declared_duration if probed else None,
+        )
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+    def __iter__(self) -> Iterator[Segment]:
+        if self._container is None:
+            raise SourceError(self.source, "already read")
+        try:
+            yield from self._segments()
+        finally:
+            self.close()
+
+    def _new_cutter(self) -> SegmentCutter:
+        size = None
+        if self.info.width and self.info.height:
+            size = _target_size(self.info.width, self.info.height, self.spec.resize_shortest_edge)
+        return SegmentCutter(
+            self.spec.segment_seconds,
+            self.spec.frames_per_segment,
+            self.spec.sample_rate,
+            size,
+            self.info.has_audio,
+            self.info.fps,
+        )
+
+    def _segments(self) -> Iterator[Segment]:
+        cutter = self._cutter = self._new_cutter()
+        self._start_decoding(cutter)
+        streams = [s for s in (self._video, self._audio) if s is not None]
+        broke = None
+        try:
+            for packet in self._container.demux(*streams):
+                if self.stop.is_set():
+                    break
+                frames, ok = _decode(packet)
+                self._bad += not ok
+                if self._bad > MAX_BAD_PACKETS:
+                    broke = "too many undecodable packets"
+                    break
+                on_frame = (
+                    self._on_video if packet.stream.index == self._video.index else self._on_audio
+                )
+                for frame in frames:
+                    yield from self._counted(on_frame(frame, cutter))
+        except _AV_ERRORS as e:
+            broke = _reason(e)
+        if self._resampler is not None and broke is None:
+            with contextlib.suppress(*_AV_ERRORS):
+                for out in self._resampler.resample(None):
+                    yield from self._counted(self._add_samples(_mono(out), cutter))
+        yield from self._counted(cutter.finish())
+        self._set_end(cutter, broke)
+
+    def _start_decoding(self, cutter: SegmentCutter) -> None:
+        """Timeline origin and audio alignment (files: as iter_audio does; live: first frame)."""
+        self._bad = 0
+        self._clock = _LiveClock(self.live)
+        self._video_start: float | None = None if self.live else _stream_start_seconds(self._video)
+        self._skip = 0  # leading audio samples to discard (audio that starts before the video)
+        self._resampler = None
+        if self._audio is None:
+            return
+        self._resampler = av.AudioResampler(
+            format="flt", layout="mono", rate=self.spec.sample_rate, options=_RESAMPLER_OPTIONS
+        )
+        if not self.live:
+            offset = _stream_start_seconds(self._audio) - _stream_start_seconds(self._video)
+            if offset > 0:
+                cutter.add_audio(np.zeros(round(offset * self.spec.sample_rate), np.float32))
+            self._skip = max(0, round(-offset * self.spec.sample_rate))
+
+    def _on_video(self, frame, cutter: SegmentCutter) -> list[Segment]:
+        if self._video_start is None:  # live: the first frame is time 0
+            self._video_start = _frame_seconds(frame, 0.0, None, self.info.fps)
+        step = 1.0 / self.info.fps if self.info.fps > 0 else 0.0
+        t = self._clock(
+            _frame_seconds(frame, self._video_start, cutter.last_time, self.info.fps), step
+        )
+        self._pace(t)
+        return cutter.add_frame(frame, t, _frame_duration(frame))
+
+    def _on_audio(self, frame, cutter: SegmentCutter) -> list[Segment]:
+        if self._video_start is None:  # live: audio before the first video frame is dropped
+            return []
+        if not self.live and frame.pts is not None and frame.time_base is not None:
+            self._pace(
+                float(frame.pts * frame.time_base) - self._video_start
+            )  # files lead with audio
+        frame.pts = None  # the resampler counts samples; gaps are not padded (as iter_audio)
+        out: list[Segment] = []
+        for piece in self._resampler.resample(frame):
+            out += self._add_samples(_mono(piece), cutter)
+        return out
+
+    def _add_samples(self, samples: np.ndarray, cutter: SegmentCutter) -> list[Segment]:
+        if self._skip:
+            cut = min(self._skip, samples.size)
+            samples, self._skip = samples[cut:], self._skip - cut
+        return cutter.add_audio(samples)
+
+    def _counted(self, segments: list[Segment]) -> Iterator[Segment]:
+        for seg in segments:
+            self.segments += 1
+            yield seg
+
+    def _pace(self, t: float) -> None:
+        """Note the media clock at the first frame; with ``realtime``, hold decoding until ``t`` is due."""
+        now = time.monotonic()
+        if self.clock0 is None:
+            self.clock0 = now - t
+        if self.realtime:
+            delay = self.clock0 + t - now
+            if delay > 0:
+                self.stop.wait(delay)
+
+    def _set_end(self, cutter: SegmentCutter, broke: str | None) -> None:
+        end = self.media_end = cutter.media_end
+        declared = self.info.duration
+        early = declared is not None and end < declared - max(
+            EARLY_END_TOLERANCE_S, self.spec.segment_seconds
+        )
+        if cutter.last_time is None:
+            reason, ok = "no video frame could be decoded" + (f" ({broke})" if broke else ""), False
+        elif self.stop.is_set():
+            reason, ok = f"stopped at {end:.1f} s", True
+        elif broke is not None:
+            reason, ok = f"source broke off at {end:.1f} s ({broke})", False
+        elif early:
+            reason, ok = (
+                f"file ended early at {end:.1f} s of its declared {declared:.1f} s (truncated?)",
+                False,
+            )
+        else:
+            reason, ok = (
+                f"end of {'file' if self.kind == 'file' else 'stream'} at {end:.1f} s",
+                True,
+            )
+        self.end_reason, self.complete = reason, ok
+
+
+def _decode(packet) -> tuple[list, bool]:
+    """Frames of one packet (the decoder's flush for an empty packet) and whether it decoded."""
+    try:
+        return list(packet.decode()), True
+    except av.error.FFmpegError:
+        return [], False
+
+
+def _frame_duration(frame) -> float | None:
+    if frame.duration and frame.time_base is not None:
+        return float(frame.duration * frame.time_base)
+    return None

@@ -12,16 +12,16 @@ from .config import NORMAL_CLASS
 from .data import missing_mask, select_inputs
 from .encoders import resolve_device
 from .errors import NonFiniteError
-from .extract import Extractor
+from .features import Extractor, causal_features
 from .io import write_json
 
 WINDOW_BATCH = 256  # windows per forward pass
 
 
 @torch.no_grad()
-def _window_probs(model: torch.nn.Module, x: np.ndarray, starts: list[int], lengths: list[int], L: int) -> np.ndarray:
+def window_probs(model: torch.nn.Module, x: np.ndarray, starts: list[int], lengths: list[int], L: int) -> np.ndarray:
     """Last-stage softmax for windows x[s : s+n] (prefix-masked to L): (W, L, C)."""
-    device = next(model.parameters()).device
+    device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
     D = x.shape[1]
     out = []
     for i in range(0, len(starts), WINDOW_BATCH):
@@ -46,11 +46,11 @@ def step_probabilities(model: torch.nn.Module, x: np.ndarray, seq_len: int, caus
     if causal:
         starts = [max(0, t - L + 1) for t in range(T)]
         lengths = [t - s + 1 for t, s in enumerate(starts)]
-        probs = _window_probs(model, x, starts, lengths, L)  # (T, L, C)
+        probs = window_probs(model, x, starts, lengths, L)  # (T, L, C)
         return probs[np.arange(T), np.array(lengths) - 1]
     starts = list(range(max(1, T - L + 1)))
     lengths = [min(L, T - s) for s in starts]
-    probs = _window_probs(model, x, starts, lengths, L)  # (W, L, C)
+    probs = window_probs(model, x, starts, lengths, L)  # (W, L, C)
     acc = np.zeros((T, probs.shape[-1]))
     cnt = np.zeros(T)
     for w, (s, n) in enumerate(zip(starts, lengths, strict=True)):
@@ -106,18 +106,19 @@ def predict_video(
     device: str = "auto",
     causal: bool = False,
     extractor: Extractor | None = None,
+    audio_context_seconds: float | None = None,
 ) -> dict:
     """Extract a video's features with the checkpoint's encoders, score every segment, write the report.
 
-    Writes ``OUT/prediction.json`` and ``OUT/timeline.png`` when ``out`` is given.
+    Writes ``OUT/prediction.json`` and ``OUT/timeline.png`` when ``out`` is given. ``causal``
+    scores each segment from it and the ones before it, on the features a stream computes
+    (:func:`avarnet.features.live_spec`; ``audio_context_seconds`` overrides the look-back).
     """
     dev = resolve_device(device)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
     extractor = extractor or Extractor.from_spec(ckpt.spec, device, ckpt.encoder_state)
     if causal:  # features as a live stream computes them (no audio look-ahead), same code as `stream`
-        from .stream import causal_features
-
-        tensors, duration = causal_features(video, extractor)
+        tensors, duration = causal_features(video, extractor, audio_context_seconds)
     else:
         tensors, info = extractor(video)
         duration = info.duration

@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import logging
 import platform
+import warnings
 
 import torch
 
@@ -44,3 +45,39 @@ def _keep_freed_memory() -> bool:
         logger.debug("mallopt unavailable: %s", err)
         return False
     return trim_ok and mmap_ok
+
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # int8: linear layers dynamically quantised (CPU)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX-512 BF16 / AMX), i.e. bf16 can be faster."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a precision runs the encoders in (None: fp32 weights and activations).
+
+    bf16 runs on CPUs with bf16 instructions (AVX-512 BF16 / AMX) and on GPUs; fp16 on GPUs only.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 needs a GPU; on a CPU use bf16 or int8")
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError("int8 dynamic quantisation runs on the CPU only; on a GPU use fp16")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        logger.warning("this CPU has no bf16 instructions: bf16 will be slower than fp32")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def quantize_audio_encoder(encoder) -> None:
+    """Replace an AudioEncoder's Wav2Vec2 linear layers by dynamically quantised int8 ones, in
+    place (CPU only)."""
+    if encoder.device.type != "cpu":
+        raise ValueError("int8 dynamic quantisation runs on the CPU only")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notices
+        encoder.model = torch.ao.quantization.quantize_dynamic(
+            encoder.model, {torch.nn.Linear}, dtype=torch.qint8
+        )

@@ -1,0 +1,189 @@
+"""What live costs: chunked vs causal audio features (look-back 0 / 0.5 / 1 s), one table.
+
+On a synthetic dataset (``avarnet synth``), features are made once per definition with the same
+encoders: video vectors are shared (identical in every definition), audio is made chunked
+(``extract``'s 10-s chunks) and causal with each look-back (what ``stream`` computes, through
+:class:`avarnet.features.SegmentEncoder`). One feature store per definition; a temporal model is
+trained on each (several seeds) and scored on the test split two ways:
+
+* ``evaluate``: clip = mean of per-segment probabilities from all windows (``avarnet evaluate``);
+* ``live``: on the causal features a stream computes (the model's own look-back, or the default
+  0.5 s for the chunked model) with causal windows, exactly what ``stream`` / ``predict
+  --causal`` score.
+
+Per-segment audio compute (ms) is timed one segment at a time for each definition. Prints a
+Markdown table and writes ``OUT/live_features.json``.
+
+    python benchmarks/live_features.py --out /tmp/live_acc --clips-per-class 5 [--video-backbone ID]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from avarnet.checkpoint import load_checkpoint
+from avarnet.config import DEFAULT_AUDIO_BACKBONE, DEFAULT_VIDEO_BACKBONE, TrainConfig
+from avarnet.data import discover_dataset
+from avarnet.encoders import AudioEncoder, VideoEncoder
+from avarnet.extract import build_spec, calibration_frames
+from avarnet.features import Extractor, SegmentEncoder
+from avarnet.media import SegmentSource, probe
+from avarnet.metrics import classification_metrics
+from avarnet.predict import clip_probabilities, model_input, step_probabilities
+from avarnet.runtime import configure_cpu
+from avarnet.store import Entry, FeatureStore, video_id
+from avarnet.synth import synthesize_dataset
+from avarnet.train import train
+
+CONTEXTS = (0.0, 0.5, 1.0)
+LIVE_DEFAULT = 0.5  # the look-back a stream uses for a chunked checkpoint
+
+
+def definitions() -> list[tuple[str, str, float]]:
+    return [("chunked", "chunked", 0.0)] + [(f"causal {c:g} s", "causal", c) for c in CONTEXTS]
+
+
+def build_stores(data: Path, out: Path, args) -> dict[str, Path]:
+    """One store per feature definition; video vectors computed once and shared."""
+    items, classes = discover_dataset(data, seed=args.seed)
+    video = VideoEncoder.load(args.video_backbone, weights="random", seed=args.seed, device="cpu")
+    audio = AudioEncoder.load(args.audio_backbone, weights="random", seed=args.seed, device="cpu")
+    base = build_spec(video, audio, "random", args.seed, 1.0, 1)
+    train_items = [it for it in items if it.split == "train"] or items
+    video.calibrate(calibration_frames(train_items, base, args.seed))
+    base = base.replace(random_init=video.describe())
+    info = {"classes": classes, "data_root": str(data.resolve()), "split_seed": args.seed}
+    stores, specs = {}, {}
+    for name, mode, context in definitions():
+        spec = base.replace(audio_mode=mode, audio_context_seconds=context or base.audio_context_seconds)
+        if mode == "causal":
+            spec = spec.replace(audio_context_seconds=context)
+        specs[name] = spec
+        path = out / f"feats-{name.replace(' ', '-')}"
+        if (path / "spec.json").exists():
+            stores[name] = FeatureStore.open(path)
+            continue
+        stores[name] = FeatureStore.create(path, spec, info)
+        stores[name].save_encoder_state(video.bn_state())
+    timing = {name: [] for name in stores}
+    for item in tqdm(items, desc="features", unit="clip"):
+        vid = video_id(item.rel_path)
+        if all(s.is_done(vid) for s in stores.values()):
+            continue
+        info_m = probe(item.path)
+        chunked = Extractor(specs["chunked"], video, audio)
+        v = chunked.video_features(item.path, info_m)
+        t0 = time.perf_counter()
+        a, m = chunked.audio_features(item.path, info_m, len(v))
+        timing["chunked"].append((time.perf_counter() - t0) * 1e3 / len(v))
+        results = {"chunked": (a, m)}
+        segments = list(SegmentSource(item.path, specs["chunked"]))
+        for name, _, context in definitions()[1:]:
+            enc = SegmentEncoder(Extractor(specs[name], video, audio), context)
+            t0 = time.perf_counter()
+            parts = [enc.encode_audio([s]) for s in segments]  # one segment at a time, as live
+            timing[name].append((time.perf_counter() - t0) * 1e3 / len(segments))
+            results[name] = (
+                np.concatenate([p[0] for p in parts]),
+                np.concatenate([p[1] for p in parts]),
+            )
+        for name, store in stores.items():
+            a, m = results[name]
+            T = min(len(v), len(a))
+            entry = Entry(
+                id=vid,
+                file=str(store.feature_path(vid).relative_to(store.root)),
+                label=item.label,
+                split=item.split,
+                source=item.rel_path,
+                duration=info_m.duration,
+                fps=info_m.fps,
+                has_audio=info_m.has_audio,
+                T=T,
+            )
+            store.write(entry, {"video": v[:T], "audio": a[:T], "audio_mask": m[:T]})
+    timing_file = out / "audio_ms_per_segment.json"
+    if any(timing.values()):
+        timing_file.write_text(json.dumps({k: float(np.mean(v)) for k, v in timing.items() if v}))
+    return {name: s.root for name, s in stores.items()}
+
+
+def score(ckpt, store: FeatureStore, causal: bool) -> dict:
+    entries = store.split("test")
+    index = {c: i for i, c in enumerate(ckpt.classes)}
+    probs = []
+    for _, tensors in store.iter_load(entries):
+        x = model_input(ckpt, tensors)
+        steps = step_probabilities(ckpt.model, x, ckpt.train_config.seq_len, causal=causal)
+        probs.append(clip_probabilities(steps))
+    y = np.array([index[e.label] for e in entries])
+    m = classification_metrics(y, np.stack(probs), ckpt.classes)
+    return {"accuracy": m["accuracy"], "f1": m["f1"], "n": len(entries)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--clips-per-class", type=int, default=5)
+    parser.add_argument("--seconds", type=float, nargs=2, default=(4.0, 6.0))
+    parser.add_argument("--video-backbone", default=DEFAULT_VIDEO_BACKBONE)
+    parser.add_argument("--audio-backbone", default=DEFAULT_AUDIO_BACKBONE)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    configure_cpu(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = args.out / "data"
+    if not data.exists():
+        synthesize_dataset(data, clips_per_class=args.clips_per_class, seed=args.seed,
+                           duration=tuple(args.seconds), size=(160, 120))
+    stores = build_stores(data, args.out, args)
+    timing = json.loads((args.out / "audio_ms_per_segment.json").read_text())
+    opened = {k: FeatureStore.open(v) for k, v in stores.items()}
+    live_store = {"chunked": opened[f"causal {LIVE_DEFAULT:g} s"]} | {
+        k: v for k, v in opened.items() if k != "chunked"
+    }
+    rows = []
+    for name, _, _ in definitions():
+        runs = []
+        for seed in args.seeds:
+            run = args.out / "runs" / f"{name.replace(' ', '-')}-seed{seed}"
+            ckpt_path = run / "best.ckpt"
+            if not ckpt_path.exists():
+                cfg = TrainConfig(epochs=args.epochs, seed=seed, device="cpu", num_threads=1)
+                train(opened[name], run, cfg, progress=False)
+            ckpt = load_checkpoint(ckpt_path)
+            runs.append({
+                "evaluate": score(ckpt, opened[name], causal=False),
+                "live": score(ckpt, live_store[name], causal=True),
+            })
+        row = {"features": name, "audio_ms_per_segment": round(timing[name], 1)}
+        for how in ("evaluate", "live"):
+            for metric in ("accuracy", "f1"):
+                vals = np.array([r[how][metric] for r in runs], float)
+                row[f"{how}_{metric}"] = [round(float(vals.mean()), 3), round(float(vals.std()), 3)]
+        row["test_clips"] = runs[0]["evaluate"]["n"]
+        rows.append(row)
+    (args.out / "live_features.json").write_text(json.dumps(
+        {"rows": rows, "options": {k: str(v) for k, v in vars(args).items()},
+         "torch_threads": torch.get_num_threads()}, indent=1))
+    print("| features | evaluate accuracy | evaluate macro F1 | live accuracy | live macro F1 |"
+          " audio ms / segment |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        cells = [f"{r[k][0]:.3f} ± {r[k][1]:.3f}" for k in
+                 ("evaluate_accuracy", "evaluate_f1", "live_accuracy", "live_f1")]
+        print(f"| {r['features']} | " + " | ".join(cells) + f" | {r['audio_ms_per_segment']} |")
+
+
+if __name__ == "__main__":
+    main()

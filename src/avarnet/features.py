@@ -1,0 +1,357 @@
+"""Features from the spec: one code path for extract, predict, predict --causal and stream.
+
+A :class:`~avarnet.config.FeatureSpec` says how features are made:
+
+* video: MobileViT on the frame(s) nearest each segment's centre (mean over k frames);
+* audio ``chunked``: Wav2Vec2 over ``audio_chunk_seconds`` chunks of the whole track, output frames
+  mean-pooled per segment (sees up to one chunk of the future);
+* audio ``causal``: Wav2Vec2 per segment over [look-back | segment], the look-back being the last
+  ``audio_context_seconds`` of audio before the segment; the output frames whose centres fall in
+  the segment are mean-pooled. This is what a live stream can compute.
+
+:class:`Extractor` computes a whole file's features from its spec. With a causal spec it cuts the
+file with :class:`avarnet.media.SegmentSource` and encodes with :class:`SegmentEncoder`, the very
+objects a stream uses, so ``extract`` and ``stream`` produce the same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import media
+from .config import DEFAULT_AUDIO_CONTEXT_S, FeatureSpec
+from .encoders import AudioEncoder, VideoEncoder, check_backbone
+from .errors import AvarnetError
+from .media import Segment, SegmentSource
+from .runtime import configure_cpu
+
+log = logging.getLogger("avarnet")
+
+FRAME_BATCH = 16  # frames per MobileViT forward pass (whole files)
+CPU_FRAME_BATCH = 4  # live: MobileViT frames per CPU forward (larger batches fall out of cache)
+GPU_FRAME_BATCH = 64
+BATCH_SEGMENTS = 8  # segments encoded together when reading a whole file causally
+
+
+class FeatureError(AvarnetError):
+    """Features cannot be made as asked (e.g. random weights without their encoder state)."""
+
+
+def segment_times(duration: float, segment_seconds: float, frames_per_segment: int = 1) -> np.ndarray:
+    """Timestamps (s) of the frames encoded for each segment: (T, k), k frames spread inside each.
+
+    T = ceil(duration / segment_seconds); with k = 1 the frame is the segment centre.
+    """
+    T = max(1, math.ceil(duration / segment_seconds - 1e-9))
+    starts = np.arange(T) * segment_seconds  # (T,)
+    offsets = (np.arange(frames_per_segment) + 0.5) / frames_per_segment * segment_seconds  # (k,)
+    times = starts[:, None] + offsets[None, :]  # (T, k)
+    return np.minimum(times, max(duration - 1e-3, 0.0))
+
+
+def pool_audio_frames(
+    feats: np.ndarray,
+    times: np.ndarray,
+    T: int,
+    segment_seconds: float,
+    sums: np.ndarray,
+    counts: np.ndarray,
+) -> None:
+    """Add Wav2Vec2 frames (F, D) with centre times (F,) into per-segment sums (T, D), counts (T,)."""
+    seg = np.floor(times / segment_seconds).astype(np.int64)  # (F,)
+    keep = (seg >= 0) & (seg < T)
+    np.add.at(sums, seg[keep], feats[keep])
+    np.add.at(counts, seg[keep], 1)
+
+
+def chunked_audio(
+    encoder: AudioEncoder, chunks: Iterator[np.ndarray], T: int, segment_seconds: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Chunked audio features: Wav2Vec2 per chunk (consecutive pieces of one track starting at
+    t = 0), frames pooled per segment. Returns (T, Da) float32 and the mask (T,) of segments
+    that had audio."""
+    sums = np.zeros((T, encoder.dim), dtype=np.float64)
+    counts = np.zeros(T, dtype=np.int64)
+    offset = 0.0
+    for chunk in chunks:
+        feats = encoder.encode_chunk(chunk)  # (F, Da)
+        times = encoder.frame_times(len(feats), offset)
+        pool_audio_frames(feats, times, T, segment_seconds, sums, counts)
+        offset += len(chunk) / encoder.sample_rate
+    mask = counts > 0
+    audio = np.zeros((T, encoder.dim), dtype=np.float32)
+    audio[mask] = (sums[mask] / counts[mask, None]).astype(np.float32)
+    return audio, mask
+
+
+def split_chunks(samples: np.ndarray, spec: FeatureSpec) -> Iterator[np.ndarray]:
+    """A track held in memory, cut as ``media.iter_audio`` cuts a file's track for chunked audio."""
+    size = media.chunk_samples(spec.audio_chunk_seconds, spec.sample_rate)
+    for start in range(0, len(samples), size):
+        yield samples[start : start + size]
+
+
+def live_spec(spec: FeatureSpec, audio_context_seconds: float | None = None) -> FeatureSpec:
+    """The spec a live source computes for a checkpoint trained on ``spec``.
+
+    A causal spec is kept (a different look-back only when asked); a chunked one cannot be computed
+    live, so it becomes causal with ``audio_context_seconds`` (default DEFAULT_AUDIO_CONTEXT_S).
+    """
+    if spec.audio_mode == "causal" and audio_context_seconds is None:
+        return spec
+    context = DEFAULT_AUDIO_CONTEXT_S if audio_context_seconds is None else audio_context_seconds
+    return spec.replace(audio_mode="causal", audio_context_seconds=float(context))
+
+
+class SegmentEncoder:
+    """Causal features of consecutive segments, using only the past: stream, predict --causal and
+    extract with a causal spec all encode through this.
+
+    Video: MobileViT on each segment's frames (mean over its k frames), as for whole files. Audio:
+    Wav2Vec2 over [context | segment], context being the last ``audio_context_seconds`` of audio
+    before the segment; output frames whose centres fall inside the segment are mean-pooled. A
+    segment without samples gets a zero vector and ``audio_mask`` False; a gap in segment indices
+    (dropped segments) or in the audio clears the context. A segment whose frames are the previous
+    segment's (a gap in the video) reuses its video vector.
+    """
+
+    def __init__(
+        self,
+        extractor: Extractor,
+        audio_context_seconds: float | None = None,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        spec = extractor.spec
+        if audio_context_seconds is None:
+            audio_context_seconds = live_spec(spec).audio_context_seconds
+        if audio_context_seconds < 0:
+            raise ValueError("audio_context_seconds must be >= 0")
+        self.extractor = extractor
+        self.spec = spec
+        self.audio_context_seconds = float(audio_context_seconds)
+        self.context_samples = round(audio_context_seconds * spec.sample_rate)
+        self.autocast_dtype = autocast_dtype
+        self.frames_encoded = 0  # video frames run through MobileViT so far
+        self._tail = np.zeros(0, np.float32)
+        self._last_index: int | None = None
+        self._last_video: tuple[np.ndarray, np.ndarray] | None = None  # (frames, feature)
+
+    def reset(self) -> None:
+        """Forget the audio context (a new, unrelated stream follows)."""
+        self._tail = np.zeros(0, np.float32)
+        self._last_index = None
+        self._last_video = None
+
+    def encode(self, segments: Sequence[Segment]) -> dict[str, np.ndarray]:
+        """{"video": (n, Dv), "audio": (n, Da), "audio_mask": (n,) bool} for segments in order."""
+        if not segments:
+            raise ValueError("encode() needs at least one segment")
+        with self._autocast():
+            video = self._video(segments)
+            audio, mask = self.encode_audio(segments)
+        return {"video": video, "audio": audio, "audio_mask": mask}
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        device = self.extractor.video.device
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+    def _video(self, segments: Sequence[Segment]) -> np.ndarray:
+        enc = self.extractor.video
+        prev_frames, prev_vec = self._last_video or (None, None)
+        todo: list[int] = []  # segments whose frames are encoded
+        source: list[int] = []  # per segment: its row in the encoded ones, -1: the last batch's
+        for i, seg in enumerate(segments):
+            if prev_frames is not None and _same_frames(seg.frames, prev_frames):
+                source.append(source[-1] if i > 0 else -1)
+            else:
+                todo.append(i)
+                source.append(len(todo) - 1)
+            prev_frames = seg.frames
+        feats = np.zeros((0, enc.dim), np.float32)
+        if todo:
+            k = segments[todo[0]].frames.shape[0]
+            frames = np.concatenate([segments[i].frames for i in todo])  # (n*k, H, W, 3)
+            batch = GPU_FRAME_BATCH if enc.device.type == "cuda" else CPU_FRAME_BATCH
+            feats = enc.encode(frames, batch_size=batch).reshape(len(todo), k, -1).mean(axis=1)
+            self.frames_encoded += len(frames)
+        out = np.stack([prev_vec if s < 0 else feats[s] for s in source]).astype(np.float32)
+        self._last_video = (segments[-1].frames, out[-1].copy())
+        return out
+
+    def encode_audio(self, segments: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
+        """Causal audio vectors (n, Da) and mask (n,) of consecutive segments (no video)."""
+        enc = self.extractor.audio
+        audio = np.zeros((len(segments), enc.dim), np.float32)
+        mask = np.zeros(len(segments), bool)
+        windows = self._windows(segments)  # i -> (window, context samples)
+        feats = enc.encode_batch([w for w, _ in windows.values()])
+        for (i, (_, context)), f in zip(windows.items(), feats, strict=True):
+            times = enc.frame_times(len(f), -context / enc.sample_rate)  # s from the segment start
+            keep = (times >= 0) & (times < self.spec.segment_seconds)
+            if keep.any():
+                audio[i] = f[keep].astype(np.float64).mean(axis=0).astype(np.float32)
+                mask[i] = True
+        return audio, mask
+
+    def _windows(self, segments: Sequence[Segment]) -> dict[int, tuple[np.ndarray, int]]:
+        """[context | segment] windows of the segments with audio, and their context lengths."""
+        out = {}
+        for i, seg in enumerate(segments):
+            if self._last_index is not None and seg.index != self._last_index + 1:
+                self._tail = self._tail[:0]  # a gap: the context is not this segment's past
+            self._last_index = seg.index
+            if seg.audio.size == 0:
+                self._tail = self._tail[:0]
+                continue
+            window = np.concatenate([self._tail, seg.audio])  # (C + S,)
+            out[i] = (window, len(self._tail))
+            keep = min(self.context_samples, len(window))
+            self._tail = window[len(window) - keep :]
+        return out
+
+
+def _same_frames(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two segments hold the very same frame array (a repeated frame in a video gap)."""
+    return a is b or (a.shape == b.shape and a.base is not None and a.base is b.base)
+
+
+class Extractor:
+    """One file -> its timeline of features, made as a :class:`FeatureSpec` says."""
+
+    def __init__(self, spec: FeatureSpec, video_encoder: VideoEncoder, audio_encoder: AudioEncoder):
+        self.spec = spec
+        self.video = video_encoder
+        self.audio = audio_encoder
+
+    @classmethod
+    def from_spec(
+        cls, spec: FeatureSpec, device: str = "auto", encoder_state: dict | None = None
+    ) -> Extractor:
+        """Rebuild the encoders a spec describes (random weights: same seed + stored BatchNorm
+        statistics)."""
+        configure_cpu()
+        v = VideoEncoder.load(
+            spec.video_backbone, weights=spec.weights, seed=spec.seed, device=device
+        )
+        a = AudioEncoder.load(
+            spec.audio_backbone, weights=spec.weights, seed=spec.seed, device=device
+        )
+        check_backbone(v, "video", spec.video_dim, spec.video_backbone_sha256)
+        check_backbone(a, "audio", spec.audio_dim, spec.audio_backbone_sha256)
+        if spec.weights == "random":
+            if encoder_state is None:
+                raise FeatureError(
+                    "random-weight features need the stored encoder state (BatchNorm statistics)"
+                )
+            try:
+                v.load_bn_state(encoder_state)
+            except ValueError as e:  # a damaged or foreign encoder state
+                raise FeatureError(
+                    f"the stored encoder state does not fit the video backbone: {e}"
+                ) from None
+        return cls(spec, v, a)
+
+    def with_spec(self, spec: FeatureSpec) -> Extractor:
+        """The same encoders computing features as ``spec`` says (e.g. its live counterpart)."""
+        return Extractor(spec, self.video, self.audio)
+
+    def video_features(self, path: Path, info: media.MediaInfo) -> np.ndarray:
+        """MobileViT vector per segment: (T, Dv), the mean over the segment's k frames."""
+        spec = self.spec
+        times = segment_times(info.duration, spec.segment_seconds, spec.frames_per_segment)
+        T, k = times.shape
+        frames = media.read_frames(
+            path, times.ravel().tolist(), spec.resize_shortest_edge, info=info
+        )
+        out = np.concatenate(list(self._encode_batches(frames)), axis=0)  # (T*k, Dv)
+        return out.reshape(T, k, -1).mean(axis=1).astype(np.float32)
+
+    def _encode_batches(self, frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        batch: list[np.ndarray] = []
+        for frame in frames:
+            batch.append(frame)
+            if len(batch) == FRAME_BATCH:
+                yield self.video.encode(np.stack(batch))
+                batch = []
+        if batch:
+            yield self.video.encode(np.stack(batch))
+
+    def audio_features(
+        self, path: Path, info: media.MediaInfo, T: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Chunked audio: Wav2Vec2 frames mean-pooled per segment, (T, Da) and mask (T,)."""
+        spec = self.spec
+        chunks: Iterator[np.ndarray] = iter(())
+        if info.has_audio:
+            chunks = media.iter_audio(path, spec.audio_chunk_seconds, spec.sample_rate, info=info)
+        return chunked_audio(self.audio, chunks, T, spec.segment_seconds)
+
+    def causal(
+        self, path: str | Path, audio_context_seconds: float | None = None
+    ) -> tuple[dict[str, np.ndarray], float]:
+        """Features of a whole file as a stream computes them (same segments, same look-back-only
+        audio). Returns the tensors and the media end (s)."""
+        source = SegmentSource(path, self.spec)
+        encoder = SegmentEncoder(self, audio_context_seconds)
+        parts, batch = [], []
+        for segment in source:
+            batch.append(segment)
+            if len(batch) == BATCH_SEGMENTS:
+                parts.append(encoder.encode(batch))
+                batch = []
+        if batch:
+            parts.append(encoder.encode(batch))
+        if not parts:
+            raise media.UnreadableMediaError(path, source.end_reason)
+        tensors = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        return tensors, source.media_end
+
+    def __call__(self, path: str | Path) -> tuple[dict[str, np.ndarray], media.MediaInfo]:
+        """Features of one video: {"video": (T, Dv), "audio": (T, Da), "audio_mask": (T,) bool}."""
+        path = Path(path)
+        info = media.probe(path)
+        if self.spec.audio_mode == "causal":
+            tensors, _ = self.causal(path)
+            return tensors, info
+        video = self.video_features(path, info)
+        audio, mask = self.audio_features(path, info, len(video))
+        return {"video": video, "audio": audio, "audio_mask": mask}, info
+
+
+def causal_features(
+    video: str | Path, extractor: Extractor, audio_context_seconds: float | None = None
+) -> tuple[dict[str, np.ndarray], float]:
+    """Features of a whole file as a live stream computes them for ``extractor``'s spec (see
+    :func:`live_spec`): ({"video", "audio", "audio_mask"}, media end in seconds)."""
+    return extractor.with_spec(live_spec(extractor.spec, audio_context_seconds)).causal(video)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of (n, D) arrays (1 where both rows are zero)."""
+    num = (a * b).sum(1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    both_zero = (den == 0) & (num == 0)
+    return np.where(both_zero, 1.0, num / np.maximum(den, 1e-12))
+
+
+__all__ = [
+    "Extractor",
+    "FeatureError",
+    "SegmentEncoder",
+    "causal_features",
+    "chunked_audio",
+    "cosine",
+    "live_spec",
+    "pool_audio_frames",
+    "segment_times",
+    "split_chunks",
+]
