@@ -472,6 +472,14 @@ def test_extreme_aspect_ratio_frames_stay_small(size, tmp_path):
         assert min(f.shape[:2]) == 288 and max(f.shape[:2]) == round(288 * media.MAX_ASPECT_RATIO)
 
 
+def test_a_batch_of_extreme_aspect_frames_fits_in_the_memory_cap(tmp_path):
+    path = extreme_aspect(tmp_path / "wide.mp4", (4000, 2))  # MobileViT's 288-pixel short side, 16 frames
+    code = ("import sys, numpy as np; from avarnet import media; "
+            "b = np.stack(list(media.read_frames(sys.argv[1], [i / 10 for i in range(16)], 288))); print(b.shape)")
+    r = run_capped([sys.executable, "-c", code, str(path)])
+    assert r.returncode == 0 and "(16, 288, 2304, 3)" in r.stdout, r.stderr[-2000:]
+
+
 def test_declared_duration_is_checked_against_the_stream(tmp_path, caplog):
     path = declared_duration(tmp_path / "x.mkv", 1e9)
     with caplog.at_level(logging.WARNING, logger="avarnet"):
