@@ -11,6 +11,10 @@ trained on each (several seeds) and scored on the test split two ways:
   0.5 s for the chunked model) with causal windows, exactly what ``stream`` / ``predict
   --causal`` score.
 
+A linear probe (logistic regression on per-clip mean vectors, 5-fold stratified cross-validation
+over all clips) gives a less noisy view of how much each definition carries than the small test
+split does; its "live" column fits on the definition's features and scores live ones.
+
 Per-segment audio compute (ms) is timed one segment at a time for each definition. Prints a
 Markdown table and writes ``OUT/live_features.json``.
 
@@ -128,6 +132,38 @@ def score(ckpt, store: FeatureStore, causal: bool) -> dict:
     return {"accuracy": m["accuracy"], "f1": m["f1"], "n": len(entries)}
 
 
+def clip_vectors(store: FeatureStore) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(ids, X, y): per clip the mean video and mean audio vector (segments with audio)."""
+    ids, xs, ys = [], [], []
+    for entry, t in store.iter_load(sorted(store.entries, key=lambda e: e.id)):
+        mask = t["audio_mask"]
+        audio = t["audio"][mask].mean(0) if mask.any() else np.zeros(t["audio"].shape[1])
+        ids.append(entry.id)
+        xs.append(np.concatenate([t["video"].mean(0), audio]))
+        ys.append(entry.label)
+    return ids, np.stack(xs), np.array(ys)
+
+
+def linear_probe(train_store: FeatureStore, test_store: FeatureStore, seed: int = 0) -> list[float]:
+    """Linear probe, 5-fold stratified CV over all clips: fit on ``train_store``'s vectors, score
+    the held-out fold with ``test_store``'s vectors of the same clips."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    ids, x_train, y = clip_vectors(train_store)
+    ids_test, x_test, _ = clip_vectors(test_store)
+    assert ids == ids_test
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    scores = []
+    for tr, te in folds.split(x_train, y):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, C=0.1))
+        clf.fit(x_train[tr], y[tr])
+        scores.append(float((clf.predict(x_test[te]) == y[te]).mean()))
+    return scores
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -172,16 +208,20 @@ def main() -> None:
                 vals = np.array([r[how][metric] for r in runs], float)
                 row[f"{how}_{metric}"] = [round(float(vals.mean()), 3), round(float(vals.std()), 3)]
         row["test_clips"] = runs[0]["evaluate"]["n"]
+        for how, test_store in (("evaluate", opened[name]), ("live", live_store[name])):
+            folds = np.array(linear_probe(opened[name], test_store))
+            row[f"probe_{how}_accuracy"] = [round(float(folds.mean()), 3), round(float(folds.std()), 3)]
         rows.append(row)
     (args.out / "live_features.json").write_text(json.dumps(
         {"rows": rows, "options": {k: str(v) for k, v in vars(args).items()},
          "torch_threads": torch.get_num_threads()}, indent=1))
     print("| features | evaluate accuracy | evaluate macro F1 | live accuracy | live macro F1 |"
-          " audio ms / segment |")
-    print("|---|---|---|---|---|---|")
+          " probe accuracy (5-fold) | probe accuracy, live features | audio ms / segment |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         cells = [f"{r[k][0]:.3f} ± {r[k][1]:.3f}" for k in
-                 ("evaluate_accuracy", "evaluate_f1", "live_accuracy", "live_f1")]
+                 ("evaluate_accuracy", "evaluate_f1", "live_accuracy", "live_f1",
+                  "probe_evaluate_accuracy", "probe_live_accuracy")]
         print(f"| {r['features']} | " + " | ".join(cells) + f" | {r['audio_ms_per_segment']} |")
 
 

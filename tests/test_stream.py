@@ -241,7 +241,7 @@ def test_push_raw_segments_equals_features_of_the_whole_file(extractor, event_cl
 
 
 def test_stream_features_video_equal_extract_audio_close(extractor, event_clip):
-    causal, _ = causal_features(event_clip, extractor)
+    causal, _ = causal_features(event_clip, extractor, audio_context_seconds=1.0)
     full, _ = extractor(event_clip)
     np.testing.assert_allclose(causal["video"], full["video"], atol=1e-5)
     assert causal["audio_mask"].all()

@@ -7,9 +7,12 @@
 * Wav2Vec2 audio-seconds/s the way a stream runs it (each 1-s segment with its left context)
   and the way ``extract`` runs it (10-s chunks);
 * temporal-model windows/s at batch 1 and 256;
-* end to end, through :func:`avarnet.stream.run_stream` on the clip: real-time factor (media
-  seconds per wall second) with batching, and per-segment compute latency p50/p95 one segment at
-  a time, for each video variant and precision;
+* end to end, through :func:`avarnet.stream.run_stream` on the clip, one row per combination of
+  video variant, runtime (torch, ONNX Runtime), precision and causal audio look-back: GFLOP per
+  segment, the compute floor (matmul GFLOP/s measured right before the row) and the real-time
+  factor it allows, the real-time factor (media seconds per wall second) with batching, per-segment
+  compute latency p50/p95 one segment at a time, the real-time factor as % of the floor, and the
+  minimum cosine of the row's features to torch fp32;
 * how much the stream's features differ: per-segment vs chunked audio, and each faster precision
   vs fp32 (cosine similarity).
 

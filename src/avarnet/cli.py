@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chunked: Wav2Vec2 over 10-s chunks (sees ahead); causal: per segment with --audio-context "
                         "of look-back, exactly what `stream` computes (docs/live.md)")
     p.add_argument("--audio-context", type=_seconds, default=None, metavar="S",
-                   help="causal audio look-back in seconds (0 allowed; default 0.5)")
+                   help="causal audio look-back in seconds (0 allowed; default 0)")
     p.add_argument("--seed", type=SEED, default=0, help="split seed and random-weight seed")
 
     p = sub.add_parser("train", help="train a temporal model on a feature store")
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--causal", action="store_true", help="score each segment from it and the ones before it only")
     _add_backbone_overrides(p)
     p.add_argument("--audio-context", type=_seconds, metavar="S",
-                   help="with --causal: audio look-back in seconds (default: the checkpoint's, else 0.5)")
+                   help="with --causal: audio look-back in seconds (default: the checkpoint's, else 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = sub.add_parser("demo", help="synth -> extract -> train -> evaluate -> predict, in one folder")
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                         " faster, features shift slightly (fp32 equals predict --causal)")
     p.add_argument("--threads", type=THREADS, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--audio-context", type=_seconds, metavar="S",
-                   help="audio look-back in seconds (default: the checkpoint's when trained on causal features, else 0.5)")
+                   help="audio look-back in seconds (default: the checkpoint's when trained on causal features, else 0)")
     p.add_argument("--strict", action="store_true",
                    help="refuse a checkpoint trained on features a stream cannot compute (chunked audio)")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--no-int8", action="store_true", help="skip the dynamically quantised int8 copies")
     p.add_argument("--audio-context", type=_seconds, metavar="S",
-                   help="look-back of the exported live features (default: the checkpoint's, else 0.5)")
+                   help="look-back of the exported live features (default: the checkpoint's, else 0)")
 
     p = sub.add_parser("bench", help="throughput and latency of every stage on this machine; prints tables, writes JSON")
     p.add_argument("--out", type=Path, default=Path("bench"), help="folder for bench.json, bench.md and the test clip")
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtimes", nargs="+", choices=["torch", "onnx"], default=["torch", "onnx"],
                    help="inference runtimes of the end-to-end rows (onnx: fp32 and int8)")
     p.add_argument("--audio-contexts", nargs="+", type=_seconds, metavar="S",
-                   help="causal audio look-backs of the end-to-end rows (default 0.5)")
+                   help="causal audio look-backs of the end-to-end rows (default 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="GPU rows are added on cuda")
     p.add_argument("--gpu-only", action="store_true", help="with a GPU: skip the CPU rows")
     return parser
