@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--drop", choices=["audio", "video"], help="evaluate with one sense blanked")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--no-report", action="store_true", help="skip report.html (figures, t-SNE, frame strips)")
 
     p = sub.add_parser("predict", help="verdict and anomaly-score timeline for one video")
     p.add_argument("video", type=Path)
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the registered temporal models")
 
-    p = sub.add_parser("ablate", help="the paper's ablation grid on a feature store: results.csv, results.md, results.png")
+    p = sub.add_parser("ablate", help="the paper's ablation grid on a feature store: results.csv/.md/.png/.html")
     p.add_argument("feats", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--models", nargs="+", help="temporal models (default: all registered)")
@@ -236,10 +237,18 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
-    m = evaluate(a.checkpoint, a.feats, split=a.split, out=a.out, drop=a.drop, device=a.device)
-    extra = f", binary AP {m['binary_ap']:.4f}" if "binary_ap" in m else ""
-    print(f"{a.split}: n={m['n']} accuracy {m['accuracy']:.4f}, macro F1 {m['f1']:.4f}, macro AP {m['ap']:.4f}{extra}")
-    print(f"report: {a.out / 'metrics.json'}")
+    m = evaluate(a.checkpoint, a.feats, split=a.split, out=a.out, drop=a.drop, device=a.device,
+                 report=not a.no_report)
+
+    def f4(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    extra = f", binary AP {f4(m['binary_ap'])}" if "binary_ap" in m else ""
+    print(f"{a.split}: n={m['n']} accuracy {f4(m['accuracy'])}, macro AP {f4(m['ap'])}{extra}")
+    print(f"  macro    P {f4(m['precision'])}  R {f4(m['recall'])}  F1 {f4(m['f1'])}  (mean over classes)")
+    print(f"  weighted P {f4(m['precision_weighted'])}  R {f4(m['recall_weighted'])}  F1 {f4(m['f1_weighted'])}"
+          "  (weighted by test clips per class)")
+    print(f"metrics: {a.out / 'metrics.json'}" + ("" if a.no_report else f", report: {a.out / 'report.html'}"))
     return EXIT_OK
 
 
@@ -419,7 +428,8 @@ def cmd_ablate(a: argparse.Namespace) -> int:
                      progress=not a.quiet)
     print(f"ablation: {len(r.rows)} runs ({len(r.ran)} run now, {len(r.reused)} reused) -> {a.out}")
     print(r.winner)
-    print(f"tables: {r.markdown}\nper run: {r.csv}" + (f"\nchart: {r.figure}" if r.figure else ""))
+    print(f"tables: {r.markdown}\nper run: {r.csv}" + (f"\nchart: {r.figure}" if r.figure else "")
+          + (f"\npage: {r.page}" if r.page else ""))
     return EXIT_OK
 
 

@@ -13,7 +13,7 @@ from .config import NORMAL_CLASS
 from .data import missing_mask, select_inputs
 from .encoders import resolve_device
 from .extract import Extractor
-from .store import atomic_write_text
+from .store import atomic_write_bytes, atomic_write_text
 
 WINDOW_BATCH = 256  # windows per forward pass
 
@@ -109,7 +109,7 @@ def predict_video(
 ) -> dict:
     """Extract a video's features with the checkpoint's encoders, score every segment, write the report.
 
-    Writes ``OUT/prediction.json`` and ``OUT/timeline.png`` when ``out`` is given.
+    Writes ``OUT/prediction.json``, ``OUT/timeline.png`` and ``OUT/timeline.html`` when ``out`` is given.
     """
     dev = resolve_device(device)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
@@ -126,10 +126,22 @@ def predict_video(
     pred["causal"] = causal
     pred["weights"] = ckpt.spec.weights
     if out is not None:
-        from .plots import plot_timeline
-
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "prediction.json", json.dumps(pred, indent=1, ensure_ascii=False))
-        plot_timeline(pred, out / "timeline.png")
+        write_timeline(pred, out)
     return pred
+
+
+def write_timeline(pred: dict, out: Path) -> None:
+    """timeline.png (thumbnails of the video at the score's peaks) and timeline.html (click to seek)."""
+    import io
+
+    from .plots import plot_timeline
+    from .report import timeline_thumbnails, write_timeline_page
+
+    thumbs, why = timeline_thumbnails(pred, pred["video"])
+    buf = io.BytesIO()
+    layout = plot_timeline(pred, buf, thumbnails=thumbs)
+    atomic_write_bytes(out / "timeline.png", buf.getvalue())
+    write_timeline_page(out, pred, buf.getvalue(), layout, note=None if thumbs else f"{why}; no thumbnails")
