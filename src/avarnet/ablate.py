@@ -208,8 +208,8 @@ class AblationResult:
     markdown: Path
     figure: Path | None
     winner: str
-    page: Path | None = None  # results.html
     train_seconds: float = 0.0  # training time of the cells run now
+    page: Path | None = None  # results.html
 
 
 def _check_known(what: str, values: Iterable[str], known: Sequence[str]) -> None:
