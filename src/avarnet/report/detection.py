@@ -9,7 +9,7 @@ import numpy as np
 
 from avarnet.plots import plot_pr_roc, plot_score_curve
 from avarnet.report.evaluation import REPORT_FILE
-from avarnet.report.html import cards, esc, figure, figure_png, table, write_page
+from avarnet.report.html import cards, esc, figure, figure_png, fmt, table, write_page
 
 MAX_CURVES = 12
 
@@ -41,6 +41,7 @@ def write_detection_report(
         ["metric", "model", "constant score"],
         [[k, m.get(k), base.get(k)] for k in ("frame_ap", "frame_pr_auc", "frame_roc_auc")],
     )
+    ckpt = f" Checkpoint: <code>{esc(m['checkpoint'])}</code>." if m.get("checkpoint") else ""
     prroc = figure_png(plot_pr_roc, y_frames, s_frames, title=f"{len(y_frames)} frames")
     ranked = sorted(videos, key=lambda v: -float(v.frame_labels.any()) if v.frame_labels is not None else 1.0)
     curves = []
@@ -51,8 +52,8 @@ def write_detection_report(
         curves.append(figure(png, f"score curve of {name}"))
     body = [
         f"<h1>{esc(title)}</h1>",
-        f'<p class="meta">{m.get("n")} videos, {m.get("frames")} frames '
-        f"({esc(m.get('frame_positive_rate'))} violent). Checkpoint: <code>{esc(m.get('checkpoint'))}</code>.</p>",
+        f'<p class="meta">{m.get("n")} videos, {m.get("frames")} frames ({fmt(m.get("frame_positive_rate"), 3)} '
+        f"violent).{ckpt}</p>",
         "<h2>Headline metrics</h2>", head, baseline,
         "<h2>Precision-recall and ROC (frame level)</h2>", figure(prroc, "PR and ROC curves"),
         f"<h2>Frame-level score curves (truth shaded; {len(curves)} of {len(videos)} videos, violent first)</h2>",

@@ -31,6 +31,7 @@ function seek(t) {
 function place(t) {
   const f = L.x0 + (t - L.t0) / (L.t1 - L.t0) * (L.x1 - L.x0);
   cursor.style.left = (100 * f) + "%";
+  cursor.style.display = "block";
 }
 curve.addEventListener("click", (e) => {
   const r = curve.getBoundingClientRect();
@@ -47,7 +48,7 @@ EXTRA_CSS = """<style>
 .player video { max-width: 640px; max-height: 360px; background: #000; }
 .curvebox { position: relative; display: inline-block; cursor: crosshair; }
 .curvebox img { display: block; }
-#cursor { position: absolute; top: 0; bottom: 0; width: 2px; background: #cf222e; left: -10px;
+#cursor { position: absolute; top: 0; bottom: 0; width: 2px; background: #cf222e; display: none;
           pointer-events: none; }
 tr[data-t] { cursor: pointer; } tr[data-t]:hover { background: #f1f8ff; }
 </style>"""
