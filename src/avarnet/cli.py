@@ -273,6 +273,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     print(f"  test accuracy {s['test_accuracy']:.3f}, macro F1 {s['test_macro_f1']:.3f} on {s['test_clips']} held-out clips")
     print(f"  prediction for {s['predicted_video']}: {s['predicted_label']} (true: {s['true_label']})")
     print(f"  report: {s['report']}\n  confusion matrix: {s['confusion_matrix']}\n  timeline: {s['timeline']}")
+    print(f"  pages: {s['evaluation_page']}, {s['timeline_page']}")
     return EXIT_OK
 
 
