@@ -335,7 +335,7 @@ def cmd_xdv_evaluate(a: argparse.Namespace) -> int:
     print(f"  frame AP (scikit-learn)   {m['frame_ap']:.4f}   constant score {c['frame_ap']:.4f}")
     print(f"  frame PR-AUC (trapezoid)  {m['frame_pr_auc']:.4f}   constant score {c['frame_pr_auc']:.4f}")
     print(f"  frame ROC-AUC             {m['frame_roc_auc']:.4f}   constant score {c['frame_roc_auc']:.4f}")
-    print(f"report: {a.out / 'metrics.json'}, curves: {a.out / 'curves'}")
+    print(f"report: {a.out / 'metrics.json'}, curves: {a.out / 'curves'}, page: {a.out / 'report.html'}")
     return EXIT_OK
 
 
