@@ -646,7 +646,7 @@ def evaluate_weak(
         atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=1))
         from .report import write_detection_report
 
-        write_detection_report(out, metrics, videos, y, s, store.spec.segment_seconds)
+        write_detection_report(out, metrics, videos, y, s, store.spec.segment_seconds, limit=plots)
     return metrics
 
 
