@@ -202,9 +202,12 @@ def test_timeline_page_seeks_the_video_when_the_curve_is_clicked(browser, tmp_pa
     box = page.locator("#curve").bounding_box()
     target = 5.0  # seconds
     frac = layout["x0"] + (target - layout["t0"]) / (layout["t1"] - layout["t0"]) * (layout["x1"] - layout["x0"])
-    page.mouse.click(box["x"] + frac * box["width"], box["y"] + box["height"] * 0.2)
+    x = box["x"] + frac * box["width"]
+    page.mouse.click(x, box["y"] + box["height"] * 0.2)
     seeked = float(page.get_attribute("#curve", "data-seeked"))
     assert seeked == pytest.approx(target, abs=0.1)
+    cursor = page.locator("#cursor").bounding_box()
+    assert cursor["x"] == pytest.approx(x, abs=3)  # the cursor sits where the curve was clicked
     page.wait_for_function(f"Math.abs(document.getElementById('video').currentTime - {seeked}) < 0.2", timeout=10_000)
     page.screenshot(path=str(ARTIFACTS / "timeline-seeked.png"))
     assert not errors

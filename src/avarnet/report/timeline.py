@@ -44,8 +44,8 @@ document.querySelectorAll("tr[data-t]").forEach((row) =>
 """
 
 EXTRA_CSS = """<style>
-.player { display: flex; flex-direction: column; gap: 10px; }
-.player video { max-width: 640px; max-height: 360px; background: #000; }
+.player { display: flex; flex-direction: column; align-items: flex-start; gap: 10px; }
+.player video { width: 640px; max-width: 100%; height: 360px; background: #000; }
 .curvebox { position: relative; display: inline-block; cursor: crosshair; }
 .curvebox img { display: block; }
 #cursor { position: absolute; top: 0; bottom: 0; width: 2px; background: #cf222e; display: none;
