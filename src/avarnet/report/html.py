@@ -21,7 +21,8 @@ border-bottom: 1px solid #ddd; padding-bottom: 4px; } h3 { font-size: 1.0em; mar
 .warn { background: #fff4e5; border-left: 4px solid #e8a33d; padding: 8px 12px; margin: 10px 0; }
 .missing { background: #f6f8fa; border: 1px dashed #aaa; color: #57606a; padding: 10px 12px;
            margin: 6px 0; font-size: 0.9em; }
-table { border-collapse: collapse; margin: 8px 0; font-size: 0.9em; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 0.85em; }
+td { white-space: nowrap; }
 th, td { border: 1px solid #d0d7de; padding: 4px 9px; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f6f8fa; }
