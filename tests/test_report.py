@@ -275,3 +275,14 @@ def test_models_expose_penultimate_features_without_changing_forward(name):
         again = head(h.transpose(1, 2)).transpose(1, 2) if name == "mtcn" else head(h)
     valid = mask.unsqueeze(-1)
     assert torch.allclose((again * valid), logits[-1], atol=1e-5)
+
+
+def test_late_fusion_features_are_both_branches_side_by_side():
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="gru", fusion="late", input_dim=6, video_dim=4, audio_dim=2, num_classes=3, **TINY)
+    model = create_model(cfg).eval()
+    x, mask = torch.randn(2, 5, 6), torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        h = model.features(x, mask)
+        video = model.video_model.features(x[..., :4], mask)
+    assert h.shape == (2, 5, 2 * TINY["hidden"]) and torch.equal(h[..., : TINY["hidden"]], video)
