@@ -1,7 +1,9 @@
+import json
+
 import numpy as np
 import pytest
 
-from avarnet.metrics import classification_metrics
+from avarnet.metrics import classification_metrics, strict_json_values, strict_metrics_json
 
 
 def test_metrics_by_hand():
@@ -29,3 +31,60 @@ def test_metrics_by_hand():
 def test_binary_ap_absent_without_normal_class():
     m = classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]), ["a", "b"])
     assert "binary_ap" not in m and m["accuracy"] == 1.0
+
+
+def _strict_loads(text: str):
+    def refuse(name):
+        raise ValueError(f"non-strict JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_weighted_and_macro_match_scikit_learn_on_imbalanced_data():
+    from sklearn.metrics import precision_recall_fscore_support
+
+    rng = np.random.default_rng(3)
+    classes = ["abuse", "crash", "normal", "pain"]
+    y = np.repeat([0, 1, 2, 3], [40, 10, 4, 2])  # imbalanced
+    probs = rng.dirichlet(np.ones(4), size=len(y))
+    probs[np.arange(len(y)), y] += rng.uniform(0, 0.6, len(y))  # better than chance, not perfect
+    probs /= probs.sum(1, keepdims=True)
+    pred = probs.argmax(1)
+    m = classification_metrics(y, probs, classes)
+    for avg, suffix in (("macro", ""), ("weighted", "_weighted")):
+        p, r, f, _ = precision_recall_fscore_support(y, pred, labels=[0, 1, 2, 3], average=avg, zero_division=0)
+        assert m["precision" + suffix] == pytest.approx(p)
+        assert m["recall" + suffix] == pytest.approx(r)
+        assert m["f1" + suffix] == pytest.approx(f)
+    assert m["recall_weighted"] == pytest.approx(m["accuracy"])
+    assert m["f1_weighted"] != pytest.approx(m["f1"])  # imbalance makes the two differ
+    assert "macro" in m["averaging"]["f1"] and "weighted" in m["averaging"]["f1_weighted"]
+
+
+def test_class_without_test_clips_gives_null_with_reason_and_strict_json():
+    classes = ["crash", "normal", "pain"]
+    y = np.array([0, 0, 1, 1])  # no "pain" clips; one clip predicted as pain
+    probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.2, 0.6], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1]])
+    m = classification_metrics(y, probs, classes)
+    pain = m["per_class"]["pain"]
+    assert pain["support"] == 0 and pain["recall"] is None and pain["f1"] is None and pain["ap"] is None
+    assert pain["precision"] == 0.0  # predicted once, wrongly: defined
+    assert "no test clips" in m["undefined"]["per_class.pain.ap"]
+    assert m["recall"] == pytest.approx((0.5 + 1.0) / 2)  # macro over the classes with clips
+    doc = _strict_loads(strict_metrics_json(m))
+    assert doc["per_class"]["pain"]["recall"] is None
+
+
+def test_binary_ap_without_anomalies_is_null_with_reason():
+    m = classification_metrics(np.array([1, 1]), np.array([[0.1, 0.9], [0.3, 0.7]]), ["crash", "normal"])
+    assert m["binary_ap"] is None and "no anomalous" in m["undefined"]["binary_ap"]
+
+
+def test_strict_metrics_json_replaces_nan_and_inf_and_says_where():
+    text = strict_metrics_json({"a": float("nan"), "b": [1.0, np.float32("inf")], "c": {"d": np.float64(0.5)},
+                                "undefined": {"x": "given"}})
+    doc = _strict_loads(text)
+    assert doc["a"] is None and doc["b"] == [1.0, None] and doc["c"]["d"] == 0.5
+    assert set(doc["undefined"]) == {"a", "b.1", "x"}
+    clean, replaced = strict_json_values({"k": [float("-inf")]})
+    assert clean == {"k": [None]} and list(replaced) == ["k.0"]

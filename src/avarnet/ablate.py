@@ -5,7 +5,8 @@ and evaluates it on one split. A cell lives in ``OUT/runs/<cell key>/``; its ``r
 written atomically after training and evaluation, so a cell without it (a run killed at any point)
 is rerun from scratch, and a rerun of the same command completes only the missing cells. After every
 cell ``results.csv`` and ``results.md`` are rebuilt from the ``result.json`` files of the grid; the
-bar chart ``results.png`` is drawn at the end.
+bar chart ``results.png`` and the page ``results.html`` (every table with its bar chart) are
+drawn at the end.
 
 Which cells make up the grid:
 
@@ -42,6 +43,7 @@ from .encoders import resolve_device
 from .errors import AvarnetError
 from .evaluate import SENSES, evaluate
 from .io import atomic_write_text, write_json
+from .metrics import strict_metrics_json
 from .models import list_models
 from .models.registry import FUSIONS
 from .store import FeatureStore
@@ -55,6 +57,7 @@ METRICS_FILE = "metrics.json"
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 RESULTS_PNG = "results.png"
+RESULTS_HTML = "results.html"
 
 DEFAULT_MODALITIES: tuple[str, ...] = ("fused", "audio", "video")
 DEFAULT_FUSIONS: tuple[str, ...] = ("early",)
@@ -88,6 +91,13 @@ MAIN_METRICS: tuple[tuple[str, str], ...] = (
     ("recall", "Rec"),
     ("f1", "F1"),
 )
+# The paper's Table 2 precision / recall / F1 match support-weighted averaging.
+WEIGHTED_METRICS: tuple[tuple[str, str], ...] = (
+    ("accuracy", "Acc"),
+    ("precision_weighted", "wPre"),
+    ("recall_weighted", "wRec"),
+    ("f1_weighted", "wF1"),
+)
 
 CSV_COLUMNS: tuple[str, ...] = (
     "model",
@@ -100,6 +110,9 @@ CSV_COLUMNS: tuple[str, ...] = (
     "recall",
     "f1",
     "ap",
+    "precision_weighted",
+    "recall_weighted",
+    "f1_weighted",
     "params",
     "train_seconds",
     "accuracy_no_audio",
@@ -198,6 +211,7 @@ class AblationResult:
     figure: Path | None
     winner: str
     train_seconds: float = 0.0  # training time of the cells run now
+    page: Path | None = None  # results.html
 
 
 def _check_known(what: str, values: Iterable[str], known: Sequence[str]) -> None:
@@ -282,6 +296,7 @@ def run_cell(
         "seq_len": cell.seq_len,
         "seed": cell.seed,
         **{k: float(metrics[k]) for k in ("accuracy", "precision", "recall", "f1", "ap")},
+        **{k: metrics.get(k) for k in ("precision_weighted", "recall_weighted", "f1_weighted")},
         "params": tr.params,
         "train_seconds": round(tr.seconds, 2),
         "accuracy_no_audio": drops["audio"],
@@ -289,7 +304,7 @@ def run_cell(
         "best_epoch": tr.best_epoch,
         "epochs_run": len(tr.history),
     }
-    write_json(run_dir / METRICS_FILE, metrics)
+    atomic_write_text(run_dir / METRICS_FILE, strict_metrics_json(metrics))
     write_json(run_dir / RESULT_FILE, {"cell": cell.key, "settings": settings, "row": row})
     return row
 
@@ -386,8 +401,9 @@ def _run_grid(
     ordered = [rows[c] for c in cells]
     winner = write_tables(out, ordered, store, grid, split, epochs)
     figure = out / RESULTS_PNG if write_figure(out / RESULTS_PNG, ordered, grid) else None
+    page = write_results_html(out / RESULTS_HTML, ordered, store, grid, split, epochs)
     return AblationResult(
-        ordered, todo, reused, out / RESULTS_CSV, out / RESULTS_MD, figure, winner, seconds
+        ordered, todo, reused, out / RESULTS_CSV, out / RESULTS_MD, figure, winner, seconds, page=page
     )
 
 
@@ -463,20 +479,27 @@ def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]
 
 
 def main_table(
-    rows: Sequence[dict], models: Sequence[str], modalities: Sequence[str], L0: int
+    rows: Sequence[dict],
+    models: Sequence[str],
+    modalities: Sequence[str],
+    L0: int,
+    metrics: Sequence[tuple[str, str]] = MAIN_METRICS,
 ) -> list[str]:
-    """Table 2 layout: rows = models; per modality group Acc, Pre, Rec, F1 (mean ± std, %)."""
+    """Table 2 layout: rows = models; per modality group Acc, Pre, Rec, F1 (mean ± std, %).
+
+    ``metrics``: MAIN_METRICS (macro averages) or WEIGHTED_METRICS (support-weighted).
+    """
     groups = [m for m in MODALITY_ORDER if m in modalities]
-    stats = {metric: summarize(rows, metric) for metric, _ in MAIN_METRICS}
+    stats = {metric: summarize(rows, metric) for metric, _ in metrics}
     header = ["Model"] + [
         f"{g.capitalize()}: {short}" if i == 0 else short
         for g in groups
-        for i, (_, short) in enumerate(MAIN_METRICS)
+        for i, (_, short) in enumerate(metrics)
     ]
     body = []
     for m in models:
         cells = [
-            stats[metric].get((m, g, "early", L0)) for g in groups for metric, _ in MAIN_METRICS
+            stats[metric].get((m, g, "early", L0)) for g in groups for metric, _ in metrics
         ]
         body.append([model_title(m)] + [s.pct() if s else "–" for s in cells])
     return _md_table(header, body)
@@ -557,9 +580,16 @@ def results_markdown(
         "",
         f"**{winner_line(rows, L0)}**",
         "",
-        f"## Modalities (early fusion, sequence length {L0})",
+        f"## Modalities (early fusion, sequence length {L0}; macro precision, recall, F1)",
         "",
         *main_table(rows, models, grid.modalities, L0),
+        "",
+        f"## Modalities, support-weighted (early fusion, sequence length {L0}; wPre, wRec, wF1)",
+        "",
+        "Precision, recall and F1 weighted by each class's test clips, the averaging that matches "
+        "the paper's Table 2 (weighted recall equals accuracy).",
+        "",
+        *main_table(rows, models, grid.modalities, L0, WEIGHTED_METRICS),
     ]
     if "late" in grid.fusions:
         lines += [
@@ -636,3 +666,77 @@ def write_figure(path: Path, rows: Sequence[dict], grid: AblationGrid) -> bool:
         title=f"Clip accuracy by model and modality (mean ± std over {n_seeds} seeds)",
     )
     return True
+
+
+def _bars(
+    rows: Sequence[dict],
+    models: Sequence[str],
+    columns: Sequence[tuple[str, tuple[str, str, int], str]],
+    ylabel: str,
+    title: str,
+):
+    """BarChart of (group title, (modality, fusion, L), metric) columns per model, in %."""
+    from .report import BarChart
+
+    stats = {metric: summarize(rows, metric) for metric in {c[2] for c in columns}}
+    means = np.full((len(models), len(columns)), np.nan)
+    stds = np.zeros_like(means)
+    for i, m in enumerate(models):
+        for j, (_, setting, metric) in enumerate(columns):
+            s = stats[metric].get((m, *setting))
+            if s is not None:
+                means[i, j], stds[i, j] = 100 * s.mean, (100 * s.std if s.n > 1 else 0.0)
+    return BarChart([model_title(m) for m in models], [c[0] for c in columns], means, stds, ylabel, title)
+
+
+def write_results_html(
+    path: Path, rows: Sequence[dict], store: FeatureStore, grid: AblationGrid, split: str, epochs: int
+) -> Path:
+    """results.html: every table of results.md, each with a bar chart (mean, std error bars over seeds)."""
+    from .report import Section, write_results_page
+
+    models, L0 = grid.resolved_models(), grid.base_seq_len
+    n_seeds = len({r["seed"] for r in rows})
+    over = f"mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+    groups = [m for m in MODALITY_ORDER if m in grid.modalities]
+    by_modality = [(g.capitalize(), (g, "early", L0)) for g in groups]
+    sections = [
+        Section(
+            f"Modalities (early fusion, L = {L0}): accuracy, macro precision / recall / F1",
+            main_table(rows, models, grid.modalities, L0),
+            _bars(rows, models, [(t, st, "accuracy") for t, st in by_modality], "accuracy (%)",
+                  f"Accuracy by model and modality ({over})"),
+        ),
+        Section(
+            f"Modalities (early fusion, L = {L0}): accuracy, support-weighted precision / recall / F1",
+            main_table(rows, models, grid.modalities, L0, WEIGHTED_METRICS),
+            _bars(rows, models, [(t, st, "f1_weighted") for t, st in by_modality], "weighted F1 (%)",
+                  f"Support-weighted F1 by model and modality ({over})"),
+            note="Weighted by each class's test clips, the averaging of the paper's Table 2.",
+        ),
+    ]
+    if "late" in grid.fusions:
+        cols = [(f.capitalize(), ("fused", f, L0), "accuracy") for f in ("early", "late")]
+        sections.append(Section(f"Fusion strategy (fused input, L = {L0})", fusion_table(rows, models, L0),
+                                _bars(rows, models, cols, "accuracy (%)", f"Early vs late fusion ({over})")))
+    if len(grid.seq_lens) > 1:
+        cols = [(f"L = {L}", ("fused", "early", L), "accuracy") for L in sorted(grid.seq_lens)]
+        sections.append(Section("Sequence length (fused input, early fusion; accuracy)",
+                                seq_len_table(rows, models, grid.seq_lens),
+                                _bars(rows, models, cols, "accuracy (%)", f"Accuracy by sequence length ({over})")))
+    if "fused" in grid.modalities:
+        setting = ("fused", "early", L0)
+        cols = [("Both senses", setting, "accuracy"), ("Audio missing", setting, "accuracy_no_audio"),
+                ("Video missing", setting, "accuracy_no_video")]
+        sections.append(Section(f"Missing sense at test time (fused early-fusion models, L = {L0}; accuracy)",
+                                missing_sense_table(rows, models, L0),
+                                _bars(rows, models, cols, "accuracy (%)", f"Accuracy with a sense blanked ({over})")))
+    intro = [
+        *[ln.replace("> **WARNING — RANDOM WEIGHTS.**", "WARNING — RANDOM WEIGHTS.").replace("`", "")
+          for ln in _weights_banner(store)],
+        f"Feature store: {store.root} ({len(store.classes)} classes). Evaluated on the {split} split "
+        f"({len(store.split(split))} clips); {len(rows)} runs, up to {epochs} epochs each. Values are clip-level "
+        f"metrics in %, {over}; error bars are the sample standard deviation.",
+        winner_line(rows, L0),
+    ]
+    return write_results_page(path, "Ablation results", intro, sections)

@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--drop", choices=["audio", "video"], help="evaluate with one sense blanked")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--no-report", action="store_true", help="skip report.html (figures, t-SNE, frame strips)")
 
     p = sub.add_parser("predict", help="verdict and anomaly-score timeline for one video")
     p.add_argument("video", type=Path)
@@ -185,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the registered temporal models")
 
-    p = sub.add_parser("ablate", help="the paper's ablation grid on a feature store: results.csv, results.md, results.png")
+    p = sub.add_parser("ablate", help="the paper's ablation grid on a feature store: results.csv/.md/.png/.html")
     p.add_argument("feats", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--models", nargs="+", type=_model_name, help="temporal models (default: all registered)")
@@ -353,10 +354,18 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
-    m = evaluate(a.checkpoint, a.feats, split=a.split, out=a.out, drop=a.drop, device=a.device)
-    extra = f", binary AP {m['binary_ap']:.4f}" if "binary_ap" in m else ""
-    print(f"{a.split}: n={m['n']} accuracy {m['accuracy']:.4f}, macro F1 {m['f1']:.4f}, macro AP {m['ap']:.4f}{extra}")
-    print(f"report: {a.out / 'metrics.json'}")
+    m = evaluate(a.checkpoint, a.feats, split=a.split, out=a.out, drop=a.drop, device=a.device,
+                 report=not a.no_report)
+
+    def f4(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    extra = f", binary AP {f4(m['binary_ap'])}" if "binary_ap" in m else ""
+    print(f"{a.split}: n={m['n']} accuracy {f4(m['accuracy'])}, macro AP {f4(m['ap'])}{extra}")
+    print(f"  macro    P {f4(m['precision'])}  R {f4(m['recall'])}  F1 {f4(m['f1'])}  (mean over classes)")
+    print(f"  weighted P {f4(m['precision_weighted'])}  R {f4(m['recall_weighted'])}  F1 {f4(m['f1_weighted'])}"
+          "  (weighted by test clips per class)")
+    print(f"metrics: {a.out / 'metrics.json'}" + ("" if a.no_report else f", report: {a.out / 'report.html'}"))
     return EXIT_OK
 
 
@@ -384,6 +393,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     print(f"  test accuracy {s['test_accuracy']:.3f}, macro F1 {s['test_macro_f1']:.3f} on {s['test_clips']} held-out clips")
     print(f"  prediction for {s['predicted_video']}: {s['predicted_label']} (true: {s['true_label']})")
     print(f"  report: {s['report']}\n  confusion matrix: {s['confusion_matrix']}\n  timeline: {s['timeline']}")
+    print(f"  pages: {s['evaluation_page']}, {s['timeline_page']}")
     return EXIT_OK
 
 
@@ -445,7 +455,7 @@ def cmd_xdv_evaluate(a: argparse.Namespace) -> int:
     print(f"  frame AP (scikit-learn)   {m['frame_ap']:.4f}   constant score {c['frame_ap']:.4f}")
     print(f"  frame PR-AUC (trapezoid)  {m['frame_pr_auc']:.4f}   constant score {c['frame_pr_auc']:.4f}")
     print(f"  frame ROC-AUC             {m['frame_roc_auc']:.4f}   constant score {c['frame_roc_auc']:.4f}")
-    print(f"report: {a.out / 'metrics.json'}, curves: {a.out / 'curves'}")
+    print(f"report: {a.out / 'metrics.json'}, curves: {a.out / 'curves'}, page: {a.out / 'report.html'}")
     return EXIT_OK
 
 
@@ -573,7 +583,8 @@ def cmd_ablate(a: argparse.Namespace) -> int:
                      progress=not a.quiet)
     print(f"ablation: {len(r.rows)} runs ({len(r.ran)} run now, {len(r.reused)} reused) -> {a.out}")
     print(r.winner)
-    print(f"tables: {r.markdown}\nper run: {r.csv}" + (f"\nchart: {r.figure}" if r.figure else ""))
+    print(f"tables: {r.markdown}\nper run: {r.csv}" + (f"\nchart: {r.figure}" if r.figure else "")
+          + (f"\npage: {r.page}" if r.page else ""))
     return EXIT_OK
 
 

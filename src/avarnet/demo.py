@@ -78,6 +78,8 @@ def run_demo(out: str | Path, opts: DemoOptions = DemoOptions(), progress: bool 
         "report": str(out / "eval" / "metrics.json"),
         "confusion_matrix": str(out / "eval" / "confusion_matrix.png"),
         "timeline": str(out / "predict" / "timeline.png"),
+        "evaluation_page": str(out / "eval" / "report.html"),
+        "timeline_page": str(out / "predict" / "timeline.html"),
         "seconds": round(time.time() - t0, 1),
     }
     write_json(out / "summary.json", summary)

@@ -1,7 +1,8 @@
-"""Evaluation on a split of a feature store: metrics.json and a confusion-matrix plot."""
+"""Evaluation on a split of a feature store: metrics.json, a confusion-matrix plot and report.html."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import numpy as np
 from .checkpoint import Checkpoint, load_checkpoint
 from .encoders import resolve_device
 from .errors import AvarnetError
-from .io import write_json
-from .metrics import classification_metrics
+from .io import atomic_write_text
+from .metrics import classification_metrics, strict_metrics_json
 from .predict import clip_probabilities, model_input, step_probabilities
 from .store import FeatureStore, StoreError
 
@@ -48,22 +49,39 @@ def check_compatible(ckpt: Checkpoint, store: FeatureStore) -> None:
         raise EvaluateError(f"store has classes the checkpoint does not know: {unknown}")
 
 
-def predict_clips(ckpt: Checkpoint, store: FeatureStore, split: str, drop: str | None = None) -> tuple[list, np.ndarray, np.ndarray]:
-    """(entries, y_true (N,), clip probabilities (N, C)) for every video of a split."""
+def score_clips(
+    ckpt: Checkpoint, store: FeatureStore, split: str, drop: str | None = None, embed: bool = False
+) -> list:
+    """Per-segment probabilities of every video of a split, as report.ClipScores.
+
+    With ``embed`` each clip also gets its mean input features and mean penultimate features
+    (for the report's t-SNE); otherwise those are left empty.
+    """
+    from .report import ClipScores, clip_embedding
+
     entries = store.split(split)
     if not entries:
         raise EvaluateError(f"split {split!r} of {store.root} is empty")
-    index = {c: i for i, c in enumerate(ckpt.classes)}
-    probs = []
-    for entry, tensors in store.iter_load(entries):
+    L = ckpt.train_config.seq_len
+    clips = []
+    for e, tensors in store.iter_load(entries):
         x = model_input(ckpt, tensors)
         if not np.isfinite(x).all():
-            raise EvaluateError(f"{store.root / entry.file}: features hold NaN or infinity; extract {entry.source} again")
+            raise EvaluateError(f"{store.root / e.file}: features hold NaN or infinity; extract {e.source} again")
         if drop:
             x = blank_sense(x, drop, ckpt)
-        probs.append(clip_probabilities(step_probabilities(ckpt.model, x, ckpt.train_config.seq_len)))
-    y = np.array([index[e.label] for e in entries])
-    return entries, y, np.stack(probs)
+        steps = step_probabilities(ckpt.model, x, L)
+        inputs = x.mean(axis=0) if embed else np.zeros(0, np.float32)
+        clips.append(ClipScores(e, steps, inputs, clip_embedding(ckpt.model, x, L) if embed else None))
+    return clips
+
+
+def predict_clips(ckpt: Checkpoint, store: FeatureStore, split: str, drop: str | None = None) -> tuple[list, np.ndarray, np.ndarray]:
+    """(entries, y_true (N,), clip probabilities (N, C)) for every video of a split."""
+    clips = score_clips(ckpt, store, split, drop)
+    index = {c: i for i, c in enumerate(ckpt.classes)}
+    y = np.array([index[c.entry.label] for c in clips])
+    return [c.entry for c in clips], y, np.stack([clip_probabilities(c.steps) for c in clips])
 
 
 def evaluate(
@@ -73,12 +91,22 @@ def evaluate(
     out: str | Path | None = None,
     drop: str | None = None,
     device: str = "auto",
+    report: bool = True,
 ) -> dict:
-    """Clip-level metrics (DESIGN.md's metrics.json); writes metrics.json + confusion_matrix.png to ``out``."""
+    """Clip-level metrics (DESIGN.md's metrics.json).
+
+    With ``out``: writes metrics.json (strict JSON), confusion_matrix.png and, unless ``report``
+    is False, report.html (one self-contained page with the paper's figures for this split).
+    """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, resolve_device(device))
     store = feats if isinstance(feats, FeatureStore) else FeatureStore.open(feats)
     check_compatible(ckpt, store)
-    entries, y, probs = predict_clips(ckpt, store, split, drop)
+    want_report = out is not None and report
+    clips = score_clips(ckpt, store, split, drop, embed=want_report)
+    entries = [c.entry for c in clips]
+    index = {c: i for i, c in enumerate(ckpt.classes)}
+    y = np.array([index[e.label] for e in entries])
+    probs = np.stack([clip_probabilities(c.steps) for c in clips])
     metrics = classification_metrics(y, probs, ckpt.classes)
     metrics.update(
         checkpoint=str(checkpoint) if not isinstance(checkpoint, Checkpoint) else None,
@@ -104,10 +132,16 @@ def evaluate(
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "metrics.json", metrics)
+        text = strict_metrics_json(metrics)
+        metrics = json.loads(text)  # what the file says: undefined values are None, not NaN
+        atomic_write_text(out / "metrics.json", text)
         plot_confusion(np.array(metrics["confusion_matrix"]), ckpt.classes, out / "confusion_matrix.png",
                        title=f"{ckpt.model_config.name} / {ckpt.modality} — {split} accuracy {metrics['accuracy']:.3f}")
+        if report:
+            from .report import write_evaluation_report
+
+            write_evaluation_report(out, metrics, clips, ckpt.classes, store, ckpt.spec.segment_seconds)
     return metrics
 
 
-__all__ = ["evaluate", "predict_clips", "EvaluateError", "StoreError"]
+__all__ = ["evaluate", "predict_clips", "score_clips", "EvaluateError", "StoreError"]

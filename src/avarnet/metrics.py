@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import (
@@ -20,14 +23,30 @@ def _ap_or_nan(y: np.ndarray, score: np.ndarray) -> float:
     return float(average_precision_score(y, score)) if y.any() else float("nan")
 
 
+AVERAGING = {
+    "precision": "macro: unweighted mean over the classes with test clips",
+    "recall": "macro: unweighted mean over the classes with test clips",
+    "f1": "macro: unweighted mean over the classes with test clips",
+    "ap": "macro: unweighted mean of one-vs-rest AP over the classes with test clips",
+    "precision_weighted": "support-weighted mean over the classes (weights = test clips per class)",
+    "recall_weighted": "support-weighted mean over the classes (equals accuracy)",
+    "f1_weighted": "support-weighted mean over the classes (weights = test clips per class)",
+}
+
+
 def classification_metrics(
     y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], normal_class: str = NORMAL_CLASS
 ) -> dict:
     """Clip-level metrics of DESIGN.md's metrics.json.
 
-    y_true: (N,) class indices; probs: (N, C) class probabilities. Precision, recall, F1 and AP are
-    macro averages over the classes present in ``y_true``; ``binary_ap`` scores anomaly vs normal with
-    1 - p(normal) (absent when there is no normal class). Undefined per-class values are NaN.
+    y_true: (N,) class indices; probs: (N, C) class probabilities. ``precision``, ``recall``,
+    ``f1`` and ``ap`` are macro averages over the classes present in ``y_true``;
+    ``precision_weighted``, ``recall_weighted`` and ``f1_weighted`` are support-weighted
+    averages (scikit-learn's ``average="weighted"``, the averaging of the paper's Table 2).
+    ``binary_ap`` scores anomaly vs normal with 1 - p(normal) (absent when there is no normal
+    class). A value that is undefined (a class without test clips has no recall, F1 or AP; a
+    class never predicted has no precision, reported as 0 as scikit-learn does) is None, and
+    ``undefined`` maps its dotted key to the reason.
     """
     y_true = np.asarray(y_true)
     probs = np.asarray(probs, dtype=np.float64)
@@ -35,9 +54,25 @@ def classification_metrics(
     y_pred = probs.argmax(1)
     labels = np.arange(C)
     p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    pw, rw, fw, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average="weighted", zero_division=0
+    )
     onehot = y_true[:, None] == labels[None, :]  # (N, C)
     ap = np.array([_ap_or_nan(onehot[:, c], probs[:, c]) for c in range(C)])
     present = support > 0
+    undefined: dict[str, str] = {}
+    per_class = {}
+    for i, c in enumerate(classes):
+        row = {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "ap": float(ap[i]),
+               "support": int(support[i])}
+        if not present[i]:
+            for k in ("recall", "f1", "ap"):
+                row[k] = None
+                undefined[f"per_class.{c}.{k}"] = f"no test clips of class {c!r}"
+            if not (y_pred == i).any():
+                row["precision"] = None
+                undefined[f"per_class.{c}.precision"] = f"no test clips of class {c!r} and none predicted as it"
+        per_class[c] = row
     out = {
         "classes": list(classes),
         "n": int(len(y_true)),
@@ -45,17 +80,59 @@ def classification_metrics(
         "precision": float(p[present].mean()),
         "recall": float(r[present].mean()),
         "f1": float(f[present].mean()),
-        "ap": float(np.nanmean(ap[present])) if present.any() else float("nan"),
-        "per_class": {
-            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "ap": float(ap[i]), "support": int(support[i])}
-            for i, c in enumerate(classes)
-        },
+        "ap": float(np.nanmean(ap[present])) if present.any() else None,
+        "precision_weighted": float(pw),
+        "recall_weighted": float(rw),
+        "f1_weighted": float(fw),
+        "averaging": dict(AVERAGING),
+        "per_class": per_class,
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
     if normal_class in classes:
         k = list(classes).index(normal_class)
-        out["binary_ap"] = _ap_or_nan(y_true != k, 1.0 - probs[:, k])
+        anomalous = y_true != k
+        if anomalous.any():
+            out["binary_ap"] = _ap_or_nan(anomalous, 1.0 - probs[:, k])
+        else:
+            out["binary_ap"] = None
+            undefined["binary_ap"] = "no anomalous (non-normal) test clips"
+    out["undefined"] = undefined
     return out
+
+
+def strict_json_values(obj: Any, reason: str = "not a finite number") -> tuple[Any, dict[str, str]]:
+    """A copy of ``obj`` (dicts, lists, scalars) with NaN / Inf replaced by None, and what was replaced.
+
+    Returns (clean object, {dotted key path: reason}); list items appear as ``key.3``. numpy
+    scalars and arrays become plain Python values, so the result serialises with
+    ``json.dumps(..., allow_nan=False)``.
+    """
+    replaced: dict[str, str] = {}
+
+    def walk(x: Any, path: str) -> Any:
+        if isinstance(x, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(x)]
+        if isinstance(x, np.ndarray):
+            return walk(x.tolist(), path)
+        if isinstance(x, np.generic):
+            x = x.item()
+        if isinstance(x, float) and not math.isfinite(x):
+            replaced[path] = reason
+            return None
+        return x
+
+    return walk(obj, ""), replaced
+
+
+def strict_metrics_json(metrics: dict) -> str:
+    """metrics.json text: strict JSON (no NaN / Infinity literals); non-finite values become null
+    and are listed with a reason under ``undefined`` (merged with the reasons already there)."""
+    clean, replaced = strict_json_values(metrics)
+    if replaced or "undefined" in clean:
+        clean["undefined"] = {**replaced, **(clean.get("undefined") or {})}
+    return json.dumps(clean, indent=1, allow_nan=False, ensure_ascii=False)
 
 
 # -- frame-level detection (XD-Violence and other untrimmed benchmarks) -----------------------

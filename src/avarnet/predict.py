@@ -13,7 +13,7 @@ from .data import missing_mask, select_inputs
 from .encoders import resolve_device
 from .errors import NonFiniteError
 from .features import Extractor, causal_features
-from .io import write_json
+from .io import atomic_write_bytes, write_json
 
 WINDOW_BATCH = 256  # windows per forward pass
 
@@ -110,9 +110,9 @@ def predict_video(
 ) -> dict:
     """Extract a video's features with the checkpoint's encoders, score every segment, write the report.
 
-    Writes ``OUT/prediction.json`` and ``OUT/timeline.png`` when ``out`` is given. ``causal``
-    scores each segment from it and the ones before it, on the features a stream computes
-    (:func:`avarnet.features.live_spec`; ``audio_context_seconds`` overrides the look-back).
+    Writes ``OUT/prediction.json``, ``OUT/timeline.png`` and ``OUT/timeline.html`` when ``out`` is
+    given. ``causal`` scores each segment from it and the ones before it, on the features a stream
+    computes (:func:`avarnet.features.live_spec`; ``audio_context_seconds`` overrides the look-back).
     """
     dev = resolve_device(device)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
@@ -129,10 +129,22 @@ def predict_video(
     pred["causal"] = causal
     pred["weights"] = ckpt.spec.weights
     if out is not None:
-        from .plots import plot_timeline
-
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "prediction.json", pred)
-        plot_timeline(pred, out / "timeline.png")
+        write_timeline(pred, out)
     return pred
+
+
+def write_timeline(pred: dict, out: Path) -> None:
+    """timeline.png (thumbnails of the video at the score's peaks) and timeline.html (click to seek)."""
+    import io
+
+    from .plots import plot_timeline
+    from .report import timeline_thumbnails, write_timeline_page
+
+    thumbs, why = timeline_thumbnails(pred, pred["video"])
+    buf = io.BytesIO()
+    layout = plot_timeline(pred, buf, thumbnails=thumbs)
+    atomic_write_bytes(out / "timeline.png", buf.getvalue())
+    write_timeline_page(out, pred, buf.getvalue(), layout, note=None if thumbs else f"{why}; no thumbnails")

@@ -602,8 +602,8 @@ def evaluate_weak(
 ) -> dict:
     """Frame- and video-level detection metrics of any checkpoint on a split with frame truth.
 
-    Writes ``OUT/metrics.json`` and ``OUT/curves/*.png`` (score curves, truth shaded) when ``out``
-    is given. A constant score is reported alongside as the chance baseline of each metric.
+    Writes ``OUT/metrics.json``, ``OUT/curves/*.png`` (score curves, truth shaded) and
+    ``OUT/report.html`` (PR / ROC and score curves on one page) when ``out`` is given. A constant score is reported alongside as the chance baseline of each metric.
     """
     from .evaluate import EvaluateError
 
@@ -646,6 +646,9 @@ def evaluate_weak(
             videos, store.spec.segment_seconds, out / CURVES_DIR, plots
         )
         write_json(out / METRICS_FILE, metrics)
+        from .report import write_detection_report
+
+        write_detection_report(out, metrics, videos, y, s, store.spec.segment_seconds, limit=plots)
     return metrics
 
 

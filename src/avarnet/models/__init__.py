@@ -1,5 +1,8 @@
 """Temporal models: forward(x (B, L, D), mask (B, L)) -> stage logits (S, B, L, C).
 
+Every model also has ``features(x, mask) -> (B, L, H)``, its penultimate per-step features
+(what its last class layer reads), for embeddings and reports; it does not change ``forward``.
+
 Importing this package registers every model (the model modules register their builders
 on import); build one with ``create_model(cfg)``.
 """

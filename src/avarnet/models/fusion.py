@@ -60,3 +60,9 @@ class LateFusion(nn.Module):
         )  # (2, S, B, L, C)
         log_w = self._log_weights().to(log_probs).view(NUM_MODALITIES, 1, 1, 1, 1)
         return torch.logsumexp(log_probs + log_w, dim=0)  # (S, B, L, C)
+
+    def features(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Penultimate features (B, L, Hv + Ha): both branches' features side by side."""
+        video = self.video_model.features(x[..., : self.video_dim], mask)  # (B, L, Hv)
+        audio = self.audio_model.features(x[..., self.video_dim :], mask)  # (B, L, Ha)
+        return torch.cat([video, audio], dim=-1)

@@ -83,10 +83,14 @@ class SingleStage(nn.Module):
 
     def forward(self, x: Tensor, m: Tensor) -> Tensor:
         """x (B, input_dim, L), m (B, 1, L) float mask -> logits (B, C, L), zero at padding."""
+        return self.conv_out(self.hidden(x, m)) * m  # (B, C, L)
+
+    def hidden(self, x: Tensor, m: Tensor) -> Tensor:
+        """The stage's features before its output conv: (B, channels, L), zero at padding."""
         out = self.conv_in(x) * m  # (B, channels, L)
         for layer in self.layers:
             out = layer(out, m)  # (B, channels, L)
-        return self.conv_out(out) * m  # (B, C, L)
+        return out
 
 
 class MultiStageTCN(nn.Module):
@@ -117,14 +121,24 @@ class MultiStageTCN(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (B, L, D), mask (B, L) -> stage logits (S, B, L, C); zero logits at padded steps."""
+        return self._run(x, mask, features=False)
+
+    def features(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Penultimate features (B, L, hidden): the last stage's output before its 1x1 class conv."""
+        return self._run(x, mask, features=True)
+
+    def _run(self, x: Tensor, mask: Tensor, features: bool) -> Tensor:
         B, L, D = x.shape
         m = mask.unsqueeze(1).to(x.dtype)  # (B, 1, L)
         x = x.masked_fill(~mask.unsqueeze(-1), 0.0).transpose(1, 2)  # (B, D, L)
-        out = self.stages[0](self.attention(x, mask), m)  # (B, C, L)
-        outputs = [out]
-        for stage in self.stages[1:]:
-            out = stage(torch.softmax(out, dim=1) * m, m)  # (B, C, L)
-            outputs.append(out)
+        inp = self.attention(x, mask)  # (B, hidden, L)
+        outputs = []
+        for s, stage in enumerate(self.stages):
+            if s:
+                inp = torch.softmax(outputs[-1], dim=1) * m  # (B, C, L)
+            if features and s == len(self.stages) - 1:
+                return stage.hidden(inp, m).transpose(1, 2)  # (B, L, hidden)
+            outputs.append(stage(inp, m))  # (B, C, L)
         return torch.stack(outputs).transpose(2, 3)  # (S, B, L, C)
 
 

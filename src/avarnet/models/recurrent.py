@@ -59,6 +59,12 @@ class RecurrentModel(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (B, L, D), mask (B, L) -> logits (1, B, L, C); zero logits at padded steps."""
+        out = self.features(x, mask)  # (B, L, dirs*hidden)
+        logits = self.head(self.dropout(out)).masked_fill(~mask.unsqueeze(-1), 0.0)  # (B, L, C)
+        return logits.unsqueeze(0)  # (1, B, L, C)
+
+    def features(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Penultimate features (B, L, dirs * hidden): the recurrent output the head reads."""
         B, L, D = x.shape
         valid = mask.unsqueeze(-1)  # (B, L, 1)
         h = self.input_proj(x.masked_fill(~valid, 0.0))  # (B, L, hidden)
@@ -67,8 +73,7 @@ class RecurrentModel(nn.Module):
         )
         out, _ = self.rnn(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=L)  # (B, L, dirs*hidden)
-        logits = self.head(self.dropout(out)).masked_fill(~valid, 0.0)  # (B, L, C)
-        return logits.unsqueeze(0)  # (1, B, L, C)
+        return out
 
 
 def _build(cfg: ModelConfig, cell: str, bidirectional: bool) -> RecurrentModel:

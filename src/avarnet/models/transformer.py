@@ -80,14 +80,16 @@ class TransformerModel(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (B, L, D), mask (B, L) -> logits (1, B, L, C); zero logits at padded steps."""
+        logits = self.head(self.features(x, mask)).masked_fill(~mask.unsqueeze(-1), 0.0)
+        return logits.unsqueeze(0)  # (1, B, L, C)
+
+    def features(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Penultimate features (B, L, hidden): the encoder output the head reads."""
         B, L, D = x.shape
-        valid = mask.unsqueeze(-1)  # (B, L, 1)
-        x = x.masked_fill(~valid, 0.0)  # (B, L, D)
+        x = x.masked_fill(~mask.unsqueeze(-1), 0.0)  # (B, L, D)
         h = self.input_proj(x)  # (B, L, hidden)
         h = self.dropout(h + sinusoidal_encoding(L, h.shape[-1], h.device, h.dtype))
-        h = self.encoder(h, src_key_padding_mask=key_padding_mask(mask))  # (B, L, hidden)
-        logits = self.head(h).masked_fill(~valid, 0.0)  # (B, L, C)
-        return logits.unsqueeze(0)  # (1, B, L, C)
+        return self.encoder(h, src_key_padding_mask=key_padding_mask(mask))  # (B, L, hidden)
 
 
 @register_model("transformer")
