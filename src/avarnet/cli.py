@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment-seconds", type=float, default=1.0)
     p.add_argument("--frames-per-segment", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="split seed and random-weight seed")
+    p.add_argument("--workers", type=int, help="decoding processes (default: one per core; 0: one video at a time in-process)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="encoder precision (bf16: GPUs and CPUs with bf16 instructions; fp16: GPUs)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: a Ray Data pipeline (pip install avarnet[ray])")
+    p.add_argument("--address", help="Ray cluster to join (auto, ray://HOST:10001); default: start a local one")
 
     p = sub.add_parser("train", help="train a temporal model on a feature store")
     p.add_argument("feats", type=Path)
@@ -216,7 +221,8 @@ def cmd_extract(a: argparse.Namespace) -> int:
         log.warning("RANDOM WEIGHTS: backbones are randomly initialised (seed %d); features are for offline use only", a.seed)
     r = extract_dataset(a.data, a.out, weights=a.weights, video_backbone=a.video_backbone, audio_backbone=a.audio_backbone,
                         segment_seconds=a.segment_seconds, frames_per_segment=a.frames_per_segment, device=a.device,
-                        seed=a.seed, progress=not a.quiet)
+                        seed=a.seed, progress=not a.quiet, workers=a.workers, precision=a.precision, engine=a.engine,
+                        address=a.address)
     print(f"extracted {r.done}, already done {r.skipped}, failed {len(r.failures)} -> {a.out}")
     for f in r.failures:
         print(f"  failed: {f['path']}: {f['reason']}")

@@ -72,6 +72,7 @@ class FeatureSpec(_DictMixin):
     sample_rate: int = SAMPLE_RATE
     audio_chunk_seconds: float = 10.0  # Wav2Vec2 runs over the track in chunks this long
     random_init: dict = field(default_factory=dict)  # how random weights were made (init, calibration)
+    precision: str = "fp32"  # encoders' compute precision: fp32 | bf16 | fp16 (autocast)
 
 
 @dataclass(frozen=True)
