@@ -18,7 +18,7 @@ from avarnet.synth import synthesize_dataset
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mixed_dataset(tmp_path_factory) -> Path:
     """Good clips (two longer than one 10-s audio chunk) with hostile files mixed into the classes."""
     root = tmp_path_factory.mktemp("mixed") / "ds"
@@ -61,7 +61,7 @@ def index_ids(store: Path) -> list[str]:
     return [json.loads(line)["id"] for line in (store / INDEX_FILE).read_text().splitlines() if line.strip()]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def in_process_store(mixed_dataset, tiny_backbones, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("single") / "feats"
     r = extract_dataset(mixed_dataset, out, workers=0, **backbones(tiny_backbones))
