@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_extract_scale import assert_same_store, backbones, in_process_store, index_ids, mixed_dataset  # noqa: F401
+import test_extract_scale as scale
+from test_extract_scale import assert_same_store, backbones, index_ids
 
 from avarnet.extract import extract_dataset
 from avarnet.extract_ray import RayOptions, extract_dataset_ray
@@ -19,6 +20,8 @@ from avarnet.synth import synthesize_dataset
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs avarnet[ray]")
 pytestmark = pytest.mark.slow
+mixed_dataset = scale.mixed_dataset  # session fixtures shared with the local engine's tests
+in_process_store = scale.in_process_store
 
 
 @pytest.fixture(scope="module")

@@ -90,8 +90,8 @@ def test_parallel_random_weights_match_in_process(tiny_dataset, tiny_backbones, 
 
 
 def test_precision_is_recorded_and_refused_where_missing(tiny_dataset, tiny_backbones, tmp_path):
-    from avarnet.extract import supported_precisions
     from avarnet.encoders import resolve_device
+    from avarnet.extract import supported_precisions
 
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         extract_dataset(tiny_dataset, tmp_path / "x", precision="fp16", **backbones(tiny_backbones))
