@@ -379,6 +379,21 @@ class FeatureStore:
         except Exception as e:
             raise StoreError(f"cannot read feature file {path}: {e}") from None
 
+    def load_rows(self, entry: Entry, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Segments ``start:stop`` of every tensor of one video, read without loading the rest."""
+        path = self.root / entry.file
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                out = {}
+                for k in f.keys():
+                    part = f.get_slice(k)
+                    out[k] = part[start : min(stop, part.get_shape()[0])]
+                return out
+        except FileNotFoundError:
+            raise StoreError(f"feature file missing: {path}") from None
+        except Exception as e:
+            raise StoreError(f"cannot read feature file {path}: {e}") from None
+
     def iter_load(self, entries: list[Entry]) -> Iterator[tuple[Entry, dict[str, np.ndarray]]]:
         for e in entries:
             yield e, self.load(e)
