@@ -8,6 +8,7 @@ here, so a decoding process starts fast and stays small (no torch, no transforme
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -101,8 +102,10 @@ def decode_worker(wid: int, tasks, out, plan: DecodePlan) -> None:
 
     Every message put on ``out`` is ``(kind, wid, key, *fields)`` with the kinds of
     :func:`decode_pieces`, or ``("error", wid, key, reason)`` when the video cannot be used.
-    ``out`` is a bounded queue, so a worker waits while the encoders are behind.
+    ``out`` is a bounded queue, so a worker waits while the encoders are behind. Ctrl-C is left to
+    the parent, which stops its workers itself.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         task = tasks.get()
         if task is None:
