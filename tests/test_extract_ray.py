@@ -77,7 +77,9 @@ def test_killed_encoder_actor_mid_job(cluster, tiny_backbones, tmp_path):
     done_at_kill = len(FeatureStore.open(out).entries)
     assert done_at_kill < 16
     job.join(600)
-    assert not job.is_alive() and result["r"].done + done_at_kill >= 16 and not result["r"].failures
+    assert not job.is_alive()
+    r = result["r"]
+    assert r.done + r.skipped == 16 and r.done >= 1 and not r.failures  # every video reported once
     store = FeatureStore.open(out)
     ids = index_ids(out)
     assert len(ids) == len(set(ids)) == 16

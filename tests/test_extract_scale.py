@@ -120,3 +120,13 @@ def test_two_extract_processes_on_one_store(mixed_dataset, tiny_backbones, in_pr
     assert sum(extracted) == 10  # and extracted by one process only
     assert not list(out.rglob(".tmp-*"))
     assert_same_store(in_process_store, out)
+
+
+def test_ray_engine_without_ray_names_the_extra(tiny_dataset, tmp_path, monkeypatch, capsys):
+    from avarnet.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    code = main(["-q", "extract", str(tiny_dataset), "--out", str(tmp_path / "f"), "--engine", "ray"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "avarnet[ray]" in err[0]
+    assert not (tmp_path / "f").exists()
