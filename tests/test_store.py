@@ -73,3 +73,77 @@ def test_encoder_state_roundtrip(tmp_path):
     store.save_encoder_state(state)
     back = FeatureStore.open(tmp_path / "s").load_encoder_state()
     assert torch.equal(back["a.running_mean"], state["a.running_mean"])
+
+
+# -- several writers on one store ------------------------------------------------------------------
+
+HOLDER = """
+import sys, time
+from avarnet.store import FeatureStore
+store = FeatureStore.open(sys.argv[1])
+store.register_writer()
+claim = store.claim(sys.argv[2])
+(store.root / "features" / ".tmp-inflight.safetensors").write_bytes(b"half written")
+print("ready", claim is not None, flush=True)
+time.sleep(120)
+"""
+
+WRITER = """
+import sys
+import numpy as np
+from avarnet.store import Entry, FeatureStore, video_id
+store = FeatureStore.open(sys.argv[1])
+done = 0
+for i in range(int(sys.argv[2])):
+    rel = f"abuse/shared_{i:03d}.mp4"
+    vid = video_id(rel)
+    e = Entry(vid, f"features/{vid}.safetensors", "abuse", "train", rel, 2.0, 1.0, True, 2)
+    done += store.write(e, {"video": np.full((2, 12), i, np.float32), "audio": np.zeros((2, 8), np.float32),
+                            "audio_mask": np.ones(2, bool)})
+print(done)
+"""
+
+
+def _python(code: str, *args: str, **kw):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, **kw)
+
+
+def test_live_writer_keeps_its_temp_files_and_claims(tmp_path):
+    store = make_store(tmp_path / "s", per_class=1)
+    store.close_writer()
+    holder = _python(HOLDER, str(store.root), "abuse/x-1")
+    try:
+        assert holder.stdout.readline().split() == ["ready", "True"]
+        other = FeatureStore.open(store.root)
+        other.register_writer()
+        assert other.remove_stale_temp_files() == 0  # the other writer is alive
+        assert (store.root / "features" / ".tmp-inflight.safetensors").exists()
+        assert other.claim("abuse/x-1") is None  # claimed by the live writer
+        assert other.claim("abuse/x-2") is not None
+    finally:
+        holder.kill()
+        holder.wait()
+    other.close_writer()
+    again = FeatureStore.open(store.root)
+    again.register_writer()  # alone now: the killed writer's leftovers go
+    assert not (store.root / "features" / ".tmp-inflight.safetensors").exists()
+    assert not [p for p in (store.root / ".writers").iterdir() if p != again.register_writer().path]
+    claim = again.claim("abuse/x-1", wait=True)  # a killed writer's claim frees itself
+    assert claim is not None
+    claim.release()
+
+
+def test_concurrent_writers_index_each_video_once(tmp_path):
+    store = make_store(tmp_path / "s", per_class=1)
+    n = 30
+    procs = [_python(WRITER, str(store.root), str(n)) for _ in range(3)]
+    written = [int(p.communicate(timeout=300)[0]) for p in procs]
+    assert sum(written) == n  # each video committed by exactly one writer
+    lines = [json.loads(x)["id"] for x in (store.root / INDEX_FILE).read_text().splitlines()]
+    assert len(lines) == len(set(lines)) == n + len(store.entries)
+    again = FeatureStore.open(store.root)
+    for e in again.entries:
+        assert again.load(e)["video"].shape == (e.T, 12)

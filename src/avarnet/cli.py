@@ -47,6 +47,7 @@ POSITIVE_INT = _number(int, 1)
 COUNT = _number(int, 0)
 SEED = _number(int, 0, 2**32 - 1)
 THREADS = _number(int, 0, 1024)
+WORKERS = _number(int, 0, 1024)
 SEQ_LEN = _number(int, 1, MAX_SEQ_LEN)
 FRAMES_PER_SEGMENT = _number(int, 1, MAX_FRAMES_PER_SEGMENT)
 POSITIVE_FLOAT = _number(float, 0, low_open=True)
@@ -151,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio-context", type=_seconds, default=None, metavar="S",
                    help="causal audio look-back in seconds (0 allowed; default 0)")
     p.add_argument("--seed", type=SEED, default=0, help="split seed and random-weight seed")
+    p.add_argument("--workers", type=WORKERS, help="decoding processes (default: one per core; 0: one video at a time in-process)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="encoder precision (bf16: GPUs and CPUs with bf16 instructions; fp16: GPUs)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: a Ray Data pipeline (pip install avarnet[ray])")
+    p.add_argument("--address", help="Ray cluster to join (auto, ray://HOST:10001); default: start a local one")
 
     p = sub.add_parser("train", help="train a temporal model on a feature store")
     p.add_argument("feats", type=Path)
@@ -334,6 +340,7 @@ def cmd_extract(a: argparse.Namespace) -> int:
     r = extract_dataset(a.data, a.out, weights=a.weights, video_backbone=a.video_backbone, audio_backbone=a.audio_backbone,
                         segment_seconds=a.segment_seconds, frames_per_segment=a.frames_per_segment, device=a.device,
                         seed=a.seed, progress=not a.quiet, audio_mode=a.audio_features,
+                        workers=a.workers, precision=a.precision, engine=a.engine, address=a.address,
                         **({} if a.audio_context is None else {"audio_context_seconds": a.audio_context}))
     print(f"extracted {r.done}, already done {r.skipped}, failed {len(r.failures)} -> {a.out}")
     for f in r.failures:

@@ -86,6 +86,7 @@ class FeatureSpec(_DictMixin):
     # stream can compute). Stores and checkpoints without these fields are chunked.
     audio_mode: str = "chunked"
     audio_context_seconds: float = 0.0  # look-back of causal audio (0 allowed); 0 when chunked
+    precision: str = "fp32"  # encoders' compute precision: fp32 | bf16 | fp16 (autocast)
 
     def __post_init__(self) -> None:
         if self.audio_mode not in AUDIO_MODES:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,6 +200,28 @@ class Normalizer:
         x = np.concatenate(arrays, axis=0).astype(np.float64)
         return cls(x.mean(0).astype(np.float32), np.maximum(x.std(0), 1e-6).astype(np.float32))
 
+    @classmethod
+    def fit_stream(cls, arrays: Iterable[np.ndarray]) -> Normalizer:
+        """:meth:`fit` in one pass holding one array at a time (Chan et al.'s pairwise merge, float64)."""
+        n, mean, m2 = 0, None, None
+        for a in arrays:
+            x = np.asarray(a, dtype=np.float64)
+            if not len(x):
+                continue
+            nb, mb = len(x), x.mean(0)
+            m2b = ((x - mb) ** 2).sum(0)
+            if mean is None:
+                n, mean, m2 = nb, mb, m2b
+                continue
+            delta, total = mb - mean, n + nb
+            mean = mean + delta * (nb / total)
+            m2 = m2 + m2b + delta**2 * (n * nb / total)
+            n = total
+        if mean is None:
+            raise ValueError("cannot fit a normaliser on no data")
+        std = np.sqrt(m2 / n)
+        return cls(mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32))
+
     def __call__(self, x: np.ndarray, blank: np.ndarray | None = None) -> np.ndarray:
         """Normalise (T, D); ``blank`` (T, D) bool marks entries to keep at zero (a missing sense)."""
         y = ((x - self.mean) / self.std).astype(np.float32)
@@ -279,6 +301,51 @@ class WindowDataset(Dataset):
         mask = np.zeros(self.seq_len, dtype=bool)
         mask[:n] = True
         return {"x": torch.from_numpy(xs), "mask": torch.from_numpy(mask), "y": torch.from_numpy(y), "clip": c}
+
+
+def window_item(x: np.ndarray, seq_len: int, label: int | np.ndarray, clip: int) -> dict[str, torch.Tensor]:
+    """One window (l, D), l <= L, padded to L: x (L, D), mask (L,), y (L,) with IGNORE_INDEX on padding."""
+    n = len(x)
+    xs = np.zeros((seq_len, x.shape[1]), dtype=np.float32)
+    xs[:n] = x
+    y = np.full(seq_len, IGNORE_INDEX, dtype=np.int64)
+    y[:n] = label
+    mask = np.zeros(seq_len, dtype=bool)
+    mask[:n] = True
+    return {"x": torch.from_numpy(xs), "mask": torch.from_numpy(mask), "y": torch.from_numpy(y), "clip": clip}
+
+
+class StreamingWindowDataset(Dataset):
+    """:class:`WindowDataset` that reads each window from the store when asked for it.
+
+    Holds only the window index (two int arrays) and the entries, so memory does not grow with
+    the store; a window is read with a slice of its feature file and normalised as
+    :func:`load_clips` would, so the items equal WindowDataset's over ``load_clips`` exactly.
+    """
+
+    def __init__(
+        self, store: FeatureStore, entries: Sequence[Entry], modality: str, classes: Sequence[str],
+        norm: Normalizer | None, seq_len: int, stride: int,
+    ):
+        self.store, self.entries, self.modality, self.norm, self.seq_len = store, list(entries), modality, norm, seq_len
+        index = {c: i for i, c in enumerate(classes)}
+        self.labels = np.array([index[e.label] for e in self.entries], dtype=np.int64)
+        counts = [len(window_starts(e.T, seq_len, stride)) for e in self.entries]
+        self.clip = np.repeat(np.arange(len(self.entries), dtype=np.int64), counts)
+        self.start = np.concatenate(
+            [np.asarray(window_starts(e.T, seq_len, stride), dtype=np.int64) for e in self.entries]
+        ) if self.entries else np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.clip)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        c, s = int(self.clip[i]), int(self.start[i])
+        tensors = self.store.load_rows(self.entries[c], s, s + self.seq_len)
+        x = select_inputs(tensors, self.modality)
+        if self.norm is not None:
+            x = self.norm(x, missing_mask(tensors, self.modality))
+        return window_item(x, self.seq_len, int(self.labels[c]), c)
 
 
 def collate(batch: list[dict]) -> dict[str, torch.Tensor]:

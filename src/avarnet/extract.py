@@ -1,27 +1,56 @@
-"""Video -> per-segment features, and the dataset extraction loop (resumable, failures recorded)."""
+"""Video -> per-segment features, and dataset extraction (resumable, failures recorded).
+
+Two local engines write the same store: the in-process path (``workers=0``: decode and encode one
+video after another) and the parallel engine (``workers=N``: N decoding processes feed encoders that
+batch frames and 10-s audio chunks across videos, through bounded queues). The Ray engine lives in
+:mod:`avarnet.extract_ray`. Every engine claims a video in the store before extracting it, so
+several extraction processes can fill one store at once (docs/scale.md).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing as mp
+import os
+import queue
 import sys
+import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from . import media
 from .config import DEFAULT_AUDIO_CONTEXT_S, FeatureSpec
 from .data import VideoItem, scan_dataset
-from .encoders import AudioEncoder, VideoEncoder, absolute_source, backbone_digest
-from .errors import NonFiniteError
-from .features import Extractor, pool_audio_frames, segment_times  # noqa: F401  (re-exported)
-from .runtime import configure_cpu
-from .store import Entry, FeatureStore, StoreError, video_id
+from .decode import DecodePlan, decode_worker
+from .encoders import (
+    AUDIO_NORM_EPS,
+    AudioEncoder,
+    VideoEncoder,
+    absolute_source,
+    backbone_digest,
+    resolve_device,
+)
+from .errors import InvalidArgumentError, NonFiniteError
+from .features import Extractor, pool_audio_frames
+from .media import segment_times  # noqa: F401  (re-exported)
+from .runtime import autocast, configure_cpu, cpu_has_bf16
+from .store import Entry, FeatureStore, StoreError, VideoClaim, store_lock, video_id
 
 log = logging.getLogger("avarnet")
 
+PARALLEL_FRAME_BATCH = 32  # frames per forward pass of the parallel engine (across videos)
+AUDIO_BATCH = 8  # equal-length audio chunks per Wav2Vec2 forward pass (across videos)
+QUEUE_PER_WORKER = 4  # decoded pieces (<= 16 frames or one audio chunk) waiting per worker
+TASKS_PER_WORKER = 2  # videos handed to a decoding worker ahead of time
+PRECISIONS = ("fp32", "bf16", "fp16")
+ENGINES = ("local", "ray")
 CALIBRATION_VIDEOS = 24  # random weights: BatchNorm statistics come from frames of this many videos
 CALIBRATION_FRAMES_PER_VIDEO = 4
 
@@ -33,6 +62,63 @@ class ExtractResult:
     done: int = 0
     skipped: int = 0
     failures: list[dict] = field(default_factory=list)
+
+
+def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a precision on a device (None: fp32); refuses what the device lacks.
+
+    bf16 needs a GPU or a CPU with bf16 instructions (AVX-512 BF16 / AMX); fp16 needs a GPU.
+    """
+    if precision not in PRECISIONS:
+        raise InvalidArgumentError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise InvalidArgumentError("--precision fp16 needs a GPU; on a CPU use bf16 (where supported) or fp32")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        raise InvalidArgumentError("--precision bf16: this CPU has no bf16 instructions; use fp32")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def supported_precisions(device: torch.device) -> list[str]:
+    """The precisions :func:`precision_dtype` accepts on ``device``."""
+    if device.type == "cuda":
+        return list(PRECISIONS)
+    return ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
+
+
+def decode_plan(spec: FeatureSpec) -> DecodePlan:
+    return DecodePlan(
+        segment_seconds=spec.segment_seconds,
+        frames_per_segment=spec.frames_per_segment,
+        resize_shortest_edge=spec.resize_shortest_edge,
+        audio_chunk_seconds=spec.audio_chunk_seconds,
+        sample_rate=spec.sample_rate,
+    )
+
+
+def encode_pixels(video: VideoEncoder, pixels: torch.Tensor, dtype: torch.dtype | None = None) -> np.ndarray:
+    """Preprocessed frames (B, 3, S, S) -> pooled MobileViT features (B, Dv) float32."""
+    with torch.inference_mode(), autocast(video.device, dtype):
+        out = video.model(pixel_values=pixels.to(video.device)).pooler_output
+    return out.float().cpu().numpy()
+
+
+def audio_input(audio: AudioEncoder, samples: np.ndarray) -> np.ndarray:
+    """One chunk as Wav2Vec2 input: normalised (as AudioEncoder.encode_chunk) and padded to its field."""
+    x = np.asarray(samples, dtype=np.float32)
+    if audio.do_normalize:
+        x = (x - x.mean()) / np.sqrt(x.var() + AUDIO_NORM_EPS)
+    x = x.astype(np.float32)
+    if x.size < audio.receptive_field:
+        x = np.pad(x, (0, audio.receptive_field - x.size))
+    return x
+
+
+def encode_audio_batch(audio: AudioEncoder, inputs: list[np.ndarray], dtype: torch.dtype | None = None) -> np.ndarray:
+    """Equal-length inputs from :func:`audio_input` -> Wav2Vec2 features (B, F, Da) float32."""
+    x = torch.from_numpy(np.stack(inputs)).to(audio.device)
+    with torch.inference_mode(), autocast(audio.device, dtype):
+        hidden = audio.model(input_values=x).last_hidden_state
+    return hidden.float().cpu().numpy()
 
 
 def calibration_frames(items: list[VideoItem], spec: FeatureSpec, seed: int) -> Iterator[np.ndarray]:
@@ -58,11 +144,13 @@ def build_spec(
     frames_per_segment: int,
     audio_mode: str = "chunked",
     audio_context_seconds: float = DEFAULT_AUDIO_CONTEXT_S,
+    precision: str = "fp32",
 ) -> FeatureSpec:
     pretrained = weights == "pretrained"
     return FeatureSpec(
         audio_mode=audio_mode,
         audio_context_seconds=audio_context_seconds,
+        precision=precision,
         video_backbone=absolute_source(video.source),
         audio_backbone=absolute_source(audio.source),
         video_backbone_sha256=backbone_digest(video.model) if pretrained else "",
@@ -80,11 +168,22 @@ def build_spec(
     )
 
 
-def _prepare_store(out: Path, spec: FeatureSpec, video: VideoEncoder, items: list[VideoItem], info: dict) -> FeatureStore:
-    """Create or reopen the store; for random weights, calibrate (or restore) the video encoder's BatchNorm."""
+def prepare_store(out: Path, spec: FeatureSpec, video: VideoEncoder, items: list[VideoItem], info: dict) -> FeatureStore:
+    """Create or reopen the store; for random weights, calibrate (or restore) the video encoder's BatchNorm.
+
+    Runs under the store's lock, so writers started together agree on one spec and encoder state.
+    """
+    with store_lock(out):
+        store = _prepare_store_locked(out, spec, video, items, info)
+    store.register_writer()  # removes a killed writer's temporary files when no other writer runs
+    return store
+
+
+def _prepare_store_locked(
+    out: Path, spec: FeatureSpec, video: VideoEncoder, items: list[VideoItem], info: dict
+) -> FeatureStore:
     if (out / "spec.json").exists():
         existing = FeatureStore.open(out)
-        existing.remove_stale_temp_files()
         if not existing.spec.same_features(spec):
             raise StoreError(f"{out} holds features made with a different spec; use a new --out folder")
         if spec.weights == "random":
@@ -117,64 +216,462 @@ def extract_dataset(
     progress: bool = True,
     audio_mode: str = "chunked",
     audio_context_seconds: float = DEFAULT_AUDIO_CONTEXT_S,
+    workers: int | None = None,
+    precision: str = "fp32",
+    engine: str = "local",
+    address: str | None = None,
 ) -> ExtractResult:
     """Extract features for every video of a VAAR-style dataset folder into the store at ``out``.
 
     Finished videos are skipped, so an interrupted run resumes. Unreadable inputs are reported one line
-    each, recorded in the store, and the run continues.
+    each, recorded in the store, and the run continues. ``workers``: decoding processes (None: one per
+    core; 0: decode and encode in this process, one video at a time). ``engine="ray"`` runs the Ray
+    Data pipeline of :mod:`avarnet.extract_ray` on the cluster at ``address`` instead.
     """
+    if engine not in ENGINES:
+        raise InvalidArgumentError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if workers is not None and workers < 0:
+        raise InvalidArgumentError(f"--workers must be >= 0, got {workers}")
+    if engine == "ray" and audio_mode != "chunked":
+        raise InvalidArgumentError("--engine ray extracts chunked audio features; use the local engine for causal")
+    if engine == "ray":
+        from .extract_ray import extract_dataset_ray
+
+        return extract_dataset_ray(
+            data, out, weights=weights, video_backbone=video_backbone, audio_backbone=audio_backbone,
+            segment_seconds=segment_seconds, frames_per_segment=frames_per_segment, device=device, seed=seed,
+            progress=progress, precision=precision, address=address,
+        )
     data, out = Path(data), Path(out)
     scan = scan_dataset(data, seed=seed)
     items, classes = scan.items, scan.classes
+    precision_dtype(precision, resolve_device(device))  # refuse an unsupported precision before loading
     configure_cpu()
     video = VideoEncoder.load(video_backbone, weights=weights, seed=seed, device=device)
     audio = AudioEncoder.load(audio_backbone, weights=weights, seed=seed, device=device)
     spec = build_spec(
-        video, audio, weights, seed, segment_seconds, frames_per_segment, audio_mode, audio_context_seconds
+        video, audio, weights, seed, segment_seconds, frames_per_segment, audio_mode, audio_context_seconds,
+        precision,
     )
     info = {"classes": classes, "data_root": str(data.resolve()), "split_seed": seed}
-    store = _prepare_store(out, spec, video, items, info)
+    store = prepare_store(out, spec, video, items, info)
     store.check_classes(classes)
     extractor = Extractor(store.spec, video, audio)
+    workers = (os.cpu_count() or 1) if workers is None else workers
     result = ExtractResult()
+    bar = tqdm(total=len(items), desc="extract", unit="video", disable=not progress, dynamic_ncols=True)
     for rel, reason in scan.problems:  # folders and links that could not be scanned
-        tqdm.write(f"failed: {rel}: {reason}", file=sys.stderr)
-        store.record_failure(rel, reason)
-        result.failures.append({"path": rel, "reason": reason})
-    bar = tqdm(items, desc="extract", unit="video", disable=not progress, dynamic_ncols=True)
-    for item in bar:
-        vid = video_id(item.rel_path)
-        if store.is_done(vid):
-            result.skipped += 1
-            continue
-        try:
-            tensors, minfo = extractor(item.path)
-        except media.MediaError as e:
-            reason = str(e)
-        except Exception as e:  # a decoder or model failure on one input must not stop the run
-            reason = f"{type(e).__name__}: {e}"
+        report_failure(store, result, bar, rel, reason)
+    if store.spec.audio_mode == "causal" and workers:  # causal audio is made per segment, in process
+        log.info("causal audio features: extracting in this process (--workers applies to chunked audio)")
+        workers = 0
+    claims = ClaimQueue(store, items, result, bar)
+    try:
+        if workers == 0:
+            _extract_in_process(store, extractor, claims, result, bar)
         else:
-            entry = Entry(
-                id=vid,
-                file=str(store.feature_path(vid).relative_to(store.root)),
-                label=item.label,
-                split=item.split,
-                source=item.rel_path,
-                duration=minfo.duration,
-                fps=minfo.fps,
-                has_audio=minfo.has_audio,
-                T=len(tensors["video"]),
-            )
-            try:
-                store.write(entry, tensors)
-            except NonFiniteError:  # refused by the store: a failure of this input only
-                reason = "features hold NaN or infinity (not stored)"
-            else:
-                result.done += 1
-                continue
-        line = f"{item.rel_path}: {reason}"
-        tqdm.write(f"failed: {line}", file=sys.stderr)
-        store.record_failure(item.rel_path, reason)
-        result.failures.append({"path": item.rel_path, "reason": reason})
-        bar.set_postfix(failed=len(result.failures))
+            ParallelExtraction(store, extractor, workers, claims, result, bar).run()
+    finally:
+        bar.close()
+        store.close_writer()
     return result
+
+
+def entry_for(store: FeatureStore, item: VideoItem, vid: str, minfo: media.MediaInfo, T: int) -> Entry:
+    return Entry(
+        id=vid,
+        file=str(store.feature_path(vid).relative_to(store.root)),
+        label=item.label,
+        split=item.split,
+        source=item.rel_path,
+        duration=minfo.duration,
+        fps=minfo.fps,
+        has_audio=minfo.has_audio,
+        T=T,
+    )
+
+
+def report_failure(store: FeatureStore, result: ExtractResult, bar: tqdm, rel_path: str, reason: str) -> None:
+    """Record one failed input: a line on stderr, failures.jsonl, the result; the run goes on."""
+    tqdm.write(f"failed: {rel_path}: {reason}", file=sys.stderr)
+    store.record_failure(rel_path, reason)
+    result.failures.append({"path": rel_path, "reason": reason})
+    bar.set_postfix(failed=len(result.failures))
+
+
+class ClaimQueue:
+    """The videos still to extract, each handed out with this writer's claim on it.
+
+    Videos already in the store are counted as skipped. A video another live writer has claimed is
+    put aside and looked at again later; :meth:`next` with ``block=True`` waits for such a claim,
+    which callers do only while they hold no claim of their own (so two writers never wait on
+    each other).
+    """
+
+    def __init__(self, store: FeatureStore, items: list[VideoItem], result: ExtractResult, bar: tqdm):
+        self.store, self.result, self.bar = store, result, bar
+        self.todo: deque[VideoItem] = deque(items)
+        self.deferred: deque[VideoItem] = deque()
+
+    @property
+    def empty(self) -> bool:
+        return not self.todo and not self.deferred
+
+    def _skip(self) -> None:
+        self.result.skipped += 1
+        self.bar.update(1)
+
+    def _take(self, item: VideoItem, vid: str, claim: VideoClaim) -> tuple[VideoItem, str, VideoClaim] | None:
+        if self.store.is_done_now(vid):  # another writer finished it before we claimed it
+            claim.release()
+            self._skip()
+            return None
+        return item, vid, claim
+
+    def next(self, block: bool = False) -> tuple[VideoItem, str, VideoClaim] | None:
+        """The next claimed video, or None when none can be claimed now (or none is left)."""
+        while self.todo:
+            item = self.todo.popleft()
+            vid = video_id(item.rel_path)
+            if self.store.is_done(vid):
+                self._skip()
+                continue
+            claim = self.store.claim(vid)
+            if claim is None:
+                self.deferred.append(item)
+                continue
+            taken = self._take(item, vid, claim)
+            if taken is not None:
+                return taken
+        while self.deferred:
+            item = self.deferred[0]
+            vid = video_id(item.rel_path)
+            if self.store.is_done_now(vid):
+                self.deferred.popleft()
+                self._skip()
+                continue
+            claim = self.store.claim(vid, wait=block)
+            if claim is None:
+                return None
+            self.deferred.popleft()
+            taken = self._take(item, vid, claim)
+            if taken is not None:
+                return taken
+        return None
+
+
+def _extract_in_process(
+    store: FeatureStore, extractor: Extractor, claims: ClaimQueue, result: ExtractResult, bar: tqdm
+) -> None:
+    """Decode and encode one video after another in this process."""
+    while not claims.empty:
+        taken = claims.next(block=True)
+        if taken is None:
+            continue
+        item, vid, claim = taken
+        try:
+            try:
+                tensors, minfo = extractor(item.path)
+            except media.MediaError as e:
+                reason = str(e)
+            except Exception as e:  # a decoder or model failure on one input must not stop the run
+                reason = f"{type(e).__name__}: {e}"
+            else:
+                try:
+                    written = store.write(entry_for(store, item, vid, minfo, len(tensors["video"])), tensors)
+                except NonFiniteError:  # refused by the store: a failure of this input only
+                    reason = "features hold NaN or infinity (not stored)"
+                else:
+                    result.done += written
+                    result.skipped += not written
+                    bar.update(1)
+                    continue
+            report_failure(store, result, bar, item.rel_path, reason)
+            bar.update(1)
+        finally:
+            claim.release()
+
+
+@dataclass
+class _Job:
+    """One video in flight in the parallel engine."""
+
+    key: int
+    item: VideoItem
+    vid: str
+    claim: VideoClaim
+    info: media.MediaInfo | None = None
+    T: int = 0
+    video: np.ndarray | None = None  # (T * k, Dv) MobileViT features as they arrive
+    sums: np.ndarray | None = None  # (T, Da) pooled Wav2Vec2 sums
+    counts: np.ndarray | None = None  # (T,)
+    frames_done: int = 0
+    chunks_done: int = 0
+    end: tuple[int, int] | None = None  # (frames, chunks) the decoder sent, once it is finished
+    failed: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return (
+            not self.failed
+            and self.end is not None
+            and self.frames_done == self.end[0]
+            and self.chunks_done == self.end[1]
+        )
+
+
+class ParallelExtraction:
+    """Decoding worker processes feeding batched encoders in this process, with bounded queues.
+
+    Frames of several videos share a MobileViT forward pass; 10-s audio chunks of the same length
+    share a Wav2Vec2 forward pass. A batch is run when full, or at once when no decoded piece is
+    waiting (so a fast encoder never idles). A decoding process that dies (e.g. a decoder crash
+    on a hostile file) fails only the video it was decoding; its other videos go to a new worker.
+    """
+
+    def __init__(
+        self, store: FeatureStore, extractor: Extractor, workers: int, claims: ClaimQueue,
+        result: ExtractResult, bar: tqdm, start_method: str = "spawn",
+    ):
+        self.store, self.ex, self.claims, self.result, self.bar = store, extractor, claims, result, bar
+        self.n_workers = workers
+        self.ctx = mp.get_context(start_method)
+        self.plan = decode_plan(extractor.spec)
+        self.out = self.ctx.Queue(maxsize=QUEUE_PER_WORKER * workers)
+        self.procs: dict[int, tuple[mp.Process, object]] = {}
+        self.assigned: dict[int, deque[int]] = {}
+        self.jobs: dict[int, _Job] = {}
+        self.retry: deque[_Job] = deque()
+        self.frame_pieces: list[tuple[_Job, int, torch.Tensor]] = []
+        self.frame_count = 0
+        self.audio_groups: dict[int, list[tuple[_Job, float, np.ndarray]]] = {}
+        self.next_key = 0
+        self.next_wid = 0
+        self.last_check = time.monotonic()
+
+    # -- workers -----------------------------------------------------------------------------
+    def _start_worker(self) -> int:
+        wid = self.next_wid
+        self.next_wid += 1
+        tasks = self.ctx.Queue()
+        proc = self.ctx.Process(target=decode_worker, args=(wid, tasks, self.out, self.plan), daemon=True)
+        proc.start()
+        self.procs[wid] = (proc, tasks)
+        self.assigned[wid] = deque()
+        return wid
+
+    def _dispatch(self) -> None:
+        """Hand videos to workers with room, up to TASKS_PER_WORKER each."""
+        for wid in list(self.procs):
+            while len(self.assigned[wid]) < TASKS_PER_WORKER:
+                job = self._next_job()
+                if job is None:
+                    return
+                self.jobs[job.key] = job
+                self.assigned[wid].append(job.key)
+                self.procs[wid][1].put((job.key, str(job.item.path)))
+
+    def _next_job(self) -> _Job | None:
+        if self.retry:
+            old = self.retry.popleft()
+            taken = (old.item, old.vid, old.claim)  # a fresh key: late pieces of the dead worker are ignored
+        else:
+            taken = self.claims.next(block=not self.jobs)
+            if taken is None:
+                return None
+        self.next_key += 1
+        return _Job(self.next_key, *taken)
+
+    def _check_workers(self) -> None:
+        """Replace dead workers: the video being decoded fails, the others are handed out again."""
+        self.last_check = time.monotonic()
+        for wid, (proc, tasks) in list(self.procs.items()):
+            if proc.exitcode is None:
+                continue
+            keys = self.assigned.pop(wid)
+            del self.procs[wid]
+            tasks.close()
+            if keys:
+                job = self.jobs.get(keys.popleft())
+                if job is not None:
+                    self._fail(job, f"the decoding process died (exit code {proc.exitcode})")
+                for key in keys:
+                    job = self.jobs.pop(key, None)
+                    if job is not None:
+                        self.retry.append(job)
+            self._start_worker()
+
+    def _stop_workers(self) -> None:
+        for _, tasks in self.procs.values():
+            with contextlib.suppress(Exception):
+                tasks.put(None)
+        deadline = time.monotonic() + 5
+        for proc, _ in self.procs.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(1)
+        self.out.cancel_join_thread()
+        self.out.close()
+
+    # -- main loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            for _ in range(self.n_workers):
+                self._start_worker()
+            while True:
+                self._dispatch()
+                if not self.jobs and not self.retry and self.claims.empty:
+                    break
+                pending = self.frame_count > 0 or bool(self.audio_groups)
+                try:
+                    msg = self.out.get(timeout=0.01 if pending else 0.5)
+                except queue.Empty:
+                    if pending:
+                        self._flush_frames()
+                        self._flush_audio(all_groups=True)
+                    else:
+                        self._check_workers()
+                    continue
+                self._handle(msg)
+                if self.frame_count >= PARALLEL_FRAME_BATCH:
+                    self._flush_frames()
+                self._flush_audio(all_groups=False)
+                if time.monotonic() - self.last_check > 2.0:
+                    self._check_workers()
+        finally:
+            self._stop_workers()
+            for job in self.jobs.values():
+                job.claim.release()
+            for job in self.retry:
+                job.claim.release()
+
+    def _handle(self, msg: tuple) -> None:
+        kind, wid, key = msg[:3]
+        job = self.jobs.get(key)
+        if kind in ("end", "error") and wid in self.assigned and self.assigned[wid] and self.assigned[wid][0] == key:
+            self.assigned[wid].popleft()
+        if job is None or job.failed:
+            return
+        if kind == "info":
+            job.info, job.T = msg[3], msg[4]
+            k = self.ex.spec.frames_per_segment
+            job.video = np.zeros((job.T * k, self.ex.video.dim), dtype=np.float32)
+            job.sums = np.zeros((job.T, self.ex.audio.dim), dtype=np.float64)
+            job.counts = np.zeros(job.T, dtype=np.int64)
+        elif kind == "frames":
+            start, frames = msg[3], msg[4]
+            try:
+                pixels = self.ex.video.preprocess(frames)
+            except Exception as e:
+                self._fail(job, f"{type(e).__name__}: {e}")
+                return
+            self.frame_pieces.append((job, start, pixels))
+            self.frame_count += len(pixels)
+        elif kind == "audio":
+            offset, chunk = msg[4], msg[5]
+            x = audio_input(self.ex.audio, chunk)
+            self.audio_groups.setdefault(len(x), []).append((job, offset, x))
+        elif kind == "end":
+            job.end = (msg[3], msg[4])
+            if job.end[0] != job.T * self.ex.spec.frames_per_segment:
+                self._fail(job, f"decoder returned {job.end[0]} frames for {job.T} segments")
+                return
+            self._maybe_finish(job)
+        elif kind == "error":
+            self._fail(job, msg[3])
+
+    # -- encoding ----------------------------------------------------------------------------
+    def _flush_frames(self) -> None:
+        pieces = [p for p in self.frame_pieces if not p[0].failed]
+        self.frame_pieces, self.frame_count = [], 0
+        if not pieces:
+            return
+        try:
+            feats = encode_pixels(self.ex.video, torch.cat([p[2] for p in pieces]), self.ex.dtype)
+        except Exception as e:  # e.g. out of memory: the videos of this batch fail, the run goes on
+            for job, _, _ in pieces:
+                self._fail(job, f"{type(e).__name__}: {e}")
+            return
+        row = 0
+        for job, start, pixels in pieces:
+            n = len(pixels)
+            if not job.failed:
+                job.video[start : start + n] = feats[row : row + n]
+                job.frames_done += n
+            row += n
+        for job in {id(p[0]): p[0] for p in pieces}.values():
+            self._maybe_finish(job)
+
+    def _flush_audio(self, all_groups: bool) -> None:
+        for length in list(self.audio_groups):
+            group = [g for g in self.audio_groups[length] if not g[0].failed]
+            if not group:
+                del self.audio_groups[length]
+                continue
+            if not all_groups and len(group) < AUDIO_BATCH:
+                self.audio_groups[length] = group
+                continue
+            del self.audio_groups[length]
+            try:
+                feats = encode_audio_batch(self.ex.audio, [g[2] for g in group], self.ex.dtype)
+            except Exception as e:
+                for job, _, _ in group:
+                    self._fail(job, f"{type(e).__name__}: {e}")
+                continue
+            seg = self.ex.spec.segment_seconds
+            for (job, offset, _), f in zip(group, feats, strict=True):
+                if job.failed:
+                    continue
+                pool_audio_frames(f, self.ex.audio.frame_times(len(f), offset), job.T, seg, job.sums, job.counts)
+                job.chunks_done += 1
+            for job in {id(g[0]): g[0] for g in group}.values():
+                self._maybe_finish(job)
+
+    # -- results -----------------------------------------------------------------------------
+    def _maybe_finish(self, job: _Job) -> None:
+        if not job.complete or job.key not in self.jobs:
+            return
+        del self.jobs[job.key]
+        try:
+            k = self.ex.spec.frames_per_segment
+            video = job.video.reshape(job.T, k, -1).mean(axis=1).astype(np.float32)
+            mask = job.counts > 0
+            audio = np.zeros((job.T, self.ex.audio.dim), dtype=np.float32)
+            audio[mask] = (job.sums[mask] / job.counts[mask, None]).astype(np.float32)
+            tensors = {"video": video, "audio": audio, "audio_mask": mask}
+            try:
+                written = self.store.write(entry_for(self.store, job.item, job.vid, job.info, job.T), tensors)
+            except NonFiniteError:  # refused by the store: a failure of this input only
+                report_failure(self.store, self.result, self.bar, job.item.rel_path,
+                               "features hold NaN or infinity (not stored)")
+            else:
+                self.result.done += written
+                self.result.skipped += not written
+            self.bar.update(1)
+        finally:
+            job.claim.release()
+
+    def _fail(self, job: _Job, reason: str) -> None:
+        if job.failed:
+            return
+        job.failed = True
+        self.jobs.pop(job.key, None)
+        try:
+            report_failure(self.store, self.result, self.bar, job.item.rel_path, reason)
+            self.bar.update(1)
+        finally:
+            job.claim.release()
+
+
+__all__ = [
+    "ClaimQueue",
+    "ExtractResult",
+    "Extractor",
+    "ParallelExtraction",
+    "build_spec",
+    "extract_dataset",
+    "precision_dtype",
+    "segment_times",
+    "supported_precisions",
+]

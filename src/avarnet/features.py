@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -29,8 +28,8 @@ from . import media
 from .config import DEFAULT_AUDIO_CONTEXT_S, FeatureSpec
 from .encoders import AudioEncoder, VideoEncoder, check_backbone
 from .errors import AvarnetError
-from .media import Segment, SegmentSource
-from .runtime import configure_cpu
+from .media import Segment, SegmentSource, segment_times
+from .runtime import autocast, configure_cpu
 
 log = logging.getLogger("avarnet")
 
@@ -42,18 +41,6 @@ BATCH_SEGMENTS = 8  # segments encoded together when reading a whole file causal
 
 class FeatureError(AvarnetError):
     """Features cannot be made as asked (e.g. random weights without their encoder state)."""
-
-
-def segment_times(duration: float, segment_seconds: float, frames_per_segment: int = 1) -> np.ndarray:
-    """Timestamps (s) of the frames encoded for each segment: (T, k), k frames spread inside each.
-
-    T = ceil(duration / segment_seconds); with k = 1 the frame is the segment centre.
-    """
-    T = max(1, math.ceil(duration / segment_seconds - 1e-9))
-    starts = np.arange(T) * segment_seconds  # (T,)
-    offsets = (np.arange(frames_per_segment) + 0.5) / frames_per_segment * segment_seconds  # (k,)
-    times = starts[:, None] + offsets[None, :]  # (T, k)
-    return np.minimum(times, max(duration - 1e-3, 0.0))
 
 
 def pool_audio_frames(
@@ -231,6 +218,7 @@ class Extractor:
         self.spec = spec
         self.video = video_encoder
         self.audio = audio_encoder
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.precision)  # the spec's own
 
     @classmethod
     def from_spec(
@@ -319,11 +307,12 @@ class Extractor:
         """Features of one video: {"video": (T, Dv), "audio": (T, Da), "audio_mask": (T,) bool}."""
         path = Path(path)
         info = media.probe(path)
-        if self.spec.audio_mode == "causal":
-            tensors, _ = self.causal(path)
-            return tensors, info
-        video = self.video_features(path, info)
-        audio, mask = self.audio_features(path, info, len(video))
+        with autocast(self.video.device, self.dtype):  # the spec's precision (fp32: no-op)
+            if self.spec.audio_mode == "causal":
+                tensors, _ = self.causal(path)
+                return tensors, info
+            video = self.video_features(path, info)
+            audio, mask = self.audio_features(path, info, len(video))
         return {"video": video, "audio": audio, "audio_mask": mask}, info
 
 

@@ -50,6 +50,18 @@ _AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
 
 
 
+def segment_times(duration: float, segment_seconds: float, frames_per_segment: int = 1) -> np.ndarray:
+    """Timestamps (s) of the frames encoded for each segment: (T, k), k frames spread inside each.
+
+    T = ceil(duration / segment_seconds); with k = 1 the frame is the segment centre.
+    """
+    T = max(1, math.ceil(duration / segment_seconds - 1e-9))
+    starts = np.arange(T) * segment_seconds  # (T,)
+    offsets = (np.arange(frames_per_segment) + 0.5) / frames_per_segment * segment_seconds  # (k,)
+    times = starts[:, None] + offsets[None, :]  # (T, k)
+    return np.minimum(times, max(duration - 1e-3, 0.0))
+
+
 class MediaError(AvarnetError):
     """A media file cannot be used; ``str(e)`` is one line naming the file and the reason."""
 

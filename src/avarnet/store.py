@@ -11,16 +11,32 @@ Layout of a store folder::
 Every feature file is written to a temporary name and renamed, so a file in ``features/`` is always
 complete. The index is appended line by line (flushed and fsynced); a torn last line from a killed
 run is ignored, and a feature file without an index line is re-indexed from its own metadata.
+
+Several writers (processes on one machine, or on many machines over a shared filesystem with
+working ``flock``) may fill one store at once (docs/scale.md):
+
+    .lock                 flock'ed exclusively around every index / failures append and file commit
+    .writers/<id>.lock    flock'ed by each live writer for its whole life (a lockable one is dead)
+    .claims/<hash>.lock   flock'ed by the writer extracting that video (a killed writer's claim frees itself)
+
+A video is committed only if the index does not already hold it (checked under ``.lock`` after
+reading the lines other writers appended), so it is indexed once. Temporary files are removed only
+by a writer that finds no other live writer, so a live writer's in-flight files are never deleted.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
+import socket
+import threading
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +60,10 @@ FAILURES_FILE = "failures.jsonl"
 ENCODER_STATE_FILE = "encoder_state.safetensors"
 FEATURES_DIR = "features"
 ENTRY_KEY = "entry"  # safetensors metadata key holding the entry's JSON
+LOCK_FILE = ".lock"
+WRITERS_DIR = ".writers"
+CLAIMS_DIR = ".claims"
+TEMP_GLOB = f"{TEMP_PREFIX}*"
 
 
 class StoreError(AvarnetError):
@@ -138,6 +158,11 @@ class FeatureStore:
         for rec in _read_jsonl(self.root / INDEX_FILE):
             e = Entry.from_dict(rec)
             self._entries[e.id] = e
+        self._index_offset = 0  # bytes of index.jsonl already read by refresh()
+        self._lock_fd: int | None = None
+        self._lock_depth = 0
+        self._thread_lock = threading.RLock()
+        self._writer: WriterRegistration | None = None
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
@@ -147,7 +172,6 @@ class FeatureStore:
         spec_path = root / SPEC_FILE
         if spec_path.exists():
             store = cls.open(root)
-            store.remove_stale_temp_files()
             if store.spec.to_dict() != spec.to_dict():
                 raise StoreError(
                     f"{root} holds features made with a different spec; use a new --out folder "
@@ -176,11 +200,98 @@ class FeatureStore:
         return cls(root, spec, doc.get("info") or {})
 
     def remove_stale_temp_files(self) -> int:
-        """Delete temporary files a killed writer left behind (call only with no other writer running)."""
-        stale = list(self.root.rglob(f"{TEMP_PREFIX}*"))
-        for p in stale:
-            p.unlink(missing_ok=True)
-        return len(stale)
+        """Delete temporary files killed writers left behind; returns how many.
+
+        Does nothing while another writer is alive (its in-flight files look the same), so it is
+        safe to call at any time; the last writer to start alone cleans up.
+        """
+        with self.lock():
+            own = self._writer.path if self._writer is not None else None
+            live = 0
+            for path in sorted((self.root / WRITERS_DIR).glob("*.lock")):
+                if path == own:
+                    continue
+                if _is_held(path):
+                    live += 1
+                else:
+                    path.unlink(missing_ok=True)  # a dead writer's registration
+            if live:
+                return 0
+            stale = [p for p in self.root.rglob(TEMP_GLOB) if WRITERS_DIR not in p.parts]
+            for p in stale:
+                p.unlink(missing_ok=True)
+            return len(stale)
+
+    # -- concurrent writers --------------------------------------------------------------------
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the store's exclusive lock (re-entrant in this object; other processes wait)."""
+        with self._thread_lock:
+            if self._lock_depth == 0:
+                fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._lock_fd = fd
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0 and self._lock_fd is not None:
+                    os.close(self._lock_fd)  # closing releases the flock
+                    self._lock_fd = None
+
+    def register_writer(self) -> WriterRegistration:
+        """Mark this process as a live writer of the store (idempotent); cleans up if alone."""
+        if self._writer is None:
+            with self.lock():
+                self._writer = WriterRegistration.create(self.root / WRITERS_DIR)
+                removed = self.remove_stale_temp_files()
+            if removed:
+                log.info("%s: removed %d temporary files left by killed writers", self.root, removed)
+        return self._writer
+
+    def close_writer(self) -> None:
+        """End this writer's registration (also happens when the process exits)."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+    def refresh(self) -> int:
+        """Read index lines other writers appended since the last call; returns how many were new."""
+        path = self.root / INDEX_FILE
+        try:
+            with open(path, "rb") as f:
+                f.seek(self._index_offset)
+                data = f.read()
+        except FileNotFoundError:
+            return 0
+        end = data.rfind(b"\n") + 1  # an unfinished last line is read once it is complete
+        new = 0
+        for raw in data[:end].split(b"\n"):
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if isinstance(rec, dict) and "id" in rec:
+                e = Entry.from_dict(rec)
+                new += e.id not in self._entries
+                self._entries[e.id] = e
+        self._index_offset += end
+        return new
+
+    def claim(self, vid: str, wait: bool = False) -> VideoClaim | None:
+        """Claim a video for extraction: None when another live writer holds it (``wait``: block).
+
+        A claim is an flock: it is released by :meth:`VideoClaim.release` or when its process dies.
+        Check :meth:`is_done` after claiming: another writer may have finished the video meanwhile.
+        """
+        self.register_writer()
+        digest = hashlib.sha1(vid.encode("utf-8")).hexdigest()[:24]
+        return VideoClaim.acquire(self.root / CLAIMS_DIR / f"{digest}.lock", wait)
 
     def check_classes(self, classes: list[str]) -> None:
         """Refuse to add videos of classes this store was not made for (its classes are fixed)."""
@@ -216,27 +327,49 @@ class FeatureStore:
         path = self.feature_path(vid)
         if not path.exists():
             return False
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                entry = Entry.from_dict(json.loads(f.metadata()[ENTRY_KEY]))
-        except Exception:
-            path.unlink(missing_ok=True)  # not ours or unreadable: redo it
-            return False
-        _append_jsonl(self.root / INDEX_FILE, entry.to_dict())
-        self._entries[vid] = entry
+        self.register_writer()
+        with self.lock():
+            self.refresh()  # another writer may have indexed it meanwhile
+            if vid in self._entries:
+                return (self.root / self._entries[vid].file).exists()
+            try:
+                with safe_open(str(path), framework="numpy") as f:
+                    entry = Entry.from_dict(json.loads(f.metadata()[ENTRY_KEY]))
+            except Exception:
+                path.unlink(missing_ok=True)  # not ours or unreadable: redo it
+                return False
+            _append_jsonl(self.root / INDEX_FILE, entry.to_dict())
+            self._entries[vid] = entry
         return True
+
+    def is_done_now(self, vid: str) -> bool:
+        """:meth:`is_done` after reading what other writers indexed since the last look."""
+        if vid not in self._entries:
+            with self.lock():
+                self.refresh()
+        return self.is_done(vid)
 
     def feature_path(self, vid: str) -> Path:
         return self.root / FEATURES_DIR / f"{vid}.safetensors"
 
-    def write(self, entry: Entry, tensors: dict[str, np.ndarray]) -> None:
-        """Atomically write one video's tensors, then index it; non-finite features are refused."""
+    def write(self, entry: Entry, tensors: dict[str, np.ndarray]) -> bool:
+        """Atomically write one video's tensors, then index it; False if another writer already had.
+
+        Non-finite features are refused (:class:`NonFiniteError`). The check, the file's rename and
+        the index line happen under the store lock, so a video is indexed once however many
+        writers finish it.
+        """
         arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
         for name, a in arrays.items():
             if a.dtype.kind == "f" and not np.isfinite(a).all():
                 raise NonFiniteError(f"{entry.source}: {name} features hold NaN or infinity; not stored")
-        meta = {ENTRY_KEY: json.dumps(entry.to_dict(), allow_nan=False)}
-        atomic_write(self.root / entry.file, lambda tmp: save_numpy(arrays, str(tmp), metadata=meta))
+        self.register_writer()
+        with self.lock():
+            self.refresh()
+            if entry.id in self._entries and (self.root / self._entries[entry.id].file).exists():
+                return False
+            meta = {ENTRY_KEY: json.dumps(entry.to_dict(), allow_nan=False)}
+            atomic_write(self.root / entry.file, lambda tmp: save_numpy(arrays, str(tmp), metadata=meta))
         _append_jsonl(self.root / INDEX_FILE, entry.to_dict())
         self._entries[entry.id] = entry
 
@@ -251,13 +384,30 @@ class FeatureStore:
         except Exception as e:
             raise StoreError(f"cannot read feature file {path}: {e}") from None
 
+    def load_rows(self, entry: Entry, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Segments ``start:stop`` of every tensor of one video, read without loading the rest."""
+        path = self.root / entry.file
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                out = {}
+                for k in f.keys():
+                    part = f.get_slice(k)
+                    out[k] = part[start : min(stop, part.get_shape()[0])]
+                return out
+        except FileNotFoundError:
+            raise StoreError(f"feature file missing: {path}") from None
+        except Exception as e:
+            raise StoreError(f"cannot read feature file {path}: {e}") from None
+
     def iter_load(self, entries: list[Entry]) -> Iterator[tuple[Entry, dict[str, np.ndarray]]]:
         for e in entries:
             yield e, self.load(e)
 
     # -- failures ----------------------------------------------------------------------------
     def record_failure(self, source: str, reason: str) -> None:
-        _append_jsonl(self.root / FAILURES_FILE, {"path": source, "reason": reason})
+        self.register_writer()
+        with self.lock():
+            _append_jsonl(self.root / FAILURES_FILE, {"path": source, "reason": reason})
 
     @property
     def failures(self) -> list[dict]:
@@ -274,3 +424,97 @@ class FeatureStore:
     def load_encoder_state(self) -> dict[str, torch.Tensor] | None:
         path = self.root / ENCODER_STATE_FILE
         return load_torch(str(path)) if path.exists() else None
+
+
+@contextmanager
+def store_lock(root: str | Path) -> Iterator[None]:
+    """The lock of the store at ``root`` (created if need be), e.g. while the store itself is created."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _is_held(path: Path) -> bool:
+    """True when another open file holds an flock on ``path`` (its writer is alive)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+class WriterRegistration:
+    """A live writer: an exclusively flock'ed file under ``.writers/`` for the writer's lifetime."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def create(cls, folder: Path) -> WriterRegistration:
+        folder.mkdir(parents=True, exist_ok=True)
+        host = re.sub(r"[^A-Za-z0-9.-]+", "_", socket.gethostname())[:40] or "host"
+        path = folder / f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
+        return cls(path, fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+
+
+class VideoClaim:
+    """An flock on ``.claims/<hash>.lock`` held while one writer extracts one video."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, path: Path, wait: bool) -> VideoClaim | None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return cls(path, fd)
+            os.close(fd)  # its holder released and removed it meanwhile: claim the new file
+
+    def release(self) -> None:
+        """Remove the claim file, then unlock (a waiter that opened the old file retries)."""
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> VideoClaim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .checkpoint import Checkpoint, save_checkpoint
@@ -19,8 +19,8 @@ from .config import ModelConfig, TrainConfig
 from .data import (
     IGNORE_INDEX,
     MODALITIES,
-    Clip,
     Normalizer,
+    StreamingWindowDataset,
     WindowDataset,
     collate,
     drop_modality,
@@ -79,17 +79,22 @@ def stage_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, cfg: T
 
 
 def fit_normalizer(store: FeatureStore, modality: str) -> Normalizer:
-    """Feature statistics of the training split (segments without audio excluded from the audio part)."""
-    arrays = []
-    for entry, tensors in store.iter_load(store.split("train")):
-        x = select_inputs(tensors, modality)
-        if not np.isfinite(x).all():
-            raise TrainError(f"{store.root / entry.file}: features hold NaN or infinity; extract {entry.source} again")
-        blank = missing_mask(tensors, modality)
-        if blank is not None:
-            x = x[~blank.any(1)] if (~blank.any(1)).any() else x
-        arrays.append(x)
-    return Normalizer.fit(arrays)
+    """Feature statistics of the training split (segments without audio excluded from the audio part).
+
+    One streaming pass: one video's features in memory at a time.
+    """
+
+    def arrays():
+        for entry, tensors in store.iter_load(store.split("train")):
+            x = select_inputs(tensors, modality)
+            if not np.isfinite(x).all():
+                raise TrainError(f"{store.root / entry.file}: features hold NaN or infinity; extract {entry.source} again")
+            blank = missing_mask(tensors, modality)
+            if blank is not None:
+                x = x[~blank.any(1)] if (~blank.any(1)).any() else x
+            yield x
+
+    return Normalizer.fit_stream(arrays())
 
 
 def model_config_for(store: FeatureStore, cfg: TrainConfig, overrides: dict | None = None) -> ModelConfig:
@@ -117,13 +122,25 @@ def evaluate_loss(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, 
     return total / max(n, 1), correct / max(steps, 1)
 
 
-def _loaders(train: list[Clip], val: list[Clip], cfg: TrainConfig) -> tuple[DataLoader, DataLoader]:
+def _loaders(train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig) -> tuple[DataLoader, DataLoader]:
     g = torch.Generator().manual_seed(cfg.seed)
-    train_ds = WindowDataset(train, cfg.seq_len, cfg.window_stride)
-    val_ds = WindowDataset(val, cfg.seq_len, cfg.seq_len)
     return (
         DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=g),
         DataLoader(val_ds, batch_size=cfg.batch_size * 2, shuffle=False, collate_fn=collate),
+    )
+
+
+def _datasets(
+    store: FeatureStore, train: list, val: list, classes: list[str], norm: Normalizer, cfg: TrainConfig, in_memory: bool
+) -> tuple[Dataset, Dataset]:
+    """Training windows (stride cfg.window_stride) and validation windows (non-overlapping)."""
+    if in_memory:
+        train_clips = load_clips(store, train, cfg.modality, classes, norm)
+        val_clips = load_clips(store, val, cfg.modality, classes, norm) if val is not train else train_clips
+        return WindowDataset(train_clips, cfg.seq_len, cfg.window_stride), WindowDataset(val_clips, cfg.seq_len, cfg.seq_len)
+    return (
+        StreamingWindowDataset(store, train, cfg.modality, classes, norm, cfg.seq_len, cfg.window_stride),
+        StreamingWindowDataset(store, val, cfg.modality, classes, norm, cfg.seq_len, cfg.seq_len),
     )
 
 
@@ -133,8 +150,13 @@ def train(
     cfg: TrainConfig = TrainConfig(),
     model_overrides: dict | None = None,
     progress: bool = True,
+    in_memory: bool = False,
 ) -> TrainResult:
-    """Train a temporal model on a feature store; writes ``OUT/best.ckpt`` and ``OUT/history.json``."""
+    """Train a temporal model on a feature store; writes ``OUT/best.ckpt`` and ``OUT/history.json``.
+
+    Windows are read from the store batch by batch, so memory is bounded by the batch, not the
+    store; ``in_memory`` loads every clip first instead (same windows, same order, same result).
+    """
     start = time.time()
     store = feats if isinstance(feats, FeatureStore) else FeatureStore.open(feats)
     if cfg.modality not in MODALITIES:
@@ -150,10 +172,9 @@ def train(
         log.warning("RANDOM WEIGHTS: these features come from randomly initialised backbones")
     classes = store.classes
     norm = fit_normalizer(store, cfg.modality)
-    train_clips = load_clips(store, train_entries, cfg.modality, classes, norm)
     if not val_entries:
         log.warning("no validation split: monitoring the training loss instead")
-    val_clips = load_clips(store, val_entries, cfg.modality, classes, norm) if val_entries else train_clips
+    train_ds, val_ds = _datasets(store, train_entries, val_entries or train_entries, classes, norm, cfg, in_memory)
     mcfg = model_config_for(store, cfg, model_overrides)
     try:
         model = create_model(mcfg).to(device)
@@ -161,7 +182,7 @@ def train(
         raise TrainError(f"model options do not fit together: {e}") from None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
-    train_loader, val_loader = _loaders(train_clips, val_clips, cfg)
+    train_loader, val_loader = _loaders(train_ds, val_ds, cfg)
     drop_gen = torch.Generator().manual_seed(cfg.seed + 1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

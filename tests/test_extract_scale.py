@@ -1,0 +1,132 @@
+"""The parallel extraction engine and concurrent writers: same store as the in-process path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import media_factory as mf
+import numpy as np
+import pytest
+
+from avarnet.extract import extract_dataset
+from avarnet.store import INDEX_FILE, FeatureStore
+from avarnet.synth import synthesize_dataset
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="session")
+def mixed_dataset(tmp_path_factory) -> Path:
+    """Good clips (two longer than one 10-s audio chunk) with hostile files mixed into the classes."""
+    root = tmp_path_factory.mktemp("mixed") / "ds"
+    synthesize_dataset(root, clips_per_class=2, seed=5, duration=(2.0, 3.5), size=(96, 64),
+                       classes=("crash", "normal"), progress=False)
+    long = tmp_path_factory.mktemp("long")
+    synthesize_dataset(long, clips_per_class=2, seed=6, duration=(11.0, 12.5), size=(96, 64),
+                       classes=("pain",), progress=False)
+    (root / "pain").mkdir()
+    for p in (long / "pain").iterdir():
+        p.rename(root / "pain" / p.name)
+    for make in (mf.video_no_audio, mf.short_clip, mf.one_fps_clip, mf.unicode_name_clip):
+        make(root / "normal")
+    for make in (mf.empty_file, mf.text_as_mp4, mf.truncated_mp4, mf.audio_only):
+        make(root / "crash")
+    return root
+
+
+def backbones(tiny_backbones) -> dict:
+    vdir, adir = tiny_backbones
+    return {"video_backbone": str(vdir), "audio_backbone": str(adir), "device": "cpu", "progress": False}
+
+
+def assert_same_store(a: Path, b: Path, tol: float = TOL) -> None:
+    """Same index entries, same failures, features within ``tol``."""
+    sa, sb = FeatureStore.open(a), FeatureStore.open(b)
+    assert [e.to_dict() for e in sa.entries] == [e.to_dict() for e in sb.entries]
+    assert sorted(f["path"] for f in sa.failures) == sorted(f["path"] for f in sb.failures)
+    assert sa.spec == sb.spec
+    for e in sa.entries:
+        ta, tb = sa.load(e), sb.load(e)
+        assert set(ta) == set(tb)
+        np.testing.assert_array_equal(ta["audio_mask"], tb["audio_mask"])
+        for k in ("video", "audio"):
+            assert ta[k].shape == tb[k].shape
+            assert np.abs(ta[k] - tb[k]).max() <= tol, (e.source, k)
+
+
+def index_ids(store: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in (store / INDEX_FILE).read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def in_process_store(mixed_dataset, tiny_backbones, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("single") / "feats"
+    r = extract_dataset(mixed_dataset, out, workers=0, **backbones(tiny_backbones))
+    assert r.done == 10 and len(r.failures) == 4
+    return out
+
+
+def test_parallel_engine_writes_the_in_process_store(mixed_dataset, tiny_backbones, in_process_store, tmp_path):
+    out = tmp_path / "feats"
+    r = extract_dataset(mixed_dataset, out, workers=2, **backbones(tiny_backbones))
+    assert r.done == 10 and r.skipped == 0
+    assert sorted(f["path"] for f in r.failures) == sorted(f["path"] for f in FeatureStore.open(out).failures)
+    assert_same_store(in_process_store, out)
+    long = [e for e in FeatureStore.open(out).entries if e.source.startswith("pain/")]
+    assert len(long) == 2 and all(e.T >= 11 for e in long)  # two full 10-s chunks batched together
+    again = extract_dataset(mixed_dataset, out, workers=2, **backbones(tiny_backbones))
+    assert again.done == 0 and again.skipped == 10 and len(again.failures) == 4
+    assert len(index_ids(out)) == 10
+
+
+def test_parallel_random_weights_match_in_process(tiny_dataset, tiny_backbones, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    extract_dataset(tiny_dataset, a, weights="random", workers=0, **backbones(tiny_backbones))
+    extract_dataset(tiny_dataset, b, weights="random", workers=1, **backbones(tiny_backbones))
+    assert_same_store(a, b)
+
+
+def test_precision_is_recorded_and_refused_where_missing(tiny_dataset, tiny_backbones, tmp_path):
+    from avarnet.encoders import resolve_device
+    from avarnet.extract import supported_precisions
+
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        extract_dataset(tiny_dataset, tmp_path / "x", precision="fp16", **backbones(tiny_backbones))
+    assert not (tmp_path / "x").exists()
+    if "bf16" not in supported_precisions(resolve_device("cpu")):
+        pytest.skip("this CPU has no bf16")
+    out = tmp_path / "bf16"
+    extract_dataset(tiny_dataset, out, precision="bf16", workers=1, **backbones(tiny_backbones))
+    store = FeatureStore.open(out)
+    assert store.spec.precision == "bf16" and len(store.entries) == 9
+    with pytest.raises(Exception, match="different spec"):
+        extract_dataset(tiny_dataset, out, precision="fp32", workers=1, **backbones(tiny_backbones))
+
+
+def test_two_extract_processes_on_one_store(mixed_dataset, tiny_backbones, in_process_store, tmp_path):
+    out = tmp_path / "feats"
+    vdir, adir = tiny_backbones
+    cmd = [sys.executable, "-m", "avarnet", "-q", "extract", str(mixed_dataset), "--out", str(out),
+           "--video-backbone", str(vdir), "--audio-backbone", str(adir), "--device", "cpu", "--workers", "1"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], outs  # the hostile files fail in both
+    ids = index_ids(out)
+    assert len(ids) == len(set(ids)) == 10  # each video indexed once
+    extracted = [int(o.split("extracted ")[1].split(",")[0]) for o, _ in outs]
+    assert sum(extracted) == 10  # and extracted by one process only
+    assert not list(out.rglob(".tmp-*"))
+    assert_same_store(in_process_store, out)
+
+
+def test_ray_engine_without_ray_names_the_extra(tiny_dataset, tmp_path, monkeypatch, capsys):
+    from avarnet.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    code = main(["-q", "extract", str(tiny_dataset), "--out", str(tmp_path / "f"), "--engine", "ray"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "avarnet[ray]" in err[0]
+    assert not (tmp_path / "f").exists()
