@@ -611,7 +611,7 @@ class AudioEncoder:
             return 0
         return (max(num_samples, self.receptive_field) - self.receptive_field) // self.hop + 1
 
-    def _normalise(self, samples: np.ndarray) -> np.ndarray:
+    def normalise(self, samples: np.ndarray) -> np.ndarray:
         """Zero mean, unit variance (as Wav2Vec2FeatureExtractor), if the model expects it."""
         if not self.do_normalize:
             return samples
@@ -629,7 +629,7 @@ class AudioEncoder:
             raise ValueError(f"expected mono samples (S,), got shape {samples.shape}")
         if samples.size == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        x = self._normalise(samples).astype(np.float32)
+        x = self.normalise(samples).astype(np.float32)
         if x.size < self.receptive_field:
             x = np.pad(x, (0, self.receptive_field - x.size))
         inputs = torch.from_numpy(x)[None].to(self.device)  # (1, S)

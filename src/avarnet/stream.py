@@ -685,7 +685,7 @@ def _encode_windows(enc: AudioEncoder, windows: list[np.ndarray]) -> list[np.nda
         by_length.setdefault(len(w), []).append(i)
     for length, idx in by_length.items():
         # (B, S): normalised and padded exactly as encode_chunk does for one window
-        x = np.stack([enc._normalise(windows[i]) for i in idx]).astype(np.float32)
+        x = np.stack([enc.normalise(windows[i]) for i in idx]).astype(np.float32)
         if length < enc.receptive_field:
             x = np.pad(x, ((0, 0), (0, enc.receptive_field - length)))
         with torch.inference_mode():
