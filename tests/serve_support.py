@@ -3,6 +3,7 @@ and the server as a subprocess."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -97,6 +98,8 @@ class Broker:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {folder}/\nautosave_interval 1\n"
+            # as root, mosquitto would switch to its own user, who cannot write into pytest's folder
+            f"user {getpass.getuser()}\n"
         )
         self.proc: subprocess.Popen | None = None
 

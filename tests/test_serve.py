@@ -148,7 +148,8 @@ def test_broker_down_during_events_nothing_lost_in_order(tmp_path, ckpt, broker,
         assert stats["mqtt"]["outbox"] >= 3 and not stats["mqtt"]["connected"]
         broker.start()
         ss.wait_for(lambda: ss.api(port, "/api/stats")[1]["mqtt"]["outbox"] == 0, 30, "the outbox drained", log)
-        proc.send_signal(signal.SIGTERM)  # stops during a later event: it is closed and sent too
+        open_id = ss.wait_for(lambda: ss.api(port, "/api/cameras")[1][0]["event"], 30, "an open event", log)
+        proc.send_signal(signal.SIGTERM)  # stops during an event: it is closed and sent too
         assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
@@ -156,9 +157,10 @@ def test_broker_down_during_events_nothing_lost_in_order(tmp_path, ckpt, broker,
     rows = sqlite3.connect(tmp_path / "store" / "events.db").execute(
         "SELECT id, end_time FROM events ORDER BY start_time").fetchall()
     assert len(rows) >= 4 and all(end is not None for _, end in rows)
+    assert rows[-1][0] == open_id
     expected = [(kind, eid) for eid, _ in rows for kind in ("new", "end")]
     sub.wait(lambda: len({(e["type"], e["after"]["id"]) for e in sub.events()}) >= len(expected), 20,
-             "every event message")
+             f"every event message: {expected} got {[(e['type'], e['after']['id']) for e in sub.events()]}")
     got = []
     for e in sub.events():  # QoS 1 is at-least-once: a redelivered message repeats the one before it
         key = (e["type"], e["after"]["id"])
