@@ -227,3 +227,40 @@ def test_retention_prunes_oldest_media_and_keeps_records(tmp_path):
     assert [k for k in sorted(kept) if kept[k]["clip_pruned"]] == ["e0", "e1"]
     assert sorted(p.name for p in (tmp_path / "clips").iterdir()) == ["e2.mp4", "e3.mp4"]
     store.close()
+
+
+def test_batching_across_cameras_equals_one_stream_per_camera(tiny_backbones, tmp_path):
+    """Two cameras' segments interleaved through the shared engine give each camera exactly the
+    features (audio look-back included) and predictions of its own `stream`."""
+    import numpy as np
+
+    from avarnet.alerts import AlertRule
+    from avarnet.checkpoint import load_checkpoint
+    from avarnet.extract import Extractor
+    from avarnet.serve.engine import Engine
+    from avarnet.stream import SegmentEncoder, SegmentSource, StreamingPredictor
+
+    ckpt = load_checkpoint(ss.tiny_checkpoint(tiny_backbones, tmp_path / "t.ckpt"))
+    extractor = Extractor.from_spec(ckpt.spec, "cpu")
+    clips = [ss.make_clip(tmp_path / "a.mp4", 5.0), ss.make_clip(tmp_path / "b.mp4", 4.0, size=(96, 64))]
+    segs = [list(SegmentSource(c, ckpt.spec)) for c in clips]
+    seen = []
+    engine = Engine(ckpt, extractor, lambda kind, *a: seen.append(a[0]) if kind == "segment" else None,
+                    batch_segments=3, queue_segments=100)
+    for name in ("a", "b"):
+        engine.add_camera(name, AlertRule(), ())
+    work = [(name, s) for pair in zip(segs[0], segs[1], strict=False) for name, s in zip("ab", pair, strict=True)]
+    work += [("a", s) for s in segs[0][len(segs[1]):]]
+    for name, seg in work:
+        engine.put(name, seg)
+    engine.start()  # batches of 3 segments mixing both cameras
+    engine.close()
+    engine.join(timeout=120)
+    for name, cam_segs in zip("ab", segs, strict=True):
+        enc, pred = SegmentEncoder(extractor), StreamingPredictor(ckpt)
+        f = enc.encode(cam_segs)
+        want = [pred.push_features(f["video"][i], f["audio"][i], bool(f["audio_mask"][i]))["anomaly_score"]
+                for i in range(len(cam_segs))]
+        got = [r.score for r in seen if r.camera == name]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert engine.batches == 3 and list(engine.batch_sizes) == [3, 3, 3]

@@ -24,7 +24,7 @@ import torch
 from ..alerts import AlertEvent, WebhookPoster
 from ..checkpoint import load_checkpoint
 from ..extract import Extractor
-from .cameras import CameraHealth, CameraReader, SessionMarker
+from .cameras import CameraHealth, CameraReader
 from .clips import ClipRecorder, ClipResult, prune, write_snapshot
 from .config import ServeConfig
 from .engine import Engine, SegmentResult
@@ -157,9 +157,6 @@ class Server:
     def _handle(self, kind: str, *args) -> None:
         if kind == "segment":
             self._segment(args[0])
-        elif kind == "session_start":
-            name, marker = args
-            assert isinstance(marker, SessionMarker)
         elif kind == "session_end":
             name, updates = args
             for update in updates:
@@ -237,7 +234,8 @@ class Server:
         if row is None:
             return
         live.event = None
-        self.store.update(row["id"], end_time=wall0 + ev.end, media_end=ev.end, closed_by=ev.closed_by,
+        closed_by = "shutdown" if self.stop_event.is_set() and ev.closed_by != "scores" else ev.closed_by
+        self.store.update(row["id"], end_time=wall0 + ev.end, media_end=ev.end, closed_by=closed_by,
                           label=ev.label, peak_score=ev.peak_score, peak_time=wall0 + ev.peak_time,
                           segments=ev.segments, scores=row["scores"])
         self.recorders[camera].stop(row["id"], ev.end)

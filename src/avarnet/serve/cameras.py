@@ -167,7 +167,6 @@ class CameraReader(threading.Thread):
         mono0 = 0.0
         audio_pos: float | None = None  # s of audio handed to the cutter
         broke = None
-        paced = self.camera.realtime or not self.camera.is_file
         demux = [s for s in (video, audio) if s is not None]
         try:
             for packet in container.demux(*demux):
@@ -207,16 +206,12 @@ class CameraReader(threading.Thread):
                                 cut = min(samples.size, round(-at * spec.sample_rate))
                                 samples, at = samples[cut:], at + cut / spec.sample_rate
                             self._emit(cutter.add_audio(samples))
-            del paced
         except AV_ERRORS as e:
             broke = f"stream broke off ({' '.join(str(e).split()) or type(e).__name__})"
         if t0 is None:
             self.clips.end_session()
             return broke or "no video frame could be decoded"
-        if not self.stop_event.is_set() or self.camera.is_file:
-            self._emit(cutter.finish())
-        else:
-            self._emit(cutter.finish())
+        self._emit(cutter.finish())
         end = SessionMarker("end", session)
         self.sink.put(self.camera.name, end)
         # the engine closes open events on this marker; clip requests it makes still need packets
