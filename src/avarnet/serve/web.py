@@ -8,6 +8,7 @@ the login form needs the token (or password): a session cookie set by logging in
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import html
@@ -162,7 +163,7 @@ def create_app(server) -> Starlette:
                 resp.set_cookie(COOKIE, session_value, httponly=True, samesite="strict")
                 return resp
             error = "<p style='color:#dc2626'>wrong token or password</p>"
-            time.sleep(0.5)
+            await asyncio.sleep(0.5)  # slows guessing
         return HTMLResponse(
             f"<!doctype html><html><head><meta charset='utf-8'><title>log in - avarnet</title>"
             f"<style>{CSS}</style></head><body><main style='max-width:360px;margin:60px auto'>"
