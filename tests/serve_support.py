@@ -34,8 +34,9 @@ TOKEN = "test-token-1234"
 MOSQUITTO = "/usr/sbin/mosquitto"
 
 
-def tiny_checkpoint(tiny_backbones, path: Path) -> Path:
-    """An untrained (seeded) model over the tiny backbones' features, L = 4."""
+def tiny_checkpoint(tiny_backbones, path: Path, std: float = 1.0) -> Path:
+    """An untrained (seeded) model over the tiny backbones' features, L = 4; a small ``std``
+    magnifies feature changes, so scores move with the content."""
     vdir, adir = tiny_backbones
     v = VideoEncoder.load(str(vdir), device="cpu")
     a = AudioEncoder.load(str(adir), device="cpu")
@@ -44,7 +45,7 @@ def tiny_checkpoint(tiny_backbones, path: Path) -> Path:
                       stages=2, layers=3, heads=2, dropout=0.0)
     torch.manual_seed(0)
     model = create_model(cfg).eval()
-    norm = Normalizer(np.zeros(cfg.input_dim, np.float32), np.ones(cfg.input_dim, np.float32))
+    norm = Normalizer(np.zeros(cfg.input_dim, np.float32), np.full(cfg.input_dim, std, np.float32))
     save_checkpoint(path, Checkpoint(model, cfg, TrainConfig(seq_len=4), CLASSES, spec, norm, None, {}))
     return path
 

@@ -22,11 +22,13 @@ playwright = pytest.importorskip("playwright.sync_api")
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
 def test_review_page_login_snapshot_clip_false_alarm_export(tmp_path, tiny_backbones):
-    ckpt = ss.tiny_checkpoint(tiny_backbones, tmp_path / "tiny.ckpt")
+    ckpt = ss.tiny_checkpoint(tiny_backbones, tmp_path / "tiny.ckpt", std=0.02)
     clip = ss.make_clip(tmp_path / "cam.mp4", 5.0, size=(320, 180))
     port = ss.free_port()
     cfg = ss.write_config(tmp_path / "c.yaml", ckpt, {
-        "entrance": {"source": str(clip), "loop": True, "alerts": {"threshold": 0.0, "min_segments": 2}},
+        "entrance": {"source": str(clip), "loop": True, "realtime": True,
+                     "alerts": {"threshold": 0.0, "min_segments": 2}},
+        "garage": {"source": f"rtsp://127.0.0.1:{ss.free_port()}/stream1", "retry_max_s": 2},
     }, tmp_path / "store", port)
     log = tmp_path / "server.log"
     proc = ss.start_server(cfg, log)
@@ -52,6 +54,7 @@ def test_review_page_login_snapshot_clip_false_alarm_export(tmp_path, tiny_backb
             thumb = page.locator(f"tr.event[data-id='{first['id']}'] img.thumb")
             page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumb.element_handle())
             assert page.locator("#cam-entrance .badge").inner_text() in ("online", "connecting")
+            page.wait_for_selector("#cam-garage .badge.unhealthy")
             page.wait_for_function(
                 "document.querySelector('#cam-entrance polyline').getAttribute('points').split(' ').length > 3")
             page.screenshot(path=str(tmp_path / "serve-index.png"), full_page=True)

@@ -26,6 +26,7 @@ log = logging.getLogger("avarnet")
 
 RING_EXTRA_S = 30.0  # ring holds pre-roll + this much (segments wait in queues before an event opens)
 JPEG_QUALITY = 85
+MAX_CLIP_S = 600.0  # an event longer than this keeps its first MAX_CLIP_S seconds of clip
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,8 @@ class ClipRecorder:
             self.ring.popleft()
         self.service()
         for rec in list(self._active.values()):
-            if rec.stop_raw is not None and video and p.time > rec.stop_raw:
+            too_long = rec.base is not None and p.time - float(rec.base) > MAX_CLIP_S
+            if video and ((rec.stop_raw is not None and p.time > rec.stop_raw) or too_long):
                 self._finish(rec)
             else:
                 rec.add(p)
