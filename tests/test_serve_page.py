@@ -20,6 +20,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 playwright = pytest.importorskip("playwright.sync_api")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
 def test_review_page_login_snapshot_clip_false_alarm_export(tmp_path, tiny_backbones):
     ckpt = ss.tiny_checkpoint(tiny_backbones, tmp_path / "tiny.ckpt", std=0.02)
