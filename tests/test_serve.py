@@ -174,9 +174,11 @@ def test_broker_down_during_events_nothing_lost_in_order(tmp_path, ckpt, broker,
 def test_refused_camera_is_retried_others_go_on_and_the_token_guards_everything(tmp_path, ckpt, clip6):
     dead = ss.free_port()  # nothing listens there: connections are refused
     port = ss.free_port()
+    dropping = ss.ClipServer(ss.make_clip(tmp_path / "live.mp4", 3.0).read_bytes())
     cfg = ss.write_config(tmp_path / "c.yaml", ckpt, {
         "down": {"source": f"http://127.0.0.1:{dead}/live.mp4", "retry_max_s": 1},
         "yard": {"source": str(clip6), "loop": True, "alerts": ALWAYS},
+        "drops": {"source": dropping.url, "retry_max_s": 1, "alerts": ALWAYS},
     }, tmp_path / "store", port)
     log = tmp_path / "server.log"
     proc = ss.start_server(cfg, log)
@@ -186,12 +188,15 @@ def test_refused_camera_is_retried_others_go_on_and_the_token_guards_everything(
         def state():
             cams = {c["name"]: c for c in ss.api(port, "/api/cameras")[1]}
             events = [e for e in ss.api(port, "/api/events")[1] if e["has_clip"]]
-            ok = cams["down"]["attempts"] >= 3 and cams["down"]["status"] == "unhealthy" and len(events) >= 2
+            ok = (cams["down"]["attempts"] >= 3 and cams["down"]["status"] == "unhealthy"
+                  and sum(e["camera"] == "yard" for e in events) >= 2 and cams["drops"]["sessions"] >= 3
+                  and sum(e["camera"] == "drops" for e in events) >= 2)
             return (cams, events) if ok else None
 
-        cams, events = ss.wait_for(state, 90, "retries of the dead camera and events of the other", log)
-        assert "cannot open" in cams["down"]["error"]
-        assert {e["camera"] for e in events} == {"yard"}
+        cams, events = ss.wait_for(state, 90, "retries of the dead camera and events of the others", log)
+        assert "cannot open" in cams["down"]["error"] and cams["down"]["sessions"] == 0
+        assert {e["camera"] for e in events} == {"yard", "drops"}  # one per connection of "drops"
+        events = [e for e in events if e["camera"] == "yard"]
         eid = events[0]["id"]
         for method, path in [("GET", "/"), ("GET", "/api/events"), ("GET", "/api/cameras"), ("GET", "/api/stats"),
                              ("GET", f"/events/{eid}"), ("GET", f"/events/{eid}/clip.mp4"),
@@ -208,6 +213,8 @@ def test_refused_camera_is_retried_others_go_on_and_the_token_guards_everything(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+        dropping.close()
+    assert "camera drops: the stream ended; retrying" in log.read_text()
 
 
 def test_retention_prunes_oldest_media_and_keeps_records(tmp_path):

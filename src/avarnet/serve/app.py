@@ -324,7 +324,7 @@ class Server:
             state = self.engine_of[name].cameras[name] if name in self.engine_of else None
             out.append({
                 "name": name, "status": live.health.status, "error": live.health.error,
-                "attempts": live.health.attempts, "label": live.label, "score": live.score,
+                "attempts": live.health.attempts, "sessions": live.health.sessions, "label": live.label, "score": live.score,
                 "threshold": live.threshold, "history": list(live.history),
                 "event": live.event["id"] if live.event else None, "segments": live.segments,
                 "dropped": state.dropped if state else 0,
