@@ -405,6 +405,9 @@ def run_server(config: ServeConfig, ready=None) -> int:
             return 1
         log.info("serving %d camera(s); review page on http://%s:%d/", len(config.cameras),
                  config.web.bind, config.web.port)
+        if config.web.bind not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("web: listening on %s, reachable from other machines (plain HTTP; put a TLS "
+                        "proxy in front)", config.web.bind)
         if ready is not None:
             ready(server)
         last_prune = time.monotonic()
