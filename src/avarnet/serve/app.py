@@ -34,7 +34,7 @@ log = logging.getLogger("avarnet")
 
 HISTORY = 120  # segment scores kept per camera for the live sparkline
 PRUNE_EVERY_S = 300.0
-STOP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 600.0  # cameras and engines finish what is queued (bounded queues) within this
 
 
 class _Live:
@@ -136,6 +136,10 @@ class Server:
             engine.close()
         for engine in self.engines.values():
             engine.join(timeout=max(0.1, deadline - time.monotonic()))
+        late = [r.camera.name for r in self.readers if r.is_alive()]
+        late += [f"engine {p.name}" for p, e in self.engines.items() if e.is_alive()]
+        if late:
+            log.warning("stopping: gave up waiting for %s", ", ".join(late))
         self.finisher.shutdown(wait=True)
         for name in self.live:
             self._publish_state(name, force=True)
@@ -158,9 +162,10 @@ class Server:
         if kind == "segment":
             self._segment(args[0])
         elif kind == "session_end":
-            name, updates = args
+            name, updates, stopped = args
             for update in updates:
-                self._close(name, update.event, self.live[name].event["wall0"] if self.live[name].event else 0.0)
+                wall0 = self.live[name].event["wall0"] if self.live[name].event else 0.0
+                self._close(name, update.event, wall0, "shutdown" if stopped else update.event.closed_by)
 
     def _segment(self, r: SegmentResult) -> None:
         live = self.live[r.camera]
@@ -228,13 +233,13 @@ class Server:
             self.mqtt.event("update", before, self._payload(self.store.get(row["id"])))
         row.update(fields)
 
-    def _close(self, camera: str, ev: AlertEvent, wall0: float) -> None:
+    def _close(self, camera: str, ev: AlertEvent, wall0: float, closed_by: str | None = None) -> None:
         live = self.live[camera]
         row = live.event
         if row is None:
             return
         live.event = None
-        closed_by = "shutdown" if self.stop_event.is_set() and ev.closed_by != "scores" else ev.closed_by
+        closed_by = closed_by or ev.closed_by
         self.store.update(row["id"], end_time=wall0 + ev.end, media_end=ev.end, closed_by=closed_by,
                           label=ev.label, peak_score=ev.peak_score, peak_time=wall0 + ev.peak_time,
                           segments=ev.segments, scores=row["scores"])
@@ -254,7 +259,10 @@ class Server:
             if not (p["closed"] and p["clip"] is not None):
                 return
             del self._pending[event_id]
-        self.finisher.submit(self._finish_event, event_id, p["clip"])
+        try:
+            self.finisher.submit(self._finish_event, event_id, p["clip"])
+        except RuntimeError:  # the worker is gone (stopping): finish here
+            self._finish_event(event_id, p["clip"])
 
     def _finish_event(self, event_id: str, clip: ClipResult) -> None:
         """Snapshot at the peak, clip on record, `end` message and webhook record."""

@@ -27,7 +27,7 @@ log = logging.getLogger("avarnet")
 OPEN_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 10.0
 RETRY_FIRST_S = 1.0
-SESSION_ACK_TIMEOUT_S = 30.0  # how long a finished session waits for the engine to catch up
+SESSION_ACK_TIMEOUT_S = 300.0  # most a finished session waits for the engine to reach its end
 AV_ERRORS = (av.error.FFmpegError, OSError, EOFError, ValueError)
 
 
@@ -67,9 +67,10 @@ def _target_size(width: int, height: int, edge: int | None) -> tuple[int, int] |
 class SessionMarker:
     """Start or end of a session, passed through the engine's queue in order with segments."""
 
-    def __init__(self, kind: str, session: int, wall0: float = 0.0) -> None:
+    def __init__(self, kind: str, session: int, wall0: float = 0.0, stopped: bool = False) -> None:
         self.kind = kind  # "start" | "end"
         self.session = session
+        self.stopped = stopped  # "end": the server is stopping (not the source ending)
         self.wall0 = wall0  # epoch seconds at media time 0
         self.done = threading.Event()  # set by the engine once handled
 
@@ -212,11 +213,12 @@ class CameraReader(threading.Thread):
             self.clips.end_session()
             return broke or "no video frame could be decoded"
         self._emit(cutter.finish())
-        end = SessionMarker("end", session)
+        end = SessionMarker("end", session, stopped=self.stop_event.is_set())
         self.sink.put(self.camera.name, end)
-        # the engine closes open events on this marker; clip requests it makes still need packets
+        # the engine closes open events on this marker; clip requests it makes until then still
+        # need this session's packets, so wait for it (its queue is bounded, so this ends)
         deadline = time.monotonic() + SESSION_ACK_TIMEOUT_S
-        while not end.done.wait(0.05) and time.monotonic() < deadline:
+        while not end.done.wait(0.05) and time.monotonic() < deadline and self.sink.is_alive():
             self.clips.service()
         self.clips.end_session()
         if broke is None and not self.camera.is_file and not self.stop_event.is_set():

@@ -24,7 +24,7 @@ import numpy as np
 
 log = logging.getLogger("avarnet")
 
-RING_EXTRA_S = 30.0  # ring holds pre-roll + this much (segments wait in queues before an event opens)
+RING_EXTRA_S = 60.0  # ring holds pre-roll + this much (segments wait in queues before an event opens)
 JPEG_QUALITY = 85
 MAX_CLIP_S = 600.0  # an event longer than this keeps its first MAX_CLIP_S seconds of clip
 

@@ -73,8 +73,8 @@ class Engine(threading.Thread):
     """Shared encoders + per-camera temporal state for the cameras of one checkpoint.
 
     ``handler`` receives, in the engine thread: ``("segment", SegmentResult)``,
-    ``("session_start", camera, marker)`` and ``("session_end", camera, updates)`` (the events
-    closed because the source ended).
+    ``("session_start", camera, marker)`` and ``("session_end", camera, updates, stopped)`` (the
+    events closed because the source ended, or the server is stopping).
     """
 
     def __init__(self, ckpt: Checkpoint, extractor: Extractor, handler: Callable, *,
@@ -179,7 +179,7 @@ class Engine(threading.Thread):
                 self.handler("session_start", name, marker)
             else:
                 updates = state.tracker.finish() if state.tracker is not None else []
-                self.handler("session_end", name, updates)
+                self.handler("session_end", name, updates, marker.stopped)
         finally:
             marker.done.set()
 
