@@ -278,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-int8", action="store_true", help="skip the dynamically quantised int8 copies")
     p.add_argument("--audio-context", type=_seconds, metavar="S",
                    help="look-back of the exported live features (default: the checkpoint's, else 0)")
+    p = sub.add_parser("serve", help="camera server: many cameras, events with clips, MQTT, review page (CONFIG.yaml)")
+    p.add_argument("config", type=Path, help="YAML file: cameras, checkpoint, alerts, storage, mqtt, web")
+    p = sub.add_parser("export-reviewed", help="reviewed event clips of a server as a class-per-folder dataset")
+    p.add_argument("config", type=Path, help="the server's YAML file (its storage holds the events)")
+    p.add_argument("--out", type=Path, required=True, help="dataset folder: OUT/<class>/<clip>.mp4")
 
     p = sub.add_parser("bench", help="throughput and latency of every stage on this machine; prints tables, writes JSON")
     p.add_argument("--out", type=Path, default=Path("bench"), help="folder for bench.json, bench.md and the test clip")
@@ -595,8 +600,42 @@ def cmd_ablate(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    from .serve.app import run_server
+    from .serve.config import ConfigError, load_config
+
+    try:
+        config = load_config(a.config)
+    except ConfigError as e:
+        for line in e.lines:
+            print(f"avarnet serve: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    return run_server(config)
+
+
+def cmd_export_reviewed(a: argparse.Namespace) -> int:
+    from .serve.app import export_reviewed
+    from .serve.config import ConfigError, load_config
+
+    try:
+        config = load_config(a.config)
+    except ConfigError as e:
+        for line in e.lines:
+            print(f"avarnet export-reviewed: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    if not config.storage.db.is_file():
+        print(f"avarnet export-reviewed: no event database at {config.storage.db}", file=sys.stderr)
+        return EXIT_USAGE
+    r = export_reviewed(config, a.out)
+    total = sum(r["classes"].values())
+    per = ", ".join(f"{c}: {n}" for c, n in sorted(r["classes"].items())) or "none"
+    print(f"exported {total} reviewed clip(s) to {a.out} ({per}); {r['skipped']} without a clip on disk")
+    return EXIT_OK
+
+
 COMMANDS = {
-    "stream": cmd_stream, "bench": cmd_bench, "export": cmd_export,
+    "stream": cmd_stream, "bench": cmd_bench, "export": cmd_export, "serve": cmd_serve,
+    "export-reviewed": cmd_export_reviewed,
     "synth": cmd_synth, "extract": cmd_extract, "train": cmd_train, "evaluate": cmd_evaluate,
     "predict": cmd_predict, "demo": cmd_demo, "models": cmd_models, "ablate": cmd_ablate, "xdv": cmd_xdv,
 }

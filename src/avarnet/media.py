@@ -336,11 +336,11 @@ def read_frames(
     if shortest_edge is not None and shortest_edge <= 0:
         raise ValueError(f"shortest_edge must be positive, got {shortest_edge}")
     info = info or probe(path)
-    size = _target_size(info.width, info.height, shortest_edge)
+    size = target_size(info.width, info.height, shortest_edge)
     return _iter_frames(Path(path), times, info, size)
 
 
-def _target_size(width: int, height: int, shortest_edge: int | None) -> tuple[int, int] | None:
+def target_size(width: int, height: int, shortest_edge: int | None) -> tuple[int, int] | None:
     """(width, height) with the shorter side == shortest_edge, or None to keep the size.
 
     The longer side is at most MAX_ASPECT_RATIO * shortest_edge (memory stays bounded).
@@ -900,7 +900,7 @@ class SegmentSource:
     def _new_cutter(self) -> SegmentCutter:
         size = None
         if self.info.width and self.info.height:
-            size = _target_size(self.info.width, self.info.height, self.spec.resize_shortest_edge)
+            size = target_size(self.info.width, self.info.height, self.spec.resize_shortest_edge)
         return SegmentCutter(
             self.spec.segment_seconds,
             self.spec.frames_per_segment,
