@@ -370,8 +370,9 @@ class FeatureStore:
                 return False
             meta = {ENTRY_KEY: json.dumps(entry.to_dict(), allow_nan=False)}
             atomic_write(self.root / entry.file, lambda tmp: save_numpy(arrays, str(tmp), metadata=meta))
-        _append_jsonl(self.root / INDEX_FILE, entry.to_dict())
-        self._entries[entry.id] = entry
+            _append_jsonl(self.root / INDEX_FILE, entry.to_dict())
+            self._entries[entry.id] = entry
+        return True
 
     def load(self, entry: Entry) -> dict[str, np.ndarray]:
         """All tensors of one video as numpy arrays (video (T, Dv), audio (T, Da), audio_mask (T,), ...)."""
