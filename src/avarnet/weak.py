@@ -7,7 +7,14 @@ the video's logit is the mean of its top-k snippet logits, k = floor(T / topk_di
 binary cross-entropy ties it to the video label (the MIL objective of the XD-Violence reference
 code). Optional terms, named :class:`WeakConfig` fields: smoothness, the mean squared difference of
 neighbouring snippet scores; sparsity, the mean snippet score of violent videos (Sultani et al.,
-CVPR 2018). Every stage of a multi-stage model is trained; the last one scores.
+CVPR 2018); consistency of the scores under time reversal or a random reordering of the snippets.
+Every stage of a multi-stage model is trained; the last one scores.
+
+The default objective, ``refine``, trains in two stages (after MIST, Feng et al., CVPR 2021): a
+per-snippet scorer without temporal context learns from the MIL term alone, then the model learns
+from the scorer's snippet probabilities as soft pseudo-labels plus the MIL term. The scorer cannot
+fire next to the evidence, which a model with a whole-video receptive field can learn to do under
+MIL; ``objective="mil"`` trains the model by MIL directly (the reference).
 
 A snippet's anomaly score is sigmoid(a_t) = p(anomaly); at test time the whole video is scored at
 once and the scores of the visual crops are averaged. Frame scores repeat each snippet's score over
