@@ -42,15 +42,13 @@ VIOLENT = {"brawling": "B1", "vandalism": "B4", "abuse": "B5", "crash": "B6", "e
 DISTRACTOR = "normal"  # the crowd + murmur event: activity that is not violent
 EVENT_SECONDS = (3.0, 8.0)
 
-OFF = {"smooth_weight": 0.0, "sparsity_weight": 0.0, "reversal_weight": 0.0}
-OBJECTIVES = {  # WeakConfig's defaults are the last row
+OFF = {"objective": "mil", "smooth_weight": 0.0, "sparsity_weight": 0.0, "reversal_weight": 0.0}
+OBJECTIVES = {  # WeakConfig's defaults are the last row; the one before it the former defaults
     "MIL (top-k BCE) only": OFF,
     "+ smoothness 0.1, sparsity 0.1": OFF | {"smooth_weight": 0.1, "sparsity_weight": 0.1},
-    "+ smoothness, sparsity, reversal 1.0": {
-        "smooth_weight": 0.1,
-        "sparsity_weight": 0.1,
-        "reversal_weight": 1.0,
-    },
+    "+ smoothness, sparsity, reversal 1.0": OFF
+    | {"smooth_weight": 0.1, "sparsity_weight": 0.1, "reversal_weight": 1.0},
+    "refine (per-snippet MIL scorer -> pseudo-labels)": {"objective": "refine"},
 }
 
 
@@ -130,7 +128,7 @@ def run(args: argparse.Namespace) -> dict:
         for seed in range(args.seeds):
             cfg = WeakConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=seed, device=args.device,
                              **terms)  # fmt: skip
-            tag = f"{'-'.join(f'{k}{v}' for k, v in terms.items() if v) or 'mil'}-seed{seed}"
+            tag = f"{'-'.join(f'{k}{v}' for k, v in terms.items() if v)}-seed{seed}"
             res = train_weak(xd, out / "runs" / tag, cfg)
             m = evaluate_weak(res.checkpoint, xd, out=out / "reports" / tag, plots=6)
             rows.setdefault(title, []).append(

@@ -20,10 +20,17 @@ from avarnet.models import list_models
 from avarnet.store import Entry, FeatureStore
 from avarnet.train import TrainError, train
 from avarnet.weak import (
+    SCORER_HISTORY_FILE,
     WEAK_CLASSES,
+    VideoScores,
     WeakConfig,
     evaluate_weak,
+    flank_check,
+    flank_warning,
     mil_loss,
+    permutation_gap,
+    pseudo_label_loss,
+    random_order,
     reversal_gap,
     reverse_valid,
     snippet_scores,
@@ -197,7 +204,8 @@ def test_weak_mtcn_beats_a_constant_score(xd_store, weak_run, tmp_path):
     assert m["frame_ap"] > 0.7 and m["frame_ap"] > base["frame_ap"] + 0.4
     assert m["frame_roc_auc"] > 0.85 and m["video_roc_auc"] > 0.85
     assert m["frames"] == len(official_gt_for(xd_store))
-    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    on_disk = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=pytest.fail)
+    assert on_disk["flank_check"]["flank_firing"] is False and on_disk["warnings"] == []
     assert {
         "frame_ap",
         "frame_pr_auc",
@@ -319,3 +327,113 @@ def test_weak_training_without_a_finite_validation_loss_writes_no_checkpoint(xd_
         train_weak(xd_store, tmp_path / "run", WeakConfig(**{**FAST, "epochs": 2}), model_overrides=TINY,
                    progress=False)
     assert not (tmp_path / "run" / "best.ckpt").exists()
+# -- localisation: order consistency, two-stage refinement, flank guard -------------------------
+
+
+class Flanks(torch.nn.Module):
+    """A 'detector' firing on both sides of the evidence (feature 0), never on it."""
+
+    def forward(self, x, mask):
+        e = x[..., 0]  # (B, L)
+        a = torch.roll(e, 2, dims=1) + torch.roll(e, -2, dims=1)
+        return torch.stack([torch.zeros_like(a), 4 * a], dim=-1)[None]  # (1, B, L, 2)
+
+
+def test_random_order_shuffles_valid_steps_and_keeps_padding():
+    mask = torch.tensor([[True] * 5 + [False] * 3, [True] * 8])
+    idx = random_order(mask, torch.Generator().manual_seed(0))
+    assert sorted(idx[0, :5].tolist()) == [0, 1, 2, 3, 4] and idx[0, 5:].tolist() == [5, 6, 7]
+    assert sorted(idx[1].tolist()) == list(range(8)) and idx[1].tolist() != list(range(8))
+
+
+def test_permutation_gap_catches_symmetric_flank_firing_that_reversal_misses():
+    torch.manual_seed(0)
+    x = torch.zeros(1, 15, 3)
+    x[0, 7, 0] = 1.0  # evidence in the middle: firing at 5 and 9 is symmetric under reversal
+    mask = torch.ones(1, 15, dtype=torch.bool)
+    flanks, local = Flanks(), Shift(0)
+    assert reversal_gap(flanks, x, mask, flanks(x, mask)).item() == pytest.approx(0.0, abs=1e-7)
+    assert permutation_gap(flanks, x, mask, flanks(x, mask)).item() > 0.01
+    assert permutation_gap(local, x, mask, local(x, mask)).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_pseudo_label_loss_is_bce_against_soft_targets_on_valid_snippets():
+    logits = torch.zeros(2, 1, 3, 2)  # two stages, logit 0 everywhere
+    mask = torch.tensor([[True, True, False]])
+    target = torch.tensor([[1.0, 0.0, 1.0]])  # the padded target must not count
+    assert pseudo_label_loss(logits, mask, target).item() == pytest.approx(2 * np.log(2), rel=1e-5)
+    logits[:, 0, 0, 1] = 20.0  # confident and right on snippet 0
+    assert pseudo_label_loss(logits, mask, target).item() == pytest.approx(np.log(2), rel=1e-4)
+
+
+def covering_videos(n: int, seed: int, prefix: str) -> list[FakeVideo]:
+    """Half normal; violent ones hold one event covering 60-90 % of the video."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        T = int(rng.integers(20, 40))
+        if i % 2 == 0:
+            out.append(FakeVideo(f"{prefix}{i:03d}__#1_label_A", T, T))
+            continue
+        length = int(T * rng.uniform(0.6, 0.9))
+        s = int(rng.integers(1, T - length))  # a few normal snippets on both sides
+        out.append(FakeVideo(f"{prefix}{i:03d}__#1_label_B2-0-0", T, T, ((s, s + length),)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def covering_store(tmp_path_factory) -> FeatureStore:
+    root = tmp_path_factory.mktemp("cover")
+    train_videos, test_videos = covering_videos(24, 5, "Train."), covering_videos(10, 6, "Test.")
+    rgb, audio = write_official(root / "feats", train_videos, test=False, seed=7)
+    test_rgb, test_audio = write_official(root / "feats", test_videos, test=True, seed=8)
+    np.save(root / "gt.npy", official_gt(test_videos))
+    import_official(root / "store", rgb, audio, test_rgb, test_audio, gt=root / "gt.npy",
+                    val_fraction=0.2, progress=False)  # fmt: skip
+    return FeatureStore.open(root / "store")
+
+
+@pytest.mark.slow
+def test_default_objective_scores_inside_long_events_above_outside(covering_store, tmp_path):
+    """Events cover most of each violent video: the defaults must still score the event itself."""
+    cfg = WeakConfig(epochs=12, batch_size=8, device="cpu", num_threads=1)  # defaults otherwise
+    assert cfg.objective == "refine"
+    r = train_weak(covering_store, tmp_path / "run", cfg, progress=False)
+    assert (tmp_path / "run" / SCORER_HISTORY_FILE).exists()
+    m = evaluate_weak(r.checkpoint, covering_store, out=tmp_path / "rep", plots=0, progress=False)
+    ck = load_checkpoint(r.checkpoint)
+    inside, outside = [], []
+    for e in covering_store.split("test"):
+        t = covering_store.load(e)
+        s = snippet_scores(ck, t)
+        y = t["frame_labels"][::16].astype(bool)
+        if y.any():
+            inside.append(s[y].mean())
+            outside.append(s[~y].mean())
+    assert np.mean(inside) > np.mean(outside) + 0.3
+    assert m["frame_ap"] > m["constant_baseline"]["frame_ap"] + 0.25
+    assert m["flank_check"]["flank_firing"] is False and m["warnings"] == []
+
+
+def _scored(scores: np.ndarray, truth: np.ndarray) -> VideoScores:
+    e = Entry("v", "f", "fighting", "test", "s", len(scores) * 2 / 3, 24.0, True, len(scores),
+              {"binary": 1})  # fmt: skip
+    return VideoScores(e, scores.astype(np.float32), np.repeat(truth, 16).astype(np.uint8))
+
+
+def test_flank_check_flags_a_hand_made_flank_firing_curve():
+    truth = np.zeros(30, np.uint8)
+    truth[10:20] = 1
+    flanking = np.full(30, 0.1)
+    flanking[6:10] = flanking[20:24] = 0.9  # two plateaus around the event, low inside
+    on_event = np.where(truth, 0.8, 0.1)
+    bad = flank_check([_scored(flanking, truth)], 2 / 3)
+    assert bad["flank_firing"] is True and bad["videos_flank_firing"] == 1
+    assert bad["inside_mean"] == pytest.approx(0.1) and bad["margin_mean"] == pytest.approx(0.9)
+    assert "around the annotated events" in flank_warning(bad)
+    good = flank_check([_scored(on_event, truth)], 2 / 3)
+    assert good["flank_firing"] is False and flank_warning(good) is None
+    # an event over the whole video leaves no margin to compare: undefined, not a warning
+    whole = flank_check([_scored(on_event, np.ones(30, np.uint8))], 2 / 3)
+    assert whole["flank_firing"] is None and flank_warning(whole) is None
+

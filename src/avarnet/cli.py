@@ -316,13 +316,21 @@ def _weak_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smooth-weight", type=NON_NEGATIVE_FLOAT, help="weight of the score smoothness term")
     p.add_argument("--sparsity-weight", type=NON_NEGATIVE_FLOAT, help="weight of the score sparsity term")
     p.add_argument("--reversal-weight", type=NON_NEGATIVE_FLOAT, help="weight of the time-reversal consistency term")
+    p.add_argument("--objective", choices=["refine", "mil"],
+                   help="refine (default): per-snippet MIL scorer, then the model trained on its pseudo-labels; "
+                        "mil: the model trained by MIL directly (the reference)")
+    p.add_argument("--permutation-weight", type=NON_NEGATIVE_FLOAT, help="weight of the random-reordering consistency term")
+    p.add_argument("--layers", type=POSITIVE_INT, help="dilated layers per MTCN stage (default: the model's)")
+    p.add_argument("--local-epochs", type=POSITIVE_INT, help="epochs of the per-snippet scorer (refine)")
+    p.add_argument("--pseudo-weight", type=NON_NEGATIVE_FLOAT, help="weight of the pseudo-label term (refine)")
     p.add_argument("--centre-crop-only", action="store_true", help="train on the centre crop only")
     p.add_argument("--seed", type=SEED)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
 
 
 _WEAK_FIELDS = ("model", "modality", "fusion", "epochs", "batch_size", "lr", "max_seq_len", "smooth_weight",
-                "sparsity_weight", "reversal_weight", "seed", "device")
+                "sparsity_weight", "reversal_weight", "objective", "permutation_weight", "layers", "local_epochs",
+                "pseudo_weight", "seed", "device")
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
@@ -467,6 +475,8 @@ def cmd_xdv_evaluate(a: argparse.Namespace) -> int:
     print(f"  frame AP (scikit-learn)   {m['frame_ap']:.4f}   constant score {c['frame_ap']:.4f}")
     print(f"  frame PR-AUC (trapezoid)  {m['frame_pr_auc']:.4f}   constant score {c['frame_pr_auc']:.4f}")
     print(f"  frame ROC-AUC             {m['frame_roc_auc']:.4f}   constant score {c['frame_roc_auc']:.4f}")
+    for w in m["warnings"]:
+        print(w)
     print(f"report: {a.out / 'metrics.json'}, curves: {a.out / 'curves'}, page: {a.out / 'report.html'}")
     return EXIT_OK
 

@@ -7,7 +7,14 @@ the video's logit is the mean of its top-k snippet logits, k = floor(T / topk_di
 binary cross-entropy ties it to the video label (the MIL objective of the XD-Violence reference
 code). Optional terms, named :class:`WeakConfig` fields: smoothness, the mean squared difference of
 neighbouring snippet scores; sparsity, the mean snippet score of violent videos (Sultani et al.,
-CVPR 2018). Every stage of a multi-stage model is trained; the last one scores.
+CVPR 2018); consistency of the scores under time reversal or a random reordering of the snippets.
+Every stage of a multi-stage model is trained; the last one scores.
+
+The default objective, ``refine``, trains in two stages (after MIST, Feng et al., CVPR 2021): a
+per-snippet scorer without temporal context learns from the MIL term alone, then the model learns
+from the scorer's snippet probabilities as soft pseudo-labels plus the MIL term. The scorer cannot
+fire next to the evidence, which a model with a whole-video receptive field can learn to do under
+MIL; ``objective="mil"`` trains the model by MIL directly (the reference).
 
 A snippet's anomaly score is sigmoid(a_t) = p(anomaly); at test time the whole video is scored at
 once and the scores of the visual crops are averaged. Frame scores repeat each snippet's score over
@@ -56,6 +63,9 @@ EVAL_CHUNK = 4096  # snippets per forward pass when a whole video is scored
 DEFAULT_PLOTS = 12  # per-video score curves written by evaluate_weak
 METRICS_FILE = "metrics.json"
 CURVES_DIR = "curves"
+FLANK_MARGIN = 4  # snippets around each annotated event compared with the event by flank_check
+OBJECTIVES = ("refine", "mil")
+SCORER_HISTORY_FILE = "snippet_scorer_history.json"  # first stage of "refine"
 AP_DEFINITIONS = {
     "frame_ap": "scikit-learn average_precision_score over all test frames (step-wise, no interpolation)",
     "frame_pr_auc": "trapezoidal area under precision_recall_curve (auc(recall, precision)), "
@@ -77,11 +87,20 @@ class WeakConfig(_DictMixin):
     weight_decay: float = 1e-4
     max_seq_len: int = 200  # longer training videos are subsampled uniformly to this many snippets
     topk_divisor: int = 16  # k = T // topk_divisor + 1 snippets pooled per video
-    smooth_weight: float = 0.1  # weight of the mean squared difference of neighbouring scores
-    sparsity_weight: float = 0.1  # weight of the mean score of violent videos
+    # "refine": a per-snippet scorer trained by MIL first, then the model trained on its snippet
+    # scores as soft pseudo-labels (+ the MIL term); "mil": the model trained by MIL directly
+    objective: str = "refine"
+    smooth_weight: float = 0.0  # weight of the mean squared difference of neighbouring scores
+    sparsity_weight: float = 0.0  # weight of the mean score of violent videos
     # weight of the mean squared gap between the scores of a video and of its time reversal (mapped
     # back): keeps the scores on the snippets that carry the evidence
-    reversal_weight: float = 1.0
+    reversal_weight: float = 0.0
+    # the same gap under a random reordering of each video's snippets
+    permutation_weight: float = 0.0
+    layers: int = 0  # dilated layers per MTCN stage (receptive field); 0: ModelConfig's default
+    local_epochs: int = 30  # epochs of the per-snippet scorer ("refine")
+    local_hidden: int = 128  # width of the per-snippet scorer
+    pseudo_weight: float = 1.0  # weight of the pseudo-label term ("refine")
     all_crops: bool = True  # every visual crop is a training sample (official practice)
     modality_dropout: float = 0.0  # probability of blanking one sense per training video
     plateau_factor: float = 0.5
@@ -163,6 +182,32 @@ def reversal_gap(
     return order_gap(model, x, mask, logits, reversed_order(mask))
 
 
+def random_order(mask: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """(B, L) index map shuffling each row's valid prefix at random; padding keeps its place."""
+    B, L = mask.shape
+    keys = torch.rand(B, L, generator=gen).to(mask.device)  # (B, L) in [0, 1)
+    t = torch.arange(L, device=mask.device)[None, :].expand(B, L)
+    return torch.where(mask, keys, 2.0 + t.to(keys.dtype)).argsort(dim=1)
+
+
+def permutation_gap(
+    model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, logits: torch.Tensor
+) -> torch.Tensor:
+    """:func:`order_gap` for a random reordering of each video: unlike reversal, it also charges
+    a detector that fires symmetrically on both sides of the evidence."""
+    return order_gap(model, x, mask, logits, random_order(mask))
+
+
+def pseudo_label_loss(
+    logits: torch.Tensor, mask: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """Binary cross-entropy of every stage's snippet logits against soft snippet targets, summed
+    over stages. logits: (S, B, L, 2); mask: (B, L); target: (B, L) in [0, 1]."""
+    a = anomaly_logit(logits)  # (S, B, L)
+    per = F.binary_cross_entropy_with_logits(a, target.expand_as(a), reduction="none")
+    return per[:, mask].mean(dim=1).sum()
+
+
 def mil_loss(
     logits: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, cfg: WeakConfig
 ) -> torch.Tensor:
@@ -186,14 +231,46 @@ def mil_loss(
 
 
 def weak_objective(
-    model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, cfg: WeakConfig
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    y: torch.Tensor,
+    cfg: WeakConfig,
+    target: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The full loss of one batch: MIL (+ smoothness, sparsity) + time-reversal consistency."""
+    """The full loss of one batch: MIL (+ smoothness, sparsity) + order consistency terms, and the
+    pseudo-label term when snippet targets (B, L) are given."""
     logits = model(x, mask)  # (S, B, L, 2)
     loss = mil_loss(logits, mask, y, cfg)
     if cfg.reversal_weight > 0:
         loss = loss + cfg.reversal_weight * reversal_gap(model, x, mask, logits)
+    if cfg.permutation_weight > 0:
+        loss = loss + cfg.permutation_weight * permutation_gap(model, x, mask, logits)
+    if target is not None and cfg.pseudo_weight > 0:
+        loss = loss + cfg.pseudo_weight * pseudo_label_loss(logits, mask, target)
     return loss
+
+
+# -- per-snippet scorer ("refine", first stage) ---------------------------------------------
+
+
+class SnippetScorer(torch.nn.Module):
+    """A two-layer perceptron on each snippet's own features: it cannot see its neighbours, so its
+    score can only come from the snippet's evidence. Output: two-way logits (1, B, L, 2) like the
+    registered models (normal logit 0)."""
+
+    def __init__(self, input_dim: int, hidden: int, dropout: float = 0.3):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(input_dim, hidden),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(dropout),
+            torch.nn.Linear(hidden, 1),
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        a = self.net(x).squeeze(-1).masked_fill(~mask, 0.0)  # (B, L)
+        return torch.stack([torch.zeros_like(a), a], dim=-1)[None]  # (1, B, L, 2)
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -256,7 +333,10 @@ def uniform_indices(T: int, max_len: int) -> np.ndarray:
 
 
 class WeakDataset(Dataset):
-    """One sample per (video, crop): normalised input (l, D) with l <= max_len, and the video label."""
+    """One sample per (video, crop): normalised input (l, D) with l <= max_len, and the video label.
+
+    ``targets`` (item index -> (l,) snippet targets), when set, adds a ``target`` to each sample.
+    """
 
     def __init__(
         self,
@@ -270,6 +350,7 @@ class WeakDataset(Dataset):
         self.store, self.modality, self.norm, self.max_len = store, modality, norm, max_len
         crops = all_crops and modality != "audio"
         self.items = [(e, c) for e in entries for c in (range(crop_count(e)) if crops else [0])]
+        self.targets: dict[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -279,11 +360,14 @@ class WeakDataset(Dataset):
         t = read_tensors(self.store, entry, crop)
         x = self.norm(select_inputs(t, self.modality), missing_mask(t, self.modality))  # (T, D)
         x = x[uniform_indices(len(x), self.max_len)]
-        return {"x": torch.from_numpy(np.ascontiguousarray(x)), "y": float(video_label(entry))}
+        out = {"x": torch.from_numpy(np.ascontiguousarray(x)), "y": float(video_label(entry)), "i": i}
+        if self.targets is not None:
+            out["target"] = torch.from_numpy(self.targets[i])
+        return out
 
 
 def weak_collate(batch: list[dict]) -> dict[str, torch.Tensor]:
-    """Pad to the longest video: x (B, L, D), mask (B, L), y (B,)."""
+    """Pad to the longest video: x (B, L, D), mask (B, L), y (B,), i (B,), target (B, L) if given."""
     L = max(len(b["x"]) for b in batch)
     D = batch[0]["x"].shape[1]
     x = torch.zeros(len(batch), L, D)
@@ -291,7 +375,18 @@ def weak_collate(batch: list[dict]) -> dict[str, torch.Tensor]:
     for i, b in enumerate(batch):
         x[i, : len(b["x"])] = b["x"]
         mask[i, : len(b["x"])] = True
-    return {"x": x, "mask": mask, "y": torch.tensor([b["y"] for b in batch], dtype=torch.float32)}
+    out = {
+        "x": x,
+        "mask": mask,
+        "y": torch.tensor([b["y"] for b in batch], dtype=torch.float32),
+        "i": torch.tensor([b.get("i", -1) for b in batch]),
+    }
+    if "target" in batch[0]:
+        target = torch.zeros(len(batch), L)
+        for i, b in enumerate(batch):
+            target[i, : len(b["target"])] = b["target"]
+        out["target"] = target
+    return out
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -319,6 +414,10 @@ def _check_training_set(store: FeatureStore, entries: Sequence[Entry], cfg: Weak
         )
     if cfg.topk_divisor < 1 or cfg.max_seq_len < 1:
         raise TrainError("topk_divisor and max_seq_len must be >= 1")
+    if cfg.objective not in OBJECTIVES:
+        raise TrainError(f"unknown objective {cfg.objective!r}; use one of {OBJECTIVES}")
+    if cfg.layers < 0:
+        raise TrainError("layers must be >= 0 (0: the model's default)")
 
 
 @torch.no_grad()
@@ -329,7 +428,8 @@ def _loader_loss(
     total, n = 0.0, 0
     for b in loader:
         x, mask, y = b["x"].to(device), b["mask"].to(device), b["y"].to(device)
-        total += float(weak_objective(model, x, mask, y, cfg)) * len(y)
+        target = b["target"].to(device) if "target" in b else None
+        total += float(weak_objective(model, x, mask, y, cfg, target)) * len(y)
         n += len(y)
     return total / max(n, 1)
 
@@ -344,7 +444,8 @@ def _epoch(
         if cfg.modality == "fused":
             x = drop_modality(x, video_dim, cfg.modality_dropout, gen)
         x, mask, y = x.to(device), b["mask"].to(device), b["y"].to(device)
-        loss = weak_objective(model, x, mask, y, cfg)
+        target = b["target"].to(device) if "target" in b else None
+        loss = weak_objective(model, x, mask, y, cfg, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -365,6 +466,56 @@ def _loaders(
     val_ds = WeakDataset(store, val_entries or train_entries, *args, all_crops=False)
     kw = {"batch_size": cfg.batch_size, "collate_fn": weak_collate}
     return DataLoader(train_ds, shuffle=True, generator=g, **kw), DataLoader(val_ds, **kw)
+
+
+def train_snippet_scorer(
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    cfg: WeakConfig,
+    input_dim: int,
+    video_dim: int,
+    device: torch.device,
+    progress: bool,
+) -> tuple[SnippetScorer, list[dict]]:
+    """First stage of "refine": the per-snippet scorer trained by the MIL term alone.
+
+    Returns the scorer of the epoch with the lowest validation MIL loss and its history.
+    """
+    scorer = SnippetScorer(input_dim, cfg.local_hidden).to(device)
+    opt = torch.optim.Adam(scorer.parameters(), lr=1e-3, weight_decay=cfg.weight_decay)
+    mil = cfg.replace(smooth_weight=0.0, sparsity_weight=0.0, reversal_weight=0.0,
+                      permutation_weight=0.0)  # fmt: skip
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    best, best_state, history = float("inf"), None, []
+    bar = tqdm(range(1, cfg.local_epochs + 1), desc="weak snippet scorer", unit="epoch",
+               disable=not progress)  # fmt: skip
+    for epoch in bar:
+        train_loss = _epoch(scorer, train_loader, opt, mil, video_dim, device, gen)
+        val_loss = _loader_loss(scorer, val_loader, mil, device)
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+        if val_loss < best - 1e-6:
+            best = val_loss
+            best_state = {k: v.detach().clone() for k, v in scorer.state_dict().items()}
+    scorer.load_state_dict(best_state)
+    return scorer.eval(), history
+
+
+@torch.no_grad()
+def pseudo_labels(
+    scorer: torch.nn.Module, dataset: WeakDataset, cfg: WeakConfig, device: torch.device
+) -> dict[int, np.ndarray]:
+    """Soft snippet targets of every sample: the scorer's p(anomaly) in violent videos, 0 in
+    normal ones (item index -> (l,) float32)."""
+    scorer.eval()
+    out: dict[int, np.ndarray] = {}
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=weak_collate)
+    for b in loader:
+        x, mask = b["x"].to(device), b["mask"].to(device)
+        p = torch.sigmoid(anomaly_logit(scorer(x, mask)[-1])).cpu().numpy()  # (B, L)
+        for row, (i, y) in enumerate(zip(b["i"].tolist(), b["y"].tolist(), strict=True)):
+            n = int(b["mask"][row].sum())
+            out[i] = (p[row, :n] * float(y > 0.5)).astype(np.float32)
+    return out
 
 
 def _checkpoint(
@@ -400,10 +551,18 @@ def train_weak(
         torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    overrides = {"num_classes": len(WEAK_CLASSES), **(model_overrides or {})}
-    mcfg = model_config_for(store, as_train_config(cfg), overrides)
+    overrides = {"num_classes": len(WEAK_CLASSES)} | ({"layers": cfg.layers} if cfg.layers else {})
+    mcfg = model_config_for(store, as_train_config(cfg), overrides | (model_overrides or {}))
     norm = fit_stream_normalizer(store, store.split("train"), cfg.modality)
     train_loader, val_loader = _loaders(store, cfg, norm)
+    local_history: list[dict] = []
+    if cfg.objective == "refine":
+        scorer, local_history = train_snippet_scorer(
+            train_loader, val_loader, cfg, mcfg.input_dim, mcfg.video_dim, device, progress
+        )
+        for loader in (train_loader, val_loader):
+            loader.dataset.targets = pseudo_labels(scorer, loader.dataset, cfg, device)
+        seed_everything(cfg.seed)
     model = create_model(mcfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -411,6 +570,8 @@ def train_weak(
     )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if local_history:
+        write_json(out / SCORER_HISTORY_FILE, local_history)
     history: list[dict] = []
     best, best_epoch, stale = float("inf"), 0, 0
     drop_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -564,6 +725,62 @@ def _video_level(videos: Sequence[VideoScores], divisor: int) -> dict:
     }
 
 
+def dilate(y: np.ndarray, margin: int) -> np.ndarray:
+    """(N,) bool: True within ``margin`` steps of a True of y (N,)."""
+    c = np.concatenate([[0], np.cumsum(y.astype(np.int64))])
+    i = np.arange(len(y))
+    return (c[np.minimum(i + margin + 1, len(y))] - c[np.maximum(i - margin, 0)]) > 0
+
+
+def flank_check(
+    videos: Sequence[VideoScores], segment_seconds: float, margin: int = FLANK_MARGIN
+) -> dict:
+    """Mean frame score inside the annotated events and in a margin of ``margin`` snippets around
+    them (outside every event), over the videos with events.
+
+    ``flank_firing`` is True when the margin scores higher than the events: the model has learned
+    to fire next to the evidence (a wide receptive field can satisfy the MIL loss that way) and
+    its frame AP is not a measure of detection. None where there is no margin to compare.
+    """
+    inside, near, per_video = [], [], 0
+    for v in videos:
+        if v.frame_labels is None or not v.frame_labels.any():
+            continue
+        y = v.frame_labels.astype(bool)
+        s = snippet_to_frame_scores(v.scores, len(y), v.entry.fps, segment_seconds)
+        frames = max(1, round(margin * v.entry.fps * segment_seconds))
+        flank = dilate(y, frames) & ~y
+        inside.append(s[y])
+        if flank.any():
+            near.append(s[flank])
+            per_video += int(s[flank].mean() > s[y].mean())
+    if not inside or not near:
+        return {"margin_snippets": margin, "inside_mean": None, "margin_mean": None,
+                "flank_firing": None, "videos_flank_firing": 0, "videos": len(inside)}  # fmt: skip
+    inside_mean = float(np.concatenate(inside).mean())
+    margin_mean = float(np.concatenate(near).mean())
+    return {
+        "margin_snippets": margin,
+        "inside_mean": inside_mean,
+        "margin_mean": margin_mean,
+        "flank_firing": bool(margin_mean > inside_mean),
+        "videos_flank_firing": per_video,
+        "videos": len(near),
+    }
+
+
+def flank_warning(check: dict) -> str | None:
+    """The one-line warning of a flank-firing run (None if the check passed or was undefined)."""
+    if not check.get("flank_firing"):
+        return None
+    return (
+        f"WARNING: scores are higher around the annotated events than inside them (mean "
+        f"{check['margin_mean']:.3f} within {check['margin_snippets']} snippets of an event vs "
+        f"{check['inside_mean']:.3f} inside; {check['videos_flank_firing']} of {check['videos']} "
+        "videos): the model fires next to the evidence, so its frame AP does not measure detection"
+    )
+
+
 def _check_spec(ckpt: Checkpoint, store: FeatureStore) -> None:
     from .evaluate import EvaluateError
 
@@ -623,7 +840,10 @@ def evaluate_weak(
         raise EvaluateError(f"split {split!r} of {store.root} has no frame-level truth")
     divisor = int(ckpt.extra.get("weak_config", {}).get("topk_divisor", WeakConfig.topk_divisor))
     metrics = frame_level_metrics(y, s) | _video_level(videos, divisor)
+    check = flank_check(videos, store.spec.segment_seconds)
     metrics |= {
+        "flank_check": check,
+        "warnings": [w for w in [flank_warning(check)] if w],
         "constant_baseline": frame_level_metrics(y, np.zeros_like(s)),
         "ap_definitions": AP_DEFINITIONS,
         "n": len(videos),
