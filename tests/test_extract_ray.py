@@ -13,7 +13,6 @@ import pytest
 import test_extract_scale as scale
 from test_extract_scale import assert_same_store, backbones, index_ids
 
-from avarnet.extract import extract_dataset
 from avarnet.extract_ray import RayOptions, extract_dataset_ray
 from avarnet.store import FeatureStore
 from avarnet.synth import synthesize_dataset
@@ -40,11 +39,11 @@ def cluster():
 
 def test_ray_engine_writes_the_in_process_store(cluster, mixed_dataset, tiny_backbones, in_process_store, tmp_path):
     out = tmp_path / "feats"
-    r = extract_dataset(mixed_dataset, out, engine="ray", **backbones(tiny_backbones))
+    r = extract_dataset_ray(mixed_dataset, out, **backbones(tiny_backbones))
     assert r.done == 10 and len(r.failures) == 4
     assert_same_store(in_process_store, out)
     assert len(index_ids(out)) == 10
-    again = extract_dataset(mixed_dataset, out, engine="ray", **backbones(tiny_backbones))
+    again = extract_dataset_ray(mixed_dataset, out, **backbones(tiny_backbones))
     assert again.done == 0 and again.skipped == 10 and len(again.failures) == 4
 
 

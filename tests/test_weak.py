@@ -37,6 +37,7 @@ from avarnet.weak import (
     topk_pool,
     train_weak,
     uniform_indices,
+    untrimmed_metrics,
     video_label,
 )
 from avarnet.xdv import import_official
@@ -279,7 +280,7 @@ def test_video_label_falls_back_to_the_class():
 def test_evaluate_adds_frame_metrics_for_stores_with_frame_truth(xd_store, tmp_path):
     ckpt = train(xd_store, tmp_path, TrainConfig(epochs=2, batch_size=16, device="cpu"), model_overrides=TINY,
                  progress=False).checkpoint  # fmt: skip
-    m = evaluate(ckpt, xd_store, split="test")
+    m = evaluate(ckpt, xd_store, split="test", extra=untrimmed_metrics)
     assert {"frame_ap", "frame_pr_auc", "frame_roc_auc"} <= set(m)
     assert 0 <= m["frame_ap"] <= 1 and m["frame_videos"] == len(xd_store.split("test"))
     plain = make_store(tmp_path / "plain", per_class=3)
@@ -290,7 +291,7 @@ def test_evaluate_adds_frame_metrics_for_stores_with_frame_truth(xd_store, tmp_p
         model_overrides=TINY,
         progress=False,
     )
-    assert "frame_ap" not in evaluate(ckpt2.checkpoint, plain)
+    assert "frame_ap" not in evaluate(ckpt2.checkpoint, plain, extra=untrimmed_metrics)
 
 
 def test_cli_xdv_train_and_evaluate(xd_store, tmp_path, capsys):

@@ -350,11 +350,18 @@ def cmd_extract(a: argparse.Namespace) -> int:
 
     if a.weights == "random":
         log.warning("RANDOM WEIGHTS: backbones are randomly initialised (seed %d); features are for offline use only", a.seed)
-    r = extract_dataset(a.data, a.out, weights=a.weights, video_backbone=a.video_backbone, audio_backbone=a.audio_backbone,
-                        segment_seconds=a.segment_seconds, frames_per_segment=a.frames_per_segment, device=a.device,
-                        seed=a.seed, progress=not a.quiet, audio_mode=a.audio_features,
-                        workers=a.workers, precision=a.precision, engine=a.engine, address=a.address,
-                        **({} if a.audio_context is None else {"audio_context_seconds": a.audio_context}))
+    common = dict(weights=a.weights, video_backbone=a.video_backbone, audio_backbone=a.audio_backbone,
+                  segment_seconds=a.segment_seconds, frames_per_segment=a.frames_per_segment, device=a.device,
+                  seed=a.seed, progress=not a.quiet, precision=a.precision)
+    if a.engine == "ray":
+        from .extract_ray import extract_dataset_ray
+
+        if a.audio_features != "chunked":
+            raise InvalidArgumentError("--engine ray extracts chunked audio features; use the local engine for causal")
+        r = extract_dataset_ray(a.data, a.out, address=a.address, **common)
+    else:
+        r = extract_dataset(a.data, a.out, audio_mode=a.audio_features, workers=a.workers, **common,
+                            **({} if a.audio_context is None else {"audio_context_seconds": a.audio_context}))
     print(f"extracted {r.done}, already done {r.skipped}, failed {len(r.failures)} -> {a.out}")
     for f in r.failures:
         print(f"  failed: {f['path']}: {f['reason']}")
@@ -373,9 +380,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate
+    from .weak import untrimmed_metrics
 
     m = evaluate(a.checkpoint, a.feats, split=a.split, out=a.out, drop=a.drop, device=a.device,
-                 report=not a.no_report)
+                 report=not a.no_report, extra=untrimmed_metrics)
 
     def f4(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.4f}"

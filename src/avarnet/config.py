@@ -33,7 +33,7 @@ AUDIO_MODES = ("chunked", "causal")  # how audio features are made (FeatureSpec.
 DEFAULT_AUDIO_CONTEXT_S = 0.0  # causal audio look-back by default (docs/live.md: why 0)
 
 
-class _DictMixin:
+class DictMixin:
     """to_dict / from_dict / YAML for flat dataclasses; unknown keys are rejected."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,7 +61,7 @@ class _DictMixin:
 
 
 @dataclass(frozen=True)
-class FeatureSpec(_DictMixin):
+class FeatureSpec(DictMixin):
     """How features were made; stored in the feature store and in every checkpoint."""
 
     video_backbone: str = DEFAULT_VIDEO_BACKBONE
@@ -154,7 +154,7 @@ def _same_backbone(a: str, b: str, digest_a: str, digest_b: str) -> bool:
 
 
 @dataclass(frozen=True)
-class ModelConfig(_DictMixin):
+class ModelConfig(DictMixin):
     """Temporal model hyper-parameters; each model reads the fields it needs."""
 
     name: str = "mtcn"
@@ -173,7 +173,7 @@ class ModelConfig(_DictMixin):
 
 
 @dataclass(frozen=True)
-class TrainConfig(_DictMixin):
+class TrainConfig(DictMixin):
     """Training loop settings."""
 
     model: str = "mtcn"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,9 @@ import numpy as np
 from .checkpoint import Checkpoint, load_checkpoint
 from .encoders import resolve_device
 from .errors import AvarnetError
+from .inference import clip_probabilities, model_input, step_probabilities
 from .io import atomic_write_text
 from .metrics import classification_metrics, strict_metrics_json
-from .predict import clip_probabilities, model_input, step_probabilities
 from .store import FeatureStore, StoreError
 
 log = logging.getLogger("avarnet")
@@ -92,11 +93,14 @@ def evaluate(
     drop: str | None = None,
     device: str = "auto",
     report: bool = True,
+    extra: Callable[[Checkpoint, FeatureStore, list, str | None], dict] | None = None,
 ) -> dict:
     """Clip-level metrics (DESIGN.md's metrics.json).
 
     With ``out``: writes metrics.json (strict JSON), confusion_matrix.png and, unless ``report``
     is False, report.html (one self-contained page with the paper's figures for this split).
+    ``extra(ckpt, store, entries, drop)`` adds metrics of its own (e.g.
+    :func:`avarnet.weak.untrimmed_metrics` for stores with frame-level truth).
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, resolve_device(device))
     store = feats if isinstance(feats, FeatureStore) else FeatureStore.open(feats)
@@ -123,10 +127,8 @@ def evaluate(
             {"id": e.id, "label": e.label, "predicted": ckpt.classes[int(p.argmax())]} for e, p in zip(entries, probs, strict=True)
         ],
     )
-    if store.info.get("frame_level"):  # untrimmed benchmark: frame-level detection metrics too
-        from .weak import classifier_frame_metrics
-
-        metrics.update(classifier_frame_metrics(ckpt, store, entries, drop))
+    if extra is not None:  # e.g. frame-level detection metrics of an untrimmed benchmark
+        metrics.update(extra(ckpt, store, entries, drop))
     if out is not None:
         from .plots import plot_confusion
 

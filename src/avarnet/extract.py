@@ -50,7 +50,6 @@ AUDIO_BATCH = 8  # equal-length audio chunks per Wav2Vec2 forward pass (across v
 QUEUE_PER_WORKER = 4  # decoded pieces (<= 16 frames or one audio chunk) waiting per worker
 TASKS_PER_WORKER = 2  # videos handed to a decoding worker ahead of time
 PRECISIONS = ("fp32", "bf16", "fp16")
-ENGINES = ("local", "ray")
 CALIBRATION_VIDEOS = 24  # random weights: BatchNorm statistics come from frames of this many videos
 CALIBRATION_FRAMES_PER_VIDEO = 4
 
@@ -218,30 +217,16 @@ def extract_dataset(
     audio_context_seconds: float = DEFAULT_AUDIO_CONTEXT_S,
     workers: int | None = None,
     precision: str = "fp32",
-    engine: str = "local",
-    address: str | None = None,
 ) -> ExtractResult:
     """Extract features for every video of a VAAR-style dataset folder into the store at ``out``.
 
     Finished videos are skipped, so an interrupted run resumes. Unreadable inputs are reported one line
     each, recorded in the store, and the run continues. ``workers``: decoding processes (None: one per
-    core; 0: decode and encode in this process, one video at a time). ``engine="ray"`` runs the Ray
-    Data pipeline of :mod:`avarnet.extract_ray` on the cluster at ``address`` instead.
+    core; 0: decode and encode in this process, one video at a time). The Ray engine,
+    :func:`avarnet.extract_ray.extract_dataset_ray`, takes the same arguments.
     """
-    if engine not in ENGINES:
-        raise InvalidArgumentError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if workers is not None and workers < 0:
         raise InvalidArgumentError(f"--workers must be >= 0, got {workers}")
-    if engine == "ray" and audio_mode != "chunked":
-        raise InvalidArgumentError("--engine ray extracts chunked audio features; use the local engine for causal")
-    if engine == "ray":
-        from .extract_ray import extract_dataset_ray
-
-        return extract_dataset_ray(
-            data, out, weights=weights, video_backbone=video_backbone, audio_backbone=audio_backbone,
-            segment_seconds=segment_seconds, frames_per_segment=frames_per_segment, device=device, seed=seed,
-            progress=progress, precision=precision, address=address,
-        )
     data, out = Path(data), Path(out)
     scan = scan_dataset(data, seed=seed)
     items, classes = scan.items, scan.classes

@@ -28,6 +28,7 @@ from .config import FeatureSpec
 from .data import discover_dataset
 from .decode import DecodePlan, decode_video, failure_reason
 from .encoders import AudioEncoder, VideoEncoder
+from .errors import InvalidArgumentError
 from .extract import (
     AUDIO_BATCH,
     PARALLEL_FRAME_BATCH,
@@ -66,7 +67,7 @@ def require_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise ValueError(f"--engine ray needs Ray Data, which is not installed: {RAY_EXTRA}") from None
+        raise InvalidArgumentError(f"--engine ray needs Ray Data, which is not installed: {RAY_EXTRA}") from None
     return ray
 
 

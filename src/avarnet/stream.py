@@ -57,6 +57,7 @@ from .features import (  # noqa: F401  (re-exported: avarnet.stream's public nam
     live_spec,
     split_chunks,
 )
+from .inference import anomaly_scores, model_input, window_probs
 from .media import (  # noqa: F401  (re-exported)
     AUDIO_LAG_LIMIT_S,
     MAX_AUDIO_HELD_S,
@@ -68,7 +69,6 @@ from .media import (  # noqa: F401  (re-exported)
     SourceInfo,
     source_kind,
 )
-from .predict import anomaly_scores, model_input, window_probs
 from .runtime import PRECISIONS, autocast_dtype, quantize_audio_encoder  # noqa: F401
 
 log = logging.getLogger("avarnet")

@@ -37,13 +37,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .config import NORMAL_CLASS, TrainConfig, _DictMixin
+from .config import NORMAL_CLASS, DictMixin, TrainConfig
 from .data import MODALITIES, Normalizer, drop_modality, missing_mask, select_inputs
 from .encoders import resolve_device
+from .inference import anomaly_scores, model_input, step_probabilities
 from .io import write_json
 from .metrics import frame_level_metrics, snippet_to_frame_scores
 from .models import count_parameters, create_model
-from .predict import anomaly_scores, model_input, step_probabilities
 from .store import Entry, FeatureStore, StoreError
 from .train import (
     BEST_CHECKPOINT,
@@ -75,7 +75,7 @@ AP_DEFINITIONS = {
 
 
 @dataclass(frozen=True)
-class WeakConfig(_DictMixin):
+class WeakConfig(DictMixin):
     """Weakly supervised (multiple-instance) training settings."""
 
     model: str = "mtcn"
@@ -706,6 +706,16 @@ def classifier_frame_metrics(
         return {}
     n = sum(v.frame_labels is not None for v in videos)
     return frame_level_metrics(y, s) | {"frame_videos": n, "ap_definitions": AP_DEFINITIONS}
+
+
+def untrimmed_metrics(
+    ckpt: Checkpoint, store: FeatureStore, entries: Sequence[Entry], drop: str | None = None
+) -> dict:
+    """:func:`classifier_frame_metrics` for stores of untrimmed videos with frame truth, else {}
+    (the ``extra`` hook of :func:`avarnet.evaluate.evaluate`)."""
+    if not store.info.get("frame_level"):
+        return {}
+    return classifier_frame_metrics(ckpt, store, entries, drop)
 
 
 # -- evaluation --------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avarnet.inference import build_prediction
 from avarnet.plots import peak_indices, plot_confusion, plot_embedding, plot_timeline
-from avarnet.predict import build_prediction
 from avarnet.report.frames import THUMB_EDGE, grab_frames, video_path
 from avarnet.report.html import cards, esc, figure, figure_png, img, jpeg_bytes, table, write_page
 from avarnet.store import Entry, FeatureStore

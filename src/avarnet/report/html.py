@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avarnet.store import atomic_write_text
+from avarnet.io import atomic_write_text
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto;

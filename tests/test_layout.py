@@ -1,0 +1,114 @@
+"""The package's import graph, read from the source: no cycles, no private names across modules,
+and the core pipeline never imports the applications built on it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "src" / "avarnet"
+APPS = ("ablate", "bench", "xdv", "weak", "demo", "serve", "cli", "extract_ray", "export")
+CORE = (
+    "errors", "config", "runtime", "io", "media", "encoders", "features", "extract", "store",
+    "data", "models", "train", "inference", "metrics", "evaluate", "predict", "plots", "report",
+    "decode", "stream", "alerts", "checkpoint", "synth",
+)
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PKG.rglob("*.py")}
+
+
+def resolve(mod: str, node: ast.ImportFrom, is_pkg: bool) -> str:
+    if node.level == 0:
+        return node.module or ""
+    base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports(mods: dict[str, Path]) -> dict[str, set[tuple[str, str | None]]]:
+    """module -> {(imported module, imported name or None)} for avarnet's own modules."""
+    out: dict[str, set[tuple[str, str | None]]] = {}
+    for mod, path in mods.items():
+        tree = ast.parse(path.read_text(), str(path))
+        edges: set[tuple[str, str | None]] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                edges |= {(a.name, None) for a in node.names if a.name.startswith("avarnet")}
+            elif isinstance(node, ast.ImportFrom):
+                target = resolve(mod, node, path.name == "__init__.py")
+                if not target.startswith("avarnet"):
+                    continue
+                for a in node.names:
+                    sub = f"{target}.{a.name}"
+                    edges.add((sub, None) if sub in mods else (target, a.name))
+        out[mod] = {(t, n) for t, n in edges if t != mod}
+    return out
+
+
+def owner(name: str, mods: dict[str, Path]) -> str:
+    while name not in mods and "." in name:
+        name = name.rsplit(".", 1)[0]
+    return name
+
+
+def test_no_private_name_crosses_a_module_boundary():
+    mods = modules()
+    bad = [
+        f"{mod} imports {target}.{name}"
+        for mod, edges in imports(mods).items()
+        for target, name in edges
+        if name and name.startswith("_") and not name.startswith("__")
+    ]
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_import_graph_has_no_cycle():
+    mods = modules()
+    graph = {m: {owner(t, mods) for t, _ in e} - {m} for m, e in imports(mods).items()}
+    # A package's __init__ re-exporting its children is not a cycle of the design.
+    for m in graph:
+        graph[m] = {t for t in graph[m] if not m.startswith(t + ".")}
+    seen: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        seen[m] = 1
+        stack.append(m)
+        for t in sorted(graph.get(m, ())):
+            if seen.get(t) == 1:
+                cycle = stack[stack.index(t):] + [t]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if t not in seen:
+                visit(t)
+        stack.pop()
+        seen[m] = 2
+
+    for m in sorted(graph):
+        if m not in seen:
+            visit(m)
+
+
+def test_core_never_imports_applications():
+    mods = modules()
+    bad = []
+    for mod, edges in imports(mods).items():
+        top = mod.split(".")[1] if "." in mod else ""
+        if top not in CORE:
+            continue
+        for target, _ in edges:
+            t = owner(target, mods).split(".")
+            if len(t) > 1 and t[1] in APPS:
+                bad.append(f"{mod} imports {'.'.join(t)}")
+    assert not bad, "\n".join(sorted(bad))
