@@ -262,3 +262,38 @@ def test_recurrent_rejects_non_prefix_mask():
     mask = torch.tensor([[True, False, True]])
     with pytest.raises(ValueError, match="prefix"):
         model(torch.randn(1, 3, VIDEO_DIM + AUDIO_DIM), mask)
+
+
+def off_centre_grads(layers: int, seq_len: int) -> list[float]:
+    """|grad| of each dilated layer's off-centre taps (first stage) on a full window of seq_len."""
+    from avarnet.models.mtcn import MultiStageTCN
+
+    torch.manual_seed(0)
+    model = MultiStageTCN(input_dim=6, num_classes=3, hidden=8, stages=2, layers=layers, heads=2, dropout=0.0)
+    x, mask = torch.randn(2, seq_len, 6), torch.ones(2, seq_len, dtype=torch.bool)
+    model(x, mask).square().sum().backward()
+    return [float(layer.conv_dilated.weight.grad[..., [0, 2]].abs().sum()) for layer in model.stages[0].layers]
+
+
+def test_mtcn_depth_follows_the_window():
+    from avarnet.train import mtcn_layers_for
+
+    assert [mtcn_layers_for(L) for L in (1, 2, 5, 10, 16, 17, 200)] == [1, 1, 3, 4, 4, 5, 8]
+    # every layer of the chosen depth is used: its off-centre taps get gradient on a full window
+    assert all(g > 0 for g in off_centre_grads(mtcn_layers_for(10), 10))
+    # the paper-size stack at L = 10: layers of dilation >= 16 read only padding
+    grads = off_centre_grads(10, 10)
+    assert all(g > 0 for g in grads[:4]) and all(g == 0 for g in grads[4:])
+
+
+def test_training_builds_mtcn_as_deep_as_its_window(tmp_path):
+    from avarnet.config import TrainConfig
+    from avarnet.train import model_config_for
+
+    from feature_factory import make_store
+
+    store = make_store(tmp_path / "s", per_class=2)
+    assert model_config_for(store, TrainConfig(seq_len=10)).layers == 4
+    assert model_config_for(store, TrainConfig(seq_len=40)).layers == 6
+    assert model_config_for(store, TrainConfig(seq_len=10), {"layers": 10}).layers == 10
+    assert model_config_for(store, TrainConfig(model="gru", seq_len=10)).layers == ModelConfig().layers

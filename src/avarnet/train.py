@@ -101,9 +101,25 @@ def model_config_for(store: FeatureStore, cfg: TrainConfig, overrides: dict | No
     vd, ad = input_dims(store.spec.video_dim, store.spec.audio_dim, cfg.modality)
     if cfg.fusion == "late" and cfg.modality != "fused":
         raise TrainError("late fusion needs both senses: use --modality fused with --fusion late")
-    return ModelConfig(
+    mcfg = ModelConfig(
         name=cfg.model, input_dim=vd + ad, num_classes=len(store.classes), fusion=cfg.fusion, video_dim=vd, audio_dim=ad
-    ).replace(**(overrides or {}))
+    )
+    if cfg.model == "mtcn":  # depth follows the window unless set explicitly
+        mcfg = mcfg.replace(layers=mtcn_layers_for(cfg.seq_len))
+    return mcfg.replace(**(overrides or {}))
+
+
+def mtcn_layers_for(seq_len: int, kernel_size: int = 3) -> int:
+    """Fewest dilated layers per MTCN stage whose receptive field covers a window of ``seq_len``.
+
+    Layer i has dilation 2**i, so n layers of kernel k see (k - 1) * (2**n - 1) + 1 steps: a step
+    at either end of the window sees the other end once that is at least 2 * seq_len - 1. Deeper
+    layers would only ever read padding (their off-centre taps get no gradient).
+    """
+    n = 1
+    while (kernel_size - 1) * (2**n - 1) + 1 < 2 * seq_len - 1:
+        n += 1
+    return n
 
 
 @torch.no_grad()
