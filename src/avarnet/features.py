@@ -43,7 +43,9 @@ class FeatureError(Exception):
     """Features cannot be made as asked (e.g. random weights without their encoder state)."""
 
 
-def segment_times(duration: float, segment_seconds: float, frames_per_segment: int = 1) -> np.ndarray:
+def segment_times(
+    duration: float, segment_seconds: float, frames_per_segment: int = 1
+) -> np.ndarray:
     """Timestamps (s) of the frames encoded for each segment: (T, k), k frames spread inside each.
 
     T = ceil(duration / segment_seconds); with k = 1 the frame is the segment centre.
