@@ -66,7 +66,9 @@ def build_stores(data: Path, out: Path, args) -> dict[str, Path]:
     info = {"classes": classes, "data_root": str(data.resolve()), "split_seed": args.seed}
     stores, specs = {}, {}
     for name, mode, context in definitions():
-        spec = base.replace(audio_mode=mode, audio_context_seconds=context or base.audio_context_seconds)
+        spec = base.replace(
+            audio_mode=mode, audio_context_seconds=context or base.audio_context_seconds
+        )
         if mode == "causal":
             spec = spec.replace(audio_context_seconds=context)
         specs[name] = spec
@@ -180,8 +182,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.out / "data"
     if not data.exists():
-        synthesize_dataset(data, clips_per_class=args.clips_per_class, seed=args.seed,
-                           duration=tuple(args.seconds), size=(160, 120))
+        synthesize_dataset(
+            data,
+            clips_per_class=args.clips_per_class,
+            seed=args.seed,
+            duration=tuple(args.seconds),
+            size=(160, 120),
+        )
     stores = build_stores(data, args.out, args)
     timing = json.loads((args.out / "audio_ms_per_segment.json").read_text())
     opened = {k: FeatureStore.open(v) for k, v in stores.items()}
@@ -198,10 +205,12 @@ def main() -> None:
                 cfg = TrainConfig(epochs=args.epochs, seed=seed, device="cpu", num_threads=1)
                 train(opened[name], run, cfg, progress=False)
             ckpt = load_checkpoint(ckpt_path)
-            runs.append({
-                "evaluate": score(ckpt, opened[name], causal=False),
-                "live": score(ckpt, live_store[name], causal=True),
-            })
+            runs.append(
+                {
+                    "evaluate": score(ckpt, opened[name], causal=False),
+                    "live": score(ckpt, live_store[name], causal=True),
+                }
+            )
         row = {"features": name, "audio_ms_per_segment": round(timing[name], 1)}
         for how in ("evaluate", "live"):
             for metric in ("accuracy", "f1"):
@@ -210,18 +219,38 @@ def main() -> None:
         row["test_clips"] = runs[0]["evaluate"]["n"]
         for how, test_store in (("evaluate", opened[name]), ("live", live_store[name])):
             folds = np.array(linear_probe(opened[name], test_store))
-            row[f"probe_{how}_accuracy"] = [round(float(folds.mean()), 3), round(float(folds.std()), 3)]
+            row[f"probe_{how}_accuracy"] = [
+                round(float(folds.mean()), 3),
+                round(float(folds.std()), 3),
+            ]
         rows.append(row)
-    (args.out / "live_features.json").write_text(json.dumps(
-        {"rows": rows, "options": {k: str(v) for k, v in vars(args).items()},
-         "torch_threads": torch.get_num_threads()}, indent=1))
-    print("| features | evaluate accuracy | evaluate macro F1 | live accuracy | live macro F1 |"
-          " probe accuracy (5-fold) | probe accuracy, live features | audio ms / segment |")
+    (args.out / "live_features.json").write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "options": {k: str(v) for k, v in vars(args).items()},
+                "torch_threads": torch.get_num_threads(),
+            },
+            indent=1,
+        )
+    )
+    print(
+        "| features | evaluate accuracy | evaluate macro F1 | live accuracy | live macro F1 |"
+        " probe accuracy (5-fold) | probe accuracy, live features | audio ms / segment |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        cells = [f"{r[k][0]:.3f} ± {r[k][1]:.3f}" for k in
-                 ("evaluate_accuracy", "evaluate_f1", "live_accuracy", "live_f1",
-                  "probe_evaluate_accuracy", "probe_live_accuracy")]
+        cells = [
+            f"{r[k][0]:.3f} ± {r[k][1]:.3f}"
+            for k in (
+                "evaluate_accuracy",
+                "evaluate_f1",
+                "live_accuracy",
+                "live_f1",
+                "probe_evaluate_accuracy",
+                "probe_live_accuracy",
+            )
+        ]
         print(f"| {r['features']} | " + " | ".join(cells) + f" | {r['audio_ms_per_segment']} |")
 
 

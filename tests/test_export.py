@@ -46,7 +46,11 @@ def _segments(path: Path) -> list[dict]:
 def test_export_writes_models_and_manifest(exported):
     ckpt, out = exported
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["format"] == "avarnet-onnx-1" and manifest["classes"] == ["crash", "normal", "pain"]
+    assert manifest["format"] == "avarnet-onnx-1" and manifest["classes"] == [
+        "crash",
+        "normal",
+        "pain",
+    ]
     for name in manifest["files"].values():
         assert (out / name).stat().st_size > 0
     assert manifest["feature_spec"]["audio_mode"] == "causal"  # the live spec
@@ -88,7 +92,9 @@ def test_onnx_int8_stays_close(exported, event_clip_path):
 
 
 def test_not_an_export_folder_is_one_line(tmp_path, capsys, event_clip_path):
-    code = main(cli("stream", str(event_clip_path), "--checkpoint", str(tmp_path), "--runtime", "onnx"))
+    code = main(
+        cli("stream", str(event_clip_path), "--checkpoint", str(tmp_path), "--runtime", "onnx")
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "manifest.json" in err[0]
 

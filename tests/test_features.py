@@ -66,8 +66,18 @@ def test_extract_causal_equals_what_stream_used(
     feats = tmp_path / "feats"
     code = main(
         cli(
-            "extract", str(tiny_dataset), "--out", str(feats), "--video-backbone", str(vdir),
-            "--audio-backbone", str(adir), "--audio-features", "causal", "--audio-context", "0.5",
+            "extract",
+            str(tiny_dataset),
+            "--out",
+            str(feats),
+            "--video-backbone",
+            str(vdir),
+            "--audio-backbone",
+            str(adir),
+            "--audio-features",
+            "causal",
+            "--audio-context",
+            "0.5",
         )
     )
     assert code == 0
@@ -153,9 +163,13 @@ def gap_clip(path: Path, gap_s: float = 300.0, with_audio: bool = True) -> Path:
         for packet in v.encode():
             out.mux(packet)
         if a is not None:
-            samples = (0.3 * np.sin(np.arange(32_000) / 16_000 * 2 * np.pi * 440)).astype(np.float32)
+            samples = (0.3 * np.sin(np.arange(32_000) / 16_000 * 2 * np.pi * 440)).astype(
+                np.float32
+            )
             for start in range(0, samples.size, 1024):
-                frame = av.AudioFrame.from_ndarray(samples[None, start : start + 1024], "flt", "mono")
+                frame = av.AudioFrame.from_ndarray(
+                    samples[None, start : start + 1024], "flt", "mono"
+                )
                 frame.sample_rate = 16_000
                 frame.pts = start
                 for packet in a.encode(frame):
@@ -176,7 +190,9 @@ def test_a_timestamp_gap_builds_and_encodes_no_frames(extractor, tmp_path, gap_s
         emitted += 1
         held.append(seg.frames.base if seg.frames.base is not None else seg.frames)
         encoder.encode([seg])
-    assert emitted == math.ceil(gap_s + 0.2 - 1e-9)  # the timeline is kept: same segments as predict
+    assert emitted == math.ceil(
+        gap_s + 0.2 - 1e-9
+    )  # the timeline is kept: same segments as predict
     assert source.frames_built <= 4  # one RGB conversion per decoded frame, whatever the gap
     assert len({id(h) for h in held}) <= 4  # segments in the gap share their frame
     assert encoder.frames_encoded <= 4  # ... and its MobileViT vector
@@ -223,7 +239,9 @@ def test_stream_summary_keeps_bounded_events():
         summary.events.append({"id": i})
         summary.events_total += 1
     rec = summary.record()
-    assert len(rec["events"]) == SUMMARY_EVENTS and rec["events"][-1]["id"] == SUMMARY_EVENTS * 3 - 1
+    assert (
+        len(rec["events"]) == SUMMARY_EVENTS and rec["events"][-1]["id"] == SUMMARY_EVENTS * 3 - 1
+    )
     assert rec["events_total"] == SUMMARY_EVENTS * 3
     json.dumps(rec, allow_nan=False)
 
@@ -232,7 +250,13 @@ def test_live_view_survives_a_nan_score():
     import io
 
     view = LiveView(io.StringIO(), threshold=0.5)
-    record = {"type": "segment", "start": 3.0, "label": CLASSES[0], "anomaly_score": float("nan"),
-              "latency_ms": 10.0, "lag_s": None}
+    record = {
+        "type": "segment",
+        "start": 3.0,
+        "label": CLASSES[0],
+        "anomaly_score": float("nan"),
+        "latency_ms": 10.0,
+        "lag_s": None,
+    }
     view(record)
     assert "n/a" in view.out.getvalue()

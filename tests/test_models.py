@@ -287,10 +287,10 @@ def test_mtcn_depth_follows_the_window():
 
 
 def test_training_builds_mtcn_as_deep_as_its_window(tmp_path):
+    from feature_factory import make_store
+
     from avarnet.config import TrainConfig
     from avarnet.train import model_config_for
-
-    from feature_factory import make_store
 
     store = make_store(tmp_path / "s", per_class=2)
     assert model_config_for(store, TrainConfig(seq_len=10)).layers == 4

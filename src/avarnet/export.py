@@ -55,9 +55,7 @@ def _require_onnx():
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise ExportError(
-            "ONNX Runtime is not installed: pip install 'avarnet[onnx]'"
-        ) from None
+        raise ExportError("ONNX Runtime is not installed: pip install 'avarnet[onnx]'") from None
 
 
 class _Pooled(torch.nn.Module):
@@ -312,15 +310,21 @@ def load_onnx(folder: str | Path, precision: str = "fp32", threads: int = 0) -> 
     suffix = "_int8" if precision == "int8" else ""
     for key in ("video", "audio"):
         if f"{key}{suffix}" not in files:
-            raise ExportError(f"{folder}: exported without int8 models (run export without --no-int8)")
+            raise ExportError(
+                f"{folder}: exported without int8 models (run export without --no-int8)"
+            )
     paths = {key: folder / files[f"{key}{suffix}"] for key in ("video", "audio")}
     paths["temporal"] = folder / files["temporal"]
     for path in paths.values():
         if not path.is_file():
             raise ExportError(f"{folder}: missing {path.name}")
     spec = FeatureSpec.from_dict(manifest["feature_spec"])
-    video = OnnxVideoEncoder(_session(paths["video"], threads), manifest["video"], spec.video_backbone)
-    audio = OnnxAudioEncoder(_session(paths["audio"], threads), manifest["audio"], spec.audio_backbone)
+    video = OnnxVideoEncoder(
+        _session(paths["video"], threads), manifest["video"], spec.video_backbone
+    )
+    audio = OnnxAudioEncoder(
+        _session(paths["audio"], threads), manifest["audio"], spec.audio_backbone
+    )
     model = OnnxTemporalModel(_session(paths["temporal"], threads))
     norm = manifest["norm"]
     ckpt = Checkpoint(
