@@ -329,6 +329,9 @@ class StreamingWindowDataset(Dataset):
     ):
         self.store, self.entries, self.modality, self.norm, self.seq_len = store, list(entries), modality, norm, seq_len
         index = {c: i for i, c in enumerate(classes)}
+        for e in self.entries:
+            if e.label not in index:
+                raise DatasetError(f"{store.root}: {e.source} has class {e.label!r}, not one of {list(classes)}")
         self.labels = np.array([index[e.label] for e in self.entries], dtype=np.int64)
         counts = [len(window_starts(e.T, seq_len, stride)) for e in self.entries]
         self.clip = np.repeat(np.arange(len(self.entries), dtype=np.int64), counts)

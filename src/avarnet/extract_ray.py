@@ -295,7 +295,7 @@ def extract_dataset_ray(
     # The driver only builds the spec (and calibrates random weights): always on its CPU.
     video = VideoEncoder.load(video_backbone, weights=weights, seed=seed, device="cpu")
     audio = AudioEncoder.load(audio_backbone, weights=weights, seed=seed, device="cpu")
-    spec = build_spec(video, audio, weights, seed, segment_seconds, frames_per_segment, precision)
+    spec = build_spec(video, audio, weights, seed, segment_seconds, frames_per_segment, precision=precision)
     info = {"classes": classes, "data_root": str(data), "split_seed": seed}
     store = prepare_store(out, spec, video, items, info)
     del video, audio
