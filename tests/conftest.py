@@ -59,5 +59,14 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread; a command's --threads must not leak into other tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import SHARED_FIXTURES
 from test_stream import cli, read_jsonl, tiny_checkpoint, tiny_extractor
 
@@ -21,12 +20,7 @@ FIXTURES = Path(os.environ.get("AVARNET_SHARED_FIXTURES", SHARED_FIXTURES))
 REAL_CLIP = FIXTURES / "real" / "nasa_13013.mp4"  # 13 s, H.264 + AAC (16 kHz)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 from test_stream import CLASSES, cli, read_jsonl, tiny_checkpoint, tiny_extractor
 
 from avarnet import features
@@ -23,13 +22,7 @@ from avarnet.media import SegmentSource
 from avarnet.store import FeatureStore
 from avarnet.stream import BoundedStats, LiveView, StreamSummary
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
 
 
 @pytest.fixture(scope="module")

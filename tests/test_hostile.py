@@ -236,12 +236,7 @@ def corpus(tmp_path_factory) -> dict[str, tuple[Path, set[int]]]:
     return hostile_corpus(tmp_path_factory.mktemp("hostile"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
 
 
 # ------------------------------------------------- 1. non-finite audio, 2. norm.std, 3. metrics

@@ -71,13 +71,7 @@ def tiny_checkpoint(extractor: Extractor) -> Checkpoint:
     return Checkpoint(model, cfg, TrainConfig(seq_len=SEQ_LEN), CLASSES, spec, norm, None, {})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; the CLI's --threads must not leak into other tests."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
 
 
 @pytest.fixture(scope="module")
