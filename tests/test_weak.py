@@ -435,3 +435,9 @@ def test_strict_json_replaces_non_finite_numbers():
     out = strict_json({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}})
     assert out == {"a": None, "b": [1.0, None], "c": {"d": 2}}
     json.dumps(out, allow_nan=False)
+
+
+def test_bad_objective_settings_are_refused(xd_store, tmp_path):
+    for bad in ({"objective": "nope"}, {"layers": -1}, {"local_epochs": 0}):
+        with pytest.raises(TrainError):
+            train_weak(xd_store, tmp_path, WeakConfig(**(FAST | bad)), progress=False)
