@@ -47,8 +47,9 @@ from pathlib import Path
 
 import numpy as np
 
+from avarnet.encoders import save_tiny_backbones
+from avarnet.io import atomic_write_text
 from avarnet.models import list_models
-from avarnet.store import atomic_write_text
 from avarnet.weak import WeakConfig, evaluate_weak, train_weak
 from avarnet.xdv import FRAMES_PER_SNIPPET, NUM_CROPS, import_official
 
@@ -388,38 +389,6 @@ def build_store(out: Path, regime: Regime, n_train: int, n_test: int, seed: int)
 # -- path B: raw video ------------------------------------------------------------------------
 
 
-def save_tiny_backbones(root: Path) -> tuple[Path, Path]:
-    """A tiny MobileViT and a tiny Wav2Vec2 with random weights, saved like hub checkpoints."""
-    import torch
-    from transformers import (
-        MobileViTConfig,
-        MobileViTModel,
-        Wav2Vec2Config,
-        Wav2Vec2FeatureExtractor,
-        Wav2Vec2Model,
-    )
-
-    torch.manual_seed(0)
-    vdir, adir = root / "tiny-mobilevit", root / "tiny-wav2vec2"
-    if (vdir / "config.json").exists() and (adir / "config.json").exists():
-        return vdir, adir
-    vcfg = MobileViTConfig(image_size=64, hidden_sizes=[16, 24, 32],
-                           neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 48], num_attention_heads=2,
-                           patch_size=2)  # fmt: skip
-    MobileViTModel(vcfg).save_pretrained(vdir)
-    (vdir / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "MobileViTImageProcessor", "size": {"shortest_edge": 72},
-        "crop_size": {"height": 64, "width": 64}, "do_flip_channel_order": True,
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_center_crop": True, "do_resize": True,
-    }))  # fmt: skip
-    acfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=64, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
-                          num_conv_pos_embedding_groups=2)  # fmt: skip
-    Wav2Vec2Model(acfg).save_pretrained(adir)
-    Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(adir)
-    return vdir, adir
-
-
 def build_raw_store(out: Path, n_train: int, n_test: int, seconds: tuple[float, float],
                     seed: int) -> Path:  # fmt: skip
     """Synthetic untrimmed videos -> `avarnet extract` (tiny random backbones) -> XD store."""
@@ -435,7 +404,9 @@ def build_raw_store(out: Path, n_train: int, n_test: int, seconds: tuple[float, 
     data, feats = out / "raw_videos", out / "raw_features"
     if not (data / "annotations.txt").exists():
         write_dataset(data, n_train, n_test, seconds, seed)
-    vdir, adir = save_tiny_backbones(out / "backbones")
+    vdir, adir = out / "backbones" / "tiny-mobilevit", out / "backbones" / "tiny-wav2vec2"
+    if not ((vdir / "config.json").exists() and (adir / "config.json").exists()):
+        vdir, adir = save_tiny_backbones(out / "backbones")
     extract_dataset(data, feats, weights="random", video_backbone=str(vdir),
                     audio_backbone=str(adir), segment_seconds=SEGMENT_SECONDS, device="cpu",
                     seed=seed, progress=False)  # fmt: skip

@@ -438,3 +438,9 @@ def test_flank_check_flags_a_hand_made_flank_firing_curve():
     whole = flank_check([_scored(on_event, np.ones(30, np.uint8))], 2 / 3)
     assert whole["flank_firing"] is None and flank_warning(whole) is None
 
+
+
+def test_bad_objective_settings_are_refused(xd_store, tmp_path):
+    for bad in ({"objective": "nope"}, {"layers": -1}, {"local_epochs": 0}):
+        with pytest.raises(TrainError):
+            train_weak(xd_store, tmp_path, WeakConfig(**(FAST | bad)), progress=False)

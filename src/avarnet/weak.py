@@ -66,6 +66,7 @@ CURVES_DIR = "curves"
 FLANK_MARGIN = 4  # snippets around each annotated event compared with the event by flank_check
 OBJECTIVES = ("refine", "mil")
 SCORER_HISTORY_FILE = "snippet_scorer_history.json"  # first stage of "refine"
+SCORER_LR = 1e-3  # learning rate of the per-snippet scorer
 AP_DEFINITIONS = {
     "frame_ap": "scikit-learn average_precision_score over all test frames (step-wise, no interpolation)",
     "frame_pr_auc": "trapezoidal area under precision_recall_curve (auc(recall, precision)), "
@@ -418,6 +419,8 @@ def _check_training_set(store: FeatureStore, entries: Sequence[Entry], cfg: Weak
         raise TrainError(f"unknown objective {cfg.objective!r}; use one of {OBJECTIVES}")
     if cfg.layers < 0:
         raise TrainError("layers must be >= 0 (0: the model's default)")
+    if cfg.objective == "refine" and cfg.local_epochs < 1:
+        raise TrainError("the refine objective needs local_epochs >= 1")
 
 
 @torch.no_grad()
@@ -482,7 +485,7 @@ def train_snippet_scorer(
     Returns the scorer of the epoch with the lowest validation MIL loss and its history.
     """
     scorer = SnippetScorer(input_dim, cfg.local_hidden).to(device)
-    opt = torch.optim.Adam(scorer.parameters(), lr=1e-3, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(scorer.parameters(), lr=SCORER_LR, weight_decay=cfg.weight_decay)
     mil = cfg.replace(smooth_weight=0.0, sparsity_weight=0.0, reversal_weight=0.0,
                       permutation_weight=0.0)  # fmt: skip
     gen = torch.Generator().manual_seed(cfg.seed + 2)
