@@ -385,13 +385,15 @@ class FeatureStore:
         except Exception as e:
             raise StoreError(f"cannot read feature file {path}: {e}") from None
 
-    def load_rows(self, entry: Entry, start: int, stop: int) -> dict[str, np.ndarray]:
-        """Segments ``start:stop`` of every tensor of one video, read without loading the rest."""
+    def load_rows(
+        self, entry: Entry, start: int, stop: int, keys: tuple[str, ...] = ("video", "audio", "audio_mask")
+    ) -> dict[str, np.ndarray]:
+        """Segments ``start:stop`` of the time-major tensors ``keys`` of one video, reading nothing else."""
         path = self.root / entry.file
         try:
             with safe_open(str(path), framework="numpy") as f:
                 out = {}
-                for k in f.keys():
+                for k in (k for k in keys if k in f.keys()):
                     part = f.get_slice(k)
                     out[k] = part[start : min(stop, part.get_shape()[0])]
                 return out
