@@ -624,6 +624,14 @@ class AudioEncoder:
             return samples
         return (samples - samples.mean()) / np.sqrt(samples.var() + AUDIO_NORM_EPS)
 
+    def window_input(self, samples: np.ndarray) -> np.ndarray:
+        """One window of samples (S,) as the model takes it: normalised, float32, padded to the
+        receptive field (what :meth:`encode_chunk` and :meth:`encode_batch` feed to :meth:`forward`)."""
+        x = self.normalise(np.asarray(samples, np.float32)).astype(np.float32)
+        if x.size < self.receptive_field:
+            x = np.pad(x, (0, self.receptive_field - x.size))
+        return x
+
     def forward(self, inputs: np.ndarray) -> np.ndarray:
         """Normalised, padded windows (B, S) float32 -> last hidden state (B, F, dim) float32."""
         with torch.inference_mode():
@@ -657,11 +665,7 @@ class AudioEncoder:
                 for i in idx:
                     out[i] = np.zeros((0, self.dim), np.float32)
                 continue
-            x = np.stack([self.normalise(np.asarray(windows[i], np.float32)) for i in idx])
-            x = x.astype(np.float32)
-            if length < self.receptive_field:
-                x = np.pad(x, ((0, 0), (0, self.receptive_field - length)))
-            hidden = self.forward(x)  # (B, F, dim)
+            hidden = self.forward(np.stack([self.window_input(windows[i]) for i in idx]))  # (B, F, dim)
             for j, i in enumerate(idx):
                 out[i] = hidden[j]
         return out  # type: ignore[return-value]

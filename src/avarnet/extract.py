@@ -30,7 +30,6 @@ from .config import DEFAULT_AUDIO_CONTEXT_S, FeatureSpec
 from .data import VideoItem, scan_dataset
 from .decode import DecodePlan, decode_worker
 from .encoders import (
-    AUDIO_NORM_EPS,
     AudioEncoder,
     VideoEncoder,
     absolute_source,
@@ -95,29 +94,20 @@ def decode_plan(spec: FeatureSpec) -> DecodePlan:
 
 
 def encode_pixels(video: VideoEncoder, pixels: torch.Tensor, dtype: torch.dtype | None = None) -> np.ndarray:
-    """Preprocessed frames (B, 3, S, S) -> pooled MobileViT features (B, Dv) float32."""
-    with torch.inference_mode(), autocast(video.device, dtype):
-        out = video.model(pixel_values=pixels.to(video.device)).pooler_output
-    return out.float().cpu().numpy()
+    """Preprocessed frames (B, 3, S, S) -> pooled MobileViT features (B, Dv) float32, at ``dtype``."""
+    with autocast(video.device, dtype):
+        return video.forward(pixels.to(video.device))
 
 
 def audio_input(audio: AudioEncoder, samples: np.ndarray) -> np.ndarray:
-    """One chunk as Wav2Vec2 input: normalised (as AudioEncoder.encode_chunk) and padded to its field."""
-    x = np.asarray(samples, dtype=np.float32)
-    if audio.do_normalize:
-        x = (x - x.mean()) / np.sqrt(x.var() + AUDIO_NORM_EPS)
-    x = x.astype(np.float32)
-    if x.size < audio.receptive_field:
-        x = np.pad(x, (0, audio.receptive_field - x.size))
-    return x
+    """One chunk as Wav2Vec2 input (:meth:`AudioEncoder.window_input`)."""
+    return audio.window_input(samples)
 
 
 def encode_audio_batch(audio: AudioEncoder, inputs: list[np.ndarray], dtype: torch.dtype | None = None) -> np.ndarray:
-    """Equal-length inputs from :func:`audio_input` -> Wav2Vec2 features (B, F, Da) float32."""
-    x = torch.from_numpy(np.stack(inputs)).to(audio.device)
-    with torch.inference_mode(), autocast(audio.device, dtype):
-        hidden = audio.model(input_values=x).last_hidden_state
-    return hidden.float().cpu().numpy()
+    """Equal-length inputs from :func:`audio_input` -> Wav2Vec2 features (B, F, Da) float32, at ``dtype``."""
+    with autocast(audio.device, dtype):
+        return audio.forward(np.stack(inputs))
 
 
 def calibration_frames(items: list[VideoItem], spec: FeatureSpec, seed: int) -> Iterator[np.ndarray]:
