@@ -96,14 +96,31 @@ def child_extract(a: argparse.Namespace) -> dict:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     tree = TreeMemory()
     t0 = time.perf_counter()
-    r = extract_dataset(a.data, a.store, video_backbone=a.video_backbone, audio_backbone=a.audio_backbone,
-                        device="cpu", progress=False, workers=a.workers, precision=a.precision, engine=a.engine)
+    r = extract_dataset(
+        a.data,
+        a.store,
+        video_backbone=a.video_backbone,
+        audio_backbone=a.audio_backbone,
+        device="cpu",
+        progress=False,
+        workers=a.workers,
+        precision=a.precision,
+        engine=a.engine,
+    )
     wall = time.perf_counter() - t0 - load_s
     tree.stop()
     segments = sum(e.T for e in FeatureStore.open(a.store).entries)
-    return {"videos": r.done, "failed": len(r.failures), "segments": segments, "wall_s": wall,
-            "segments_per_s": segments / wall, "load_s": load_s, "peak_rss_mib": peak_rss_mib(),
-            "peak_child_rss_mib": tree.peak_child, "peak_total_rss_mib": tree.peak_total}
+    return {
+        "videos": r.done,
+        "failed": len(r.failures),
+        "segments": segments,
+        "wall_s": wall,
+        "segments_per_s": segments / wall,
+        "load_s": load_s,
+        "peak_rss_mib": peak_rss_mib(),
+        "peak_child_rss_mib": tree.peak_child,
+        "peak_total_rss_mib": tree.peak_total,
+    }
 
 
 def child_limit(a: argparse.Namespace) -> dict:
@@ -129,7 +146,11 @@ def child_limit(a: argparse.Namespace) -> dict:
     dtype = dtype_of(a.precision, torch.device("cpu"))
     clip = Path(a.clip)
     info = media.probe(clip)
-    frames = np.stack(list(media.read_frames(clip, [0.5] * PARALLEL_FRAME_BATCH, v.resize_shortest_edge, info=info)))
+    frames = np.stack(
+        list(
+            media.read_frames(clip, [0.5] * PARALLEL_FRAME_BATCH, v.resize_shortest_edge, info=info)
+        )
+    )
     pixels = v.preprocess(frames)
     chunk = next(iter(media.iter_audio(clip, 10.0, au.sample_rate, info=info)))
     chunk = np.resize(chunk, 10 * au.sample_rate)  # one full 10-s chunk
@@ -147,8 +168,11 @@ def child_limit(a: argparse.Namespace) -> dict:
         secs += 10.0 * len(inputs)
     audio_s_per_s = secs / (time.perf_counter() - t0)
     # one segment = one frame + one second of audio, the two encoders sharing the same cores
-    return {"frames_per_s": frames_per_s, "audio_s_per_s": audio_s_per_s,
-            "segments_per_s": 1.0 / (1.0 / frames_per_s + 1.0 / audio_s_per_s)}
+    return {
+        "frames_per_s": frames_per_s,
+        "audio_s_per_s": audio_s_per_s,
+        "segments_per_s": 1.0 / (1.0 / frames_per_s + 1.0 / audio_s_per_s),
+    }
 
 
 def child_train(a: argparse.Namespace) -> dict:
@@ -156,9 +180,19 @@ def child_train(a: argparse.Namespace) -> dict:
     from avarnet.train import train
 
     t0 = time.perf_counter()
-    r = train(a.store, a.run, TrainConfig(epochs=1, batch_size=32, device="cpu", seed=0), progress=False,
-              model_overrides={"hidden": 32, "stages": 2, "layers": 4}, in_memory=a.in_memory)
-    return {"wall_s": time.perf_counter() - t0, "peak_rss_mib": peak_rss_mib(), "val_loss": r.best_val_loss}
+    r = train(
+        a.store,
+        a.run,
+        TrainConfig(epochs=1, batch_size=32, device="cpu", seed=0),
+        progress=False,
+        model_overrides={"hidden": 32, "stages": 2, "layers": 4},
+        in_memory=a.in_memory,
+    )
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "peak_rss_mib": peak_rss_mib(),
+        "val_loss": r.best_val_loss,
+    }
 
 
 # -- parent --------------------------------------------------------------------------------------
@@ -201,7 +235,9 @@ def make_dataset(root: Path, videos: int, seconds: float) -> Path:
     return data
 
 
-def make_feature_store(root: Path, videos: int, T: tuple[int, int] = (8, 24), seed: int = 0) -> Path:
+def make_feature_store(
+    root: Path, videos: int, T: tuple[int, int] = (8, 24), seed: int = 0
+) -> Path:
     """A store of ``videos`` short videos with default-size features (640 + 768), random values."""
     import numpy as np
 
@@ -219,15 +255,28 @@ def make_feature_store(root: Path, videos: int, T: tuple[int, int] = (8, 24), se
         rel = f"{cls}/{cls}_{i:05d}.mp4"
         vid = video_id(rel)
         split = ("train", "train", "train", "val", "test")[i % 5]
-        tensors = {"video": rng.normal(i % 3, 1, (t, 640)).astype(np.float32),
-                   "audio": rng.normal(0, 1, (t, 768)).astype(np.float32), "audio_mask": np.ones(t, bool)}
-        store.write(Entry(vid, f"features/{vid}.safetensors", cls, split, rel, float(t), 12.0, True, t), tensors)
+        tensors = {
+            "video": rng.normal(i % 3, 1, (t, 640)).astype(np.float32),
+            "audio": rng.normal(0, 1, (t, 768)).astype(np.float32),
+            "audio_mask": np.ones(t, bool),
+        }
+        store.write(
+            Entry(vid, f"features/{vid}.safetensors", cls, split, rel, float(t), 12.0, True, t),
+            tensors,
+        )
     store.close_writer()
     return out
 
 
 def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in open("/proc/cpuinfo")
+            if ln.startswith("model name")
+        ),
+        "?",
+    )
     return f"{os.cpu_count()} cores ({cpu}), load average {os.getloadavg()[0]:.1f} at start"
 
 
@@ -236,13 +285,32 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/bench_extract_scale"))
     ap.add_argument("--videos", type=int, default=12, help="videos in the throughput dataset")
     ap.add_argument("--seconds", type=float, default=4.0, help="length of each video")
-    ap.add_argument("--memory-videos", type=int, nargs=2, default=[10, 100], help="few vs many videos (memory)")
+    ap.add_argument(
+        "--memory-videos", type=int, nargs=2, default=[10, 100], help="few vs many videos (memory)"
+    )
     ap.add_argument("--memory-seconds", type=float, default=2.0)
-    ap.add_argument("--train-videos", type=int, nargs=2, default=[300, 3000], help="store sizes for training memory")
-    ap.add_argument("--limit-seconds", type=float, default=10.0, help="timing of each encoder alone")
+    ap.add_argument(
+        "--train-videos",
+        type=int,
+        nargs=2,
+        default=[300, 3000],
+        help="store sizes for training memory",
+    )
+    ap.add_argument(
+        "--limit-seconds", type=float, default=10.0, help="timing of each encoder alone"
+    )
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    for name in ("data", "store", "run", "clip", "engine", "precision", "video-backbone", "audio-backbone"):
+    for name in (
+        "data",
+        "store",
+        "run",
+        "clip",
+        "engine",
+        "precision",
+        "video-backbone",
+        "audio-backbone",
+    ):
         ap.add_argument(f"--{name}", help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
@@ -263,21 +331,43 @@ def main() -> None:
     cores = os.cpu_count() or 1
     precisions = supported_precisions(resolve_device("cpu"))
     common = {"video_backbone": vb, "audio_backbone": ab}
-    limits = {p: run_child("limit", clip=clip, precision=p, limit_seconds=a.limit_seconds, **common) for p in precisions}
+    limits = {
+        p: run_child("limit", clip=clip, precision=p, limit_seconds=a.limit_seconds, **common)
+        for p in precisions
+    }
     for p, lim in limits.items():
-        print(f"limit {p}: {lim['segments_per_s']:.2f} segments/s ({lim['frames_per_s']:.1f} frames/s, "
-              f"{lim['audio_s_per_s']:.1f} audio s/s)", flush=True)
+        print(
+            f"limit {p}: {lim['segments_per_s']:.2f} segments/s ({lim['frames_per_s']:.1f} frames/s, "
+            f"{lim['audio_s_per_s']:.1f} audio s/s)",
+            flush=True,
+        )
     rows = []
 
-    def extract(name: str, engine: str, workers: int | None, precision: str, data_: Path, tag: str) -> dict:
+    def extract(
+        name: str, engine: str, workers: int | None, precision: str, data_: Path, tag: str
+    ) -> dict:
         store = a.out / f"store_{tag}"
         subprocess.run(["rm", "-rf", str(store)], check=True)
-        r = run_child("extract", data=data_, store=store, engine=engine, workers=workers, precision=precision, **common)
-        r.update(name=name, precision=precision, ratio=r["segments_per_s"] / limits[precision]["segments_per_s"],
-                 load=os.getloadavg()[0])
-        print(f"{name} [{precision}]: {r['segments_per_s']:.2f} segments/s "
-              f"({100 * r['ratio']:.0f}% of the limit), peak RSS {r['peak_rss_mib']:.0f} MiB, load {r['load']:.1f}",
-              flush=True)
+        r = run_child(
+            "extract",
+            data=data_,
+            store=store,
+            engine=engine,
+            workers=workers,
+            precision=precision,
+            **common,
+        )
+        r.update(
+            name=name,
+            precision=precision,
+            ratio=r["segments_per_s"] / limits[precision]["segments_per_s"],
+            load=os.getloadavg()[0],
+        )
+        print(
+            f"{name} [{precision}]: {r['segments_per_s']:.2f} segments/s "
+            f"({100 * r['ratio']:.0f}% of the limit), peak RSS {r['peak_rss_mib']:.0f} MiB, load {r['load']:.1f}",
+            flush=True,
+        )
         return r
 
     rows.append(extract("in-process (--workers 0)", "local", 0, "fp32", data, "w0"))
@@ -291,44 +381,80 @@ def main() -> None:
     mem = []
     for n in a.memory_videos:
         d = make_dataset(a.out, n, a.memory_seconds)
-        mem.append(extract(f"--workers {cores}, {n} videos", "local", cores, "fp32", d, f"mem{n}") | {"n": n})
+        mem.append(
+            extract(f"--workers {cores}, {n} videos", "local", cores, "fp32", d, f"mem{n}")
+            | {"n": n}
+        )
     train_rows = []
     for n in a.train_videos:
         store = make_feature_store(a.out, n)
         for in_memory in (False, True):
-            r = run_child("train", store=store, run=a.out / f"run_{n}_{in_memory}", in_memory=in_memory)
+            r = run_child(
+                "train", store=store, run=a.out / f"run_{n}_{in_memory}", in_memory=in_memory
+            )
             r.update(n=n, mode="in memory" if in_memory else "streaming", load=os.getloadavg()[0])
-            print(f"train {n} videos, {r['mode']}: peak RSS {r['peak_rss_mib']:.0f} MiB, {r['wall_s']:.0f} s", flush=True)
+            print(
+                f"train {n} videos, {r['mode']}: peak RSS {r['peak_rss_mib']:.0f} MiB, {r['wall_s']:.0f} s",
+                flush=True,
+            )
             train_rows.append(r)
-    result = {"machine": machine(), "limits": limits, "rows": rows, "memory": mem, "train": train_rows,
-              "videos": a.videos, "seconds": a.seconds}
+    result = {
+        "machine": machine(),
+        "limits": limits,
+        "rows": rows,
+        "memory": mem,
+        "train": train_rows,
+        "videos": a.videos,
+        "seconds": a.seconds,
+    }
     (a.out / "bench_extract_scale.json").write_text(json.dumps(result, indent=1))
     print(tables(result))
 
 
 def tables(r: dict) -> str:
-    out = [f"Throughput: {r['videos']} videos of {r['seconds']:g} s ({SIZE[0]}x{SIZE[1]}, {FPS:g} fps), "
-           "MobileViT-small + Wav2Vec2-base", "",
-           "| engine | precision | segments/s | encoder-bound limit | ratio | peak RSS (MiB) | load |",
-           "|---|---|---|---|---|---|---|"]
+    out = [
+        f"Throughput: {r['videos']} videos of {r['seconds']:g} s ({SIZE[0]}x{SIZE[1]}, {FPS:g} fps), "
+        "MobileViT-small + Wav2Vec2-base",
+        "",
+        "| engine | precision | segments/s | encoder-bound limit | ratio | peak RSS (MiB) | load |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in r["rows"]:
         lim = r["limits"][row["precision"]]["segments_per_s"]
-        out.append(f"| {row['name']} | {row['precision']} | {row['segments_per_s']:.2f} | {lim:.2f} | "
-                   f"{100 * row['ratio']:.0f}% | {row['peak_rss_mib']:.0f} | {row['load']:.1f} |")
+        out.append(
+            f"| {row['name']} | {row['precision']} | {row['segments_per_s']:.2f} | {lim:.2f} | "
+            f"{100 * row['ratio']:.0f}% | {row['peak_rss_mib']:.0f} | {row['load']:.1f} |"
+        )
     m = r["memory"]
-    out += ["", "Peak memory of the parallel engine, few vs many videos:", "",
-            "| | " + " | ".join(f"{x['n']} videos" for x in m) + " |", "|---|" + "---|" * len(m),
-            "| main process peak RSS (MiB) | " + " | ".join(f"{x['peak_rss_mib']:.0f}" for x in m) + " |",
-            "| largest decoding process RSS, sampled (MiB) | "
-            + " | ".join(f"{x['peak_child_rss_mib']:.0f}" for x in m) + " |",
-            "| all processes together, sampled peak (MiB) | "
-            + " | ".join(f"{x['peak_total_rss_mib']:.0f}" for x in m) + " |",
-            "| segments/s | " + " | ".join(f"{x['segments_per_s']:.2f}" for x in m) + " |"]
+    out += [
+        "",
+        "Peak memory of the parallel engine, few vs many videos:",
+        "",
+        "| | " + " | ".join(f"{x['n']} videos" for x in m) + " |",
+        "|---|" + "---|" * len(m),
+        "| main process peak RSS (MiB) | "
+        + " | ".join(f"{x['peak_rss_mib']:.0f}" for x in m)
+        + " |",
+        "| largest decoding process RSS, sampled (MiB) | "
+        + " | ".join(f"{x['peak_child_rss_mib']:.0f}" for x in m)
+        + " |",
+        "| all processes together, sampled peak (MiB) | "
+        + " | ".join(f"{x['peak_total_rss_mib']:.0f}" for x in m)
+        + " |",
+        "| segments/s | " + " | ".join(f"{x['segments_per_s']:.2f}" for x in m) + " |",
+    ]
     t = r["train"]
-    out += ["", "`avarnet train` (1 epoch) peak memory by store size:", "",
-            "| videos | mode | peak RSS (MiB) | wall (s) | load |", "|---|---|---|---|---|"]
+    out += [
+        "",
+        "`avarnet train` (1 epoch) peak memory by store size:",
+        "",
+        "| videos | mode | peak RSS (MiB) | wall (s) | load |",
+        "|---|---|---|---|---|",
+    ]
     for x in t:
-        out.append(f"| {x['n']} | {x['mode']} | {x['peak_rss_mib']:.0f} | {x['wall_s']:.0f} | {x['load']:.1f} |")
+        out.append(
+            f"| {x['n']} | {x['mode']} | {x['peak_rss_mib']:.0f} | {x['wall_s']:.0f} | {x['load']:.1f} |"
+        )
     return "\n".join(out)
 
 

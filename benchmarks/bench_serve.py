@@ -72,7 +72,12 @@ def proc_sample(pid: int) -> dict:
             rss = int(line.split()[1]) / 1024
         elif line.startswith("VmHWM:"):
             peak = int(line.split()[1]) / 1024
-    return {"t": time.monotonic(), "cpu_s": cpu, "rss_mib": round(rss, 1), "peak_rss_mib": round(peak, 1)}
+    return {
+        "t": time.monotonic(),
+        "cpu_s": cpu,
+        "rss_mib": round(rss, 1),
+        "peak_rss_mib": round(peak, 1),
+    }
 
 
 def free_port() -> int:
@@ -82,7 +87,9 @@ def free_port() -> int:
 
 
 def api(port: int, path: str):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {TOKEN}"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
 
@@ -106,8 +113,21 @@ def wait_until(ready, proc: subprocess.Popen, timeout: float = 600.0) -> None:
 
 def run_stream_baseline(clip: Path, ckpt: Path, minutes: float, out: Path, threads: int) -> dict:
     jsonl = out / "stream.jsonl"
-    cmd = [sys.executable, "-m", "avarnet", "stream", str(clip), "--checkpoint", str(ckpt), "--realtime",
-           "--jsonl", str(jsonl), "--no-view", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "avarnet",
+        "stream",
+        str(clip),
+        "--checkpoint",
+        str(ckpt),
+        "--realtime",
+        "--jsonl",
+        str(jsonl),
+        "--no-view",
+        "--device",
+        "cpu",
+    ]
     if threads:
         cmd += ["--threads", str(threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=(out / "stream.log").open("w"))
@@ -125,31 +145,43 @@ def run_stream_baseline(clip: Path, ckpt: Path, minutes: float, out: Path, threa
     proc.wait(timeout=120)
     segs = [json.loads(line) for line in jsonl.read_text().splitlines() if '"segment"' in line[:20]]
     segs = [s for s in segs if s["type"] == "segment"]
-    window = segs[len(segs) // 4:]
+    window = segs[len(segs) // 4 :]
     media = max(1e-9, (last["t"] - first["t"]))
     lag = [s["lag_s"] for s in window if s["lag_s"] is not None]
     return {
-        "cameras": 1, "process": "stream", "seconds": round(media, 1),
+        "cameras": 1,
+        "process": "stream",
+        "seconds": round(media, 1),
         "cpu_per_camera": round((last["cpu_s"] - first["cpu_s"]) / media, 3),
         "cpu_per_segment": round((last["cpu_s"] - first["cpu_s"]) / max(1, n1 - n0), 3),
         "segments_per_s": round((n1 - n0) / media, 2),
-        "rss_start_mib": first["rss_mib"], "rss_end_mib": last["rss_mib"], "peak_rss_mib": last["peak_rss_mib"],
-        "segments": len(segs), "dropped": json.loads(jsonl.read_text().splitlines()[-1]).get("dropped"),
+        "rss_start_mib": first["rss_mib"],
+        "rss_end_mib": last["rss_mib"],
+        "peak_rss_mib": last["peak_rss_mib"],
+        "segments": len(segs),
+        "dropped": json.loads(jsonl.read_text().splitlines()[-1]).get("dropped"),
         "lag_mean_s": round(float(np.mean(lag)), 2) if lag else None,
         "lag_max_s": round(float(np.max(lag)), 2) if lag else None,
     }
 
 
-def run_serve(clip: Path, ckpt: Path, n: int, minutes: float, out: Path, threads: int, batch: int) -> dict:
+def run_serve(
+    clip: Path, ckpt: Path, n: int, minutes: float, out: Path, threads: int, batch: int
+) -> dict:
     folder = out / f"serve_{n}"
     folder.mkdir(parents=True, exist_ok=True)
     mq_port, web_port = free_port(), free_port()
     conf = folder / "mosquitto.conf"
     import getpass
 
-    conf.write_text(f"listener {mq_port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n")
-    broker = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    conf.write_text(
+        f"listener {mq_port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
+    )
+    broker = subprocess.Popen(
+        ["/usr/sbin/mosquitto", "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     import paho.mqtt.client as mqtt
 
     counts = {"new": 0, "update": 0, "end": 0, "anomaly": 0}
@@ -168,18 +200,37 @@ def run_serve(clip: Path, ckpt: Path, n: int, minutes: float, out: Path, threads
     sub.on_message = on_message
     sub.connect("127.0.0.1", mq_port)
     sub.loop_start()
-    cameras = {f"cam{i}": {"source": str(clip), "loop": True, "realtime": True,
-                           "alerts": {"threshold": 0.0, "min_segments": 3}} for i in range(n)}
-    cfg = {"checkpoint": str(ckpt), "device": "cpu", "cameras": cameras, "batch_segments": batch,
-           "storage": {"path": str(folder / "store")}, "web": {"port": web_port, "token": TOKEN},
-           "mqtt": {"host": "127.0.0.1", "port": mq_port, "client_id": f"avarnet-bench-{n}"}}
+    cameras = {
+        f"cam{i}": {
+            "source": str(clip),
+            "loop": True,
+            "realtime": True,
+            "alerts": {"threshold": 0.0, "min_segments": 3},
+        }
+        for i in range(n)
+    }
+    cfg = {
+        "checkpoint": str(ckpt),
+        "device": "cpu",
+        "cameras": cameras,
+        "batch_segments": batch,
+        "storage": {"path": str(folder / "store")},
+        "web": {"port": web_port, "token": TOKEN},
+        "mqtt": {"host": "127.0.0.1", "port": mq_port, "client_id": f"avarnet-bench-{n}"},
+    }
     if threads:
         cfg["threads"] = threads
     (folder / "serve.yaml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "avarnet", "serve", str(folder / "serve.yaml")],
-                            stdout=subprocess.DEVNULL, stderr=(folder / "serve.log").open("w"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "avarnet", "serve", str(folder / "serve.yaml")],
+        stdout=subprocess.DEVNULL,
+        stderr=(folder / "serve.log").open("w"),
+    )
     try:
-        wait_until(lambda: _up(web_port) and api(web_port, "/api/stats")["cameras"][0]["segments"] > 0, proc)
+        wait_until(
+            lambda: _up(web_port) and api(web_port, "/api/stats")["cameras"][0]["segments"] > 0,
+            proc,
+        )
         time.sleep(WARMUP_S)
         first, stats0 = proc_sample(proc.pid), api(web_port, "/api/stats")
         deadline = time.monotonic() + minutes * 60
@@ -188,7 +239,9 @@ def run_serve(clip: Path, ckpt: Path, n: int, minutes: float, out: Path, threads
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(5)
             last = proc_sample(proc.pid)
-            lags += [c["lag_s"] for c in api(web_port, "/api/stats")["cameras"] if c["lag_s"] is not None]
+            lags += [
+                c["lag_s"] for c in api(web_port, "/api/stats")["cameras"] if c["lag_s"] is not None
+            ]
         stats1 = api(web_port, "/api/stats")
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=120)
@@ -203,32 +256,45 @@ def run_serve(clip: Path, ckpt: Path, n: int, minutes: float, out: Path, threads
     db = sqlite3.connect(folder / "store" / "events.db")
     events = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
     wall = last["t"] - first["t"]
-    segs = sum(c["segments"] for c in stats1["cameras"]) - sum(c["segments"] for c in stats0["cameras"])
+    segs = sum(c["segments"] for c in stats1["cameras"]) - sum(
+        c["segments"] for c in stats0["cameras"]
+    )
     return {
-        "cameras": n, "process": "serve", "seconds": round(wall, 1), "exit_code": code,
+        "cameras": n,
+        "process": "serve",
+        "seconds": round(wall, 1),
+        "exit_code": code,
         "cpu_per_camera": round((last["cpu_s"] - first["cpu_s"]) / wall / n, 3),
-        "rss_start_mib": first["rss_mib"], "rss_end_mib": last["rss_mib"], "peak_rss_mib": last["peak_rss_mib"],
+        "rss_start_mib": first["rss_mib"],
+        "rss_end_mib": last["rss_mib"],
+        "peak_rss_mib": last["peak_rss_mib"],
         "cpu_per_segment": round((last["cpu_s"] - first["cpu_s"]) / max(1, segs), 3),
         "segments_per_s": round(segs / wall, 2),
         "dropped": sum(c["dropped"] for c in stats1["cameras"]),
         "lag_mean_s": round(float(np.mean(lags)), 2) if lags else None,
         "lag_max_s": round(float(np.max(lags)), 2) if lags else None,
         "mean_batch": stats1["engines"][0]["mean_batch"],
-        "events_db": events, "msgs_new": counts["new"], "msgs_end": counts["end"],
+        "events_db": events,
+        "msgs_new": counts["new"],
+        "msgs_end": counts["end"],
         "anomaly_msgs": counts["anomaly"],
     }
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| process | cameras | s | segments/s (need) | CPU s per segment | CPU s per media s per camera"
-            " | RSS start MiB | RSS end MiB | dropped | lag mean s | lag max s | events (DB) | new / end messages |")
+    head = (
+        "| process | cameras | s | segments/s (need) | CPU s per segment | CPU s per media s per camera"
+        " | RSS start MiB | RSS end MiB | dropped | lag mean s | lag max s | events (DB) | new / end messages |"
+    )
     lines = [head, "|" + "---|" * 13]
     for r in rows:
         msgs = f"{r['msgs_new']} / {r['msgs_end']}" if "msgs_new" in r else "-"
-        lines.append(f"| {r['process']} | {r['cameras']} | {r['seconds']} | {r['segments_per_s']} ({r['cameras']}) | "
-                     f"{r['cpu_per_segment']} | {r['cpu_per_camera']} | "
-                     f"{r['rss_start_mib']} | {r['rss_end_mib']} | {r['dropped']} | {r['lag_mean_s']} | "
-                     f"{r['lag_max_s']} | {r.get('events_db', '-')} | {msgs} |")
+        lines.append(
+            f"| {r['process']} | {r['cameras']} | {r['seconds']} | {r['segments_per_s']} ({r['cameras']}) | "
+            f"{r['cpu_per_segment']} | {r['cpu_per_camera']} | "
+            f"{r['rss_start_mib']} | {r['rss_end_mib']} | {r['dropped']} | {r['lag_mean_s']} | "
+            f"{r['lag_max_s']} | {r.get('events_db', '-')} | {msgs} |"
+        )
     return "\n".join(lines)
 
 
@@ -238,7 +304,11 @@ def main() -> None:
     ap.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--clip-seconds", type=float, default=60.0, help="length of the looped clip")
-    ap.add_argument("--checkpoint", type=Path, help="a trained checkpoint (default: untrained, random backbones)")
+    ap.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="a trained checkpoint (default: untrained, random backbones)",
+    )
     ap.add_argument("--video-backbone", default=DEFAULT_VIDEO_BACKBONE)
     ap.add_argument("--audio-backbone", default=DEFAULT_AUDIO_BACKBONE)
     ap.add_argument("--threads", type=int, default=0)
@@ -253,10 +323,21 @@ def main() -> None:
     if not ckpt.exists():
         build_checkpoint(clip, ckpt, a.video_backbone, a.audio_backbone)
     long_clip = a.out / f"scene_{a.minutes:g}min.mp4"
-    info = {"nproc": os.cpu_count(), "load_before": [round(x, 2) for x in os.getloadavg()],
-            "cpu": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                         if line.startswith("model name")), None),
-            "minutes": a.minutes, "video_backbone": a.video_backbone, "audio_backbone": a.audio_backbone}
+    info = {
+        "nproc": os.cpu_count(),
+        "load_before": [round(x, 2) for x in os.getloadavg()],
+        "cpu": next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in open("/proc/cpuinfo")
+                if line.startswith("model name")
+            ),
+            None,
+        ),
+        "minutes": a.minutes,
+        "video_backbone": a.video_backbone,
+        "audio_backbone": a.audio_backbone,
+    }
     rows = []
     if not a.no_baseline:
         if not long_clip.exists():

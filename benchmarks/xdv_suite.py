@@ -66,8 +66,14 @@ OBJECTIVES: dict[str, dict] = {
     # the reference: the top-k MIL term alone, the model trained directly
     "mil": {"objective": "mil", "layers": 0} | OFF,
     # the defaults before this suite existed: MIL + smoothness + sparsity + reversal, full MTCN
-    "old-default": {"objective": "mil", "layers": 0, "smooth_weight": 0.1, "sparsity_weight": 0.1,
-                    "reversal_weight": 1.0, "permutation_weight": 0.0},  # fmt: skip
+    "old-default": {
+        "objective": "mil",
+        "layers": 0,
+        "smooth_weight": 0.1,
+        "sparsity_weight": 0.1,
+        "reversal_weight": 1.0,
+        "permutation_weight": 0.0,
+    },  # fmt: skip
     # consistency under random reorderings of the snippets
     "permutation": {"objective": "mil", "layers": 0} | OFF | {"permutation_weight": 1.0},
     # per-snippet MIL scorer, then the model trained on its pseudo-labels (+ MIL)
@@ -281,7 +287,9 @@ class Regime:
                 first = min(violent_evs, key=lambda e: e.start)
                 last = max(violent_evs, key=lambda e: e.end)
                 others = [e for e in evs if e is not first and e is not last]
-                if rng.random() < 0.5 and all(o.start >= first.end - first.start + 2 for o in others):
+                if rng.random() < 0.5 and all(
+                    o.start >= first.end - first.start + 2 for o in others
+                ):
                     first = Event(0, first.end - first.start, first.code)
                 elif all(o.end <= T - (last.end - last.start) - 2 for o in others):
                     last = Event(T - (last.end - last.start), T, last.code)
@@ -348,7 +356,10 @@ def write_regime(root: Path, regime: Regime, n_train: int, n_test: int, seed: in
         tag = "_test" if split == "test" else ""
         (root / f"rgb{tag}.list").write_text("\n".join(rgb) + "\n")
         (root / f"audio{tag}.list").write_text("\n".join(aud) + "\n")
-        paths[f"rgb{tag}"], paths[f"audio{tag}"] = root / f"rgb{tag}.list", root / f"audio{tag}.list"
+        paths[f"rgb{tag}"], paths[f"audio{tag}"] = (
+            root / f"rgb{tag}.list",
+            root / f"audio{tag}.list",
+        )
     if regime.truth == "gt":
         parts = []
         for p in test_plans:
@@ -514,8 +525,11 @@ def summary_table(results: list[dict], regimes: list[str], models: list[str],
     present = [r for r in regimes if any(x["regime"] == r for x in results)]
     head = "| model | objective | " + " | ".join(present) + " | worst gap closed |"
     const = {r: next(x["constant_ap"] for x in results if x["regime"] == r) for r in present}
-    lines = [head, "|---|---|" + "---|" * (len(present) + 1),
-             "| constant score | — | " + " | ".join(f"{const[r]:.3f}" for r in present) + " | 0 |"]
+    lines = [
+        head,
+        "|---|---|" + "---|" * (len(present) + 1),
+        "| constant score | — | " + " | ".join(f"{const[r]:.3f}" for r in present) + " | 0 |",
+    ]
     for model in models:
         for obj in objectives:
             cells, gaps = [], []
@@ -544,8 +558,15 @@ def machine_line() -> str:
     return f"{os.cpu_count()} CPUs ({cpu}), load average {load}"
 
 
-def write_tables(out: Path, results: list[dict], regimes: list[str], models: list[str],
-                 objectives: list[str], args: argparse.Namespace, seconds: float) -> str:
+def write_tables(
+    out: Path,
+    results: list[dict],
+    regimes: list[str],
+    models: list[str],
+    objectives: list[str],
+    args: argparse.Namespace,
+    seconds: float,
+) -> str:
     parts = ["## Summary: frame AP (scikit-learn), mean of the seeds", "",
              summary_table(results, regimes, models, objectives), ""]  # fmt: skip
     for name in regimes:
@@ -580,19 +601,38 @@ def write_doc(tables: str) -> None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", type=Path, default=Path("runs/xdv_suite"))
-    p.add_argument("--regimes", nargs="+", default=[*REGIMES, RAW_REGIME],
-                   choices=[*REGIMES, RAW_REGIME])
+    p.add_argument(
+        "--regimes", nargs="+", default=[*REGIMES, RAW_REGIME], choices=[*REGIMES, RAW_REGIME]
+    )
     p.add_argument("--models", nargs="+", default=list_models(), choices=list_models())
-    p.add_argument("--objectives", nargs="+", default=["refine"], choices=list(OBJECTIVES),
-                   help="objectives run for every model")
-    p.add_argument("--mtcn-objectives", nargs="*", default=["mil", "old-default"],
-                   choices=list(OBJECTIVES), help="further objectives run for MTCN only")
+    p.add_argument(
+        "--objectives",
+        nargs="+",
+        default=["refine"],
+        choices=list(OBJECTIVES),
+        help="objectives run for every model",
+    )
+    p.add_argument(
+        "--mtcn-objectives",
+        nargs="*",
+        default=["mil", "old-default"],
+        choices=list(OBJECTIVES),
+        help="further objectives run for MTCN only",
+    )
     p.add_argument("--seeds", type=int, default=3, help="seeds of MTCN with the default objective")
-    p.add_argument("--other-seeds", type=int, default=1,
-                   help="seeds of every other (model, objective) pair (3 to match the brief; CPU time)")
-    p.add_argument("--train", type=int, default=60, help="training videos per regime (a fifth validates)")
+    p.add_argument(
+        "--other-seeds",
+        type=int,
+        default=1,
+        help="seeds of every other (model, objective) pair (3 to match the brief; CPU time)",
+    )
+    p.add_argument(
+        "--train", type=int, default=60, help="training videos per regime (a fifth validates)"
+    )
     p.add_argument("--test", type=int, default=20, help="test videos per regime")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--local-epochs", type=int, default=30)
@@ -600,10 +640,15 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="smoke run: small data, MTCN and GRU, 1 seed")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: small data, MTCN and GRU, 1 seed"
+    )
     p.add_argument("--no-doc", action="store_true", help=f"do not update {DOC.name}")
-    p.add_argument("--tables-only", action="store_true",
-                   help="write the tables from OUT/results.jsonl without running anything")
+    p.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="write the tables from OUT/results.jsonl without running anything",
+    )
     args = p.parse_args()
     if args.quick:
         args.train, args.test, args.epochs, args.seeds, args.other_seeds = 40, 16, 10, 1, 1

@@ -13,7 +13,9 @@ from avarnet.encoders import save_tiny_backbones  # noqa: F401  (tests import it
 
 # The shared real recordings (../shared/fixtures beside the checkout; AVARNET_SHARED_FIXTURES elsewhere).
 SHARED_FIXTURES = Path(
-    os.environ.get("AVARNET_SHARED_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures")
+    os.environ.get(
+        "AVARNET_SHARED_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+    )
 )
 
 
@@ -28,8 +30,15 @@ def tiny_dataset(tmp_path_factory) -> Path:
     from avarnet.synth import synthesize_dataset
 
     root = tmp_path_factory.mktemp("data") / "ds"
-    synthesize_dataset(root, clips_per_class=3, seed=7, duration=(2.0, 3.0), size=(96, 64),
-                       classes=("crash", "normal", "pain"), progress=False)
+    synthesize_dataset(
+        root,
+        clips_per_class=3,
+        seed=7,
+        duration=(2.0, 3.0),
+        size=(96, 64),
+        classes=("crash", "normal", "pain"),
+        progress=False,
+    )
     return root
 
 

@@ -13,13 +13,25 @@ DV, DA = 12, 8  # tiny video / audio feature widths
 
 
 def make_store(
-    root: Path, classes=("abuse", "crash", "normal"), per_class: int = 9, T=(6, 14), seed: int = 0,
+    root: Path,
+    classes=("abuse", "crash", "normal"),
+    per_class: int = 9,
+    T=(6, 14),
+    seed: int = 0,
     no_audio_every: int = 0,
 ) -> FeatureStore:
     """Video features carry class // 2 signal, audio features class % 2 signal (both needed to tell all apart)."""
     rng = np.random.default_rng(seed)
-    spec = FeatureSpec(weights="random", video_dim=DV, audio_dim=DA, video_backbone="tiny-v", audio_backbone="tiny-a")
-    store = FeatureStore.create(root, spec, {"classes": list(classes), "data_root": str(root / "data")})
+    spec = FeatureSpec(
+        weights="random",
+        video_dim=DV,
+        audio_dim=DA,
+        video_backbone="tiny-v",
+        audio_backbone="tiny-a",
+    )
+    store = FeatureStore.create(
+        root, spec, {"classes": list(classes), "data_root": str(root / "data")}
+    )
     v_means = rng.normal(0, 1, (len(classes), DV))
     a_means = rng.normal(0, 1, (len(classes), DA))
     n = 0
@@ -36,6 +48,16 @@ def make_store(
             if no_audio_every and n % no_audio_every == 0:
                 audio[:] = 0
                 mask[:] = False
-            entry = Entry(vid, f"features/{vid}.safetensors", cls, split, rel, float(t), 12.0, bool(mask.any()), t)
+            entry = Entry(
+                vid,
+                f"features/{vid}.safetensors",
+                cls,
+                split,
+                rel,
+                float(t),
+                12.0,
+                bool(mask.any()),
+                t,
+            )
             store.write(entry, {"video": video, "audio": audio, "audio_mask": mask})
     return store

@@ -41,16 +41,27 @@ def tiny_checkpoint(tiny_backbones, path: Path, std: float = 1.0) -> Path:
     v = VideoEncoder.load(str(vdir), device="cpu")
     a = AudioEncoder.load(str(adir), device="cpu")
     spec = build_spec(v, a, "pretrained", 0, 1.0, 1)
-    cfg = ModelConfig(input_dim=spec.video_dim + spec.audio_dim, num_classes=len(CLASSES), hidden=16,
-                      stages=2, layers=3, heads=2, dropout=0.0)
+    cfg = ModelConfig(
+        input_dim=spec.video_dim + spec.audio_dim,
+        num_classes=len(CLASSES),
+        hidden=16,
+        stages=2,
+        layers=3,
+        heads=2,
+        dropout=0.0,
+    )
     torch.manual_seed(0)
     model = create_model(cfg).eval()
     norm = Normalizer(np.zeros(cfg.input_dim, np.float32), np.full(cfg.input_dim, std, np.float32))
-    save_checkpoint(path, Checkpoint(model, cfg, TrainConfig(seq_len=4), CLASSES, spec, norm, None, {}))
+    save_checkpoint(
+        path, Checkpoint(model, cfg, TrainConfig(seq_len=4), CLASSES, spec, norm, None, {})
+    )
     return path
 
 
-def make_clip(path: Path, seconds: float, fps: float = 10.0, size=(160, 120), gop: int | None = None) -> Path:
+def make_clip(
+    path: Path, seconds: float, fps: float = 10.0, size=(160, 120), gop: int | None = None
+) -> Path:
     """Moving-gradient H.264 + AAC clip with a tone that changes pitch each second."""
     n = round(seconds * fps)
     w, h = size
@@ -132,8 +143,9 @@ class Broker:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_port(self.port)
 
     def stop(self) -> None:
@@ -153,8 +165,12 @@ class Subscriber:
     def __init__(self, port: int, client_id: str = "test-sub", clean: bool = False) -> None:
         self.messages: list[tuple[str, str, bool]] = []
         self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  clean_session=clean, protocol=mqtt.MQTTv311)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=clean,
+            protocol=mqtt.MQTTv311,
+        )
         self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe("avarnet/#", qos=1)
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 1)
@@ -185,32 +201,59 @@ class Subscriber:
         self.client.loop_stop()
 
 
-def write_config(path: Path, ckpt: Path, cameras: dict, storage: Path, web_port: int,
-                 mqtt_port: int | None = None, **extra) -> Path:
-    cfg = {"checkpoint": str(ckpt), "device": "cpu", "threads": 1, "cameras": cameras,
-           "clips": {"pre_roll": 1.0, "post_roll": 1.0}, "storage": {"path": str(storage)},
-           "web": {"bind": "127.0.0.1", "port": web_port, "token": TOKEN}, **extra}
+def write_config(
+    path: Path,
+    ckpt: Path,
+    cameras: dict,
+    storage: Path,
+    web_port: int,
+    mqtt_port: int | None = None,
+    **extra,
+) -> Path:
+    cfg = {
+        "checkpoint": str(ckpt),
+        "device": "cpu",
+        "threads": 1,
+        "cameras": cameras,
+        "clips": {"pre_roll": 1.0, "post_roll": 1.0},
+        "storage": {"path": str(storage)},
+        "web": {"bind": "127.0.0.1", "port": web_port, "token": TOKEN},
+        **extra,
+    }
     if mqtt_port is not None:
-        cfg["mqtt"] = {"host": "127.0.0.1", "port": mqtt_port, "keepalive": 5, "reconnect_max_s": 1,
-                       "client_id": f"avarnet-{web_port}"}
+        cfg["mqtt"] = {
+            "host": "127.0.0.1",
+            "port": mqtt_port,
+            "keepalive": 5,
+            "reconnect_max_s": 1,
+            "client_id": f"avarnet-{web_port}",
+        }
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
 def start_server(config: Path, log: Path) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "avarnet", "serve", str(config)],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "avarnet", "serve", str(config)],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
 
 
-def api(port: int, path: str, token: str | None = TOKEN, method: str = "GET", body: dict | None = None):
+def api(
+    port: int, path: str, token: str | None = TOKEN, method: str = "GET", body: dict | None = None
+):
     """(status, parsed JSON or text) of a request to the server."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     data = None
     if body is not None:
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method, headers=headers)
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, method=method, headers=headers
+    )
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *a, **k):

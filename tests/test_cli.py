@@ -12,25 +12,44 @@ from avarnet.demo import DemoOptions, run_demo
 
 def test_demo_runs_every_stage_into_one_folder(tiny_backbones, tmp_path):
     vdir, adir = tiny_backbones
-    opts = DemoOptions(clips_per_class=3, duration=(2.0, 3.0), epochs=3, device="cpu",
-                       video_backbone=str(vdir), audio_backbone=str(adir))
+    opts = DemoOptions(
+        clips_per_class=3,
+        duration=(2.0, 3.0),
+        epochs=3,
+        device="cpu",
+        video_backbone=str(vdir),
+        audio_backbone=str(adir),
+    )
     s = run_demo(tmp_path / "demo", opts, progress=False)
     assert s["weights"] == "pretrained" and s["videos"] == 30 and s["extraction_failures"] == 0
     assert 0.0 <= s["test_accuracy"] <= 1.0 and s["test_clips"] == 10
     for key in ("report", "confusion_matrix", "timeline"):
         assert (tmp_path / "demo").joinpath(s[key].split("demo/", 1)[1]).exists()
-    assert json.loads((tmp_path / "demo" / "summary.json").read_text())["true_label"] == s["true_label"]
+    assert (
+        json.loads((tmp_path / "demo" / "summary.json").read_text())["true_label"]
+        == s["true_label"]
+    )
 
 
-def test_demo_falls_back_to_random_weights_with_a_warning(tiny_backbones, tmp_path, monkeypatch, caplog):
+def test_demo_falls_back_to_random_weights_with_a_warning(
+    tiny_backbones, tmp_path, monkeypatch, caplog
+):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     vdir, adir = tiny_backbones
     from avarnet import demo
 
     # the requested pretrained video backbone cannot be loaded; the random fallback uses the tiny configs
-    opts = DemoOptions(clips_per_class=3, duration=(2.0, 2.5), epochs=1, device="cpu",
-                       video_backbone=str(vdir), audio_backbone=str(adir))
-    monkeypatch.setattr(demo, "choose_weights", lambda o: ("random", "no-such/model could not be loaded"))
+    opts = DemoOptions(
+        clips_per_class=3,
+        duration=(2.0, 2.5),
+        epochs=1,
+        device="cpu",
+        video_backbone=str(vdir),
+        audio_backbone=str(adir),
+    )
+    monkeypatch.setattr(
+        demo, "choose_weights", lambda o: ("random", "no-such/model could not be loaded")
+    )
     s = run_demo(tmp_path / "demo", opts, progress=False)
     assert s["weights"] == "random" and s["weights_note"].startswith("RANDOM WEIGHTS")
     metrics = json.loads((tmp_path / "demo" / "eval" / "metrics.json").read_text())
@@ -51,7 +70,19 @@ def test_module_entry_point_and_usage_errors(tmp_path, capsys):
     assert main(["train", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "avarnet extract" in err[0]
-    assert main(["extract", str(tmp_path / "missing"), "--out", str(tmp_path / "f"), "--weights", "random"]) == 2
+    assert (
+        main(
+            [
+                "extract",
+                str(tmp_path / "missing"),
+                "--out",
+                str(tmp_path / "f"),
+                "--weights",
+                "random",
+            ]
+        )
+        == 2
+    )
     assert "not found" in capsys.readouterr().err
     bad = tmp_path / "bad.ckpt"
     bad.write_text("x")

@@ -55,7 +55,10 @@ def test_discover_dataset_errors(tmp_path):
         discover_dataset(tmp_path)
 
 
-@pytest.mark.parametrize(("T", "L", "stride", "expected"), [(3, 10, 5, [0]), (10, 10, 5, [0]), (12, 10, 5, [0, 2]), (20, 10, 5, [0, 5, 10])])
+@pytest.mark.parametrize(
+    ("T", "L", "stride", "expected"),
+    [(3, 10, 5, [0]), (10, 10, 5, [0]), (12, 10, 5, [0, 2]), (20, 10, 5, [0, 5, 10])],
+)
 def test_window_starts(T, L, stride, expected):
     assert window_starts(T, L, stride) == expected
 

@@ -33,9 +33,23 @@ def test_segment_times():
     assert np.all(np.diff(t3.ravel()) > 0)
 
 
-def test_pretrained_folders_load_and_give_features_of_the_right_shape(tiny_backbones, tiny_dataset, tmp_path):
+def test_pretrained_folders_load_and_give_features_of_the_right_shape(
+    tiny_backbones, tiny_dataset, tmp_path
+):
     feats = tmp_path / "feats"
-    assert main(["-q", "extract", str(tiny_dataset), "--out", str(feats), *backbone_args(tiny_backbones)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "extract",
+                str(tiny_dataset),
+                "--out",
+                str(feats),
+                *backbone_args(tiny_backbones),
+            ]
+        )
+        == 0
+    )
     store = FeatureStore.open(feats)
     assert len(store.entries) == 9 and store.spec.weights == "pretrained"
     assert store.spec.video_dim == 48 and store.spec.audio_dim == 32 and store.spec.image_size == 64
@@ -52,16 +66,30 @@ def hostile_dataset(tmp_path_factory) -> Path:
     good, bad = root / "normal", root / "crash"
     good.mkdir()
     bad.mkdir()
-    for make in (mf.video_no_audio, mf.short_clip, mf.one_fps_clip, mf.hd_stereo_clip, mf.unicode_name_clip):
+    for make in (
+        mf.video_no_audio,
+        mf.short_clip,
+        mf.one_fps_clip,
+        mf.hd_stereo_clip,
+        mf.unicode_name_clip,
+    ):
         make(good)
-    for make in (mf.empty_file, mf.text_as_mp4, mf.random_bytes_mp4, mf.truncated_mp4, mf.audio_only):
+    for make in (
+        mf.empty_file,
+        mf.text_as_mp4,
+        mf.random_bytes_mp4,
+        mf.truncated_mp4,
+        mf.audio_only,
+    ):
         make(bad)
     return root
 
 
 def test_hostile_inputs_never_crash_extraction(hostile_dataset, tiny_backbones, tmp_path, capsys):
     feats = tmp_path / "feats"
-    code = main(["-q", "extract", str(hostile_dataset), "--out", str(feats), *backbone_args(tiny_backbones)])
+    code = main(
+        ["-q", "extract", str(hostile_dataset), "--out", str(feats), *backbone_args(tiny_backbones)]
+    )
     out = capsys.readouterr()
     assert code == 1  # some inputs failed
     store = FeatureStore.open(feats)
@@ -78,21 +106,54 @@ def test_hostile_inputs_never_crash_extraction(hostile_dataset, tiny_backbones, 
     hd = max(store.entries, key=lambda e: e.fps * 0 + (1 if "hd" in e.source else 0))
     assert store.load(hd)["audio_mask"].all()
     # a second run retries only the failures and skips the rest
-    assert main(["-q", "extract", str(hostile_dataset), "--out", str(feats), *backbone_args(tiny_backbones)]) == 1
+    assert (
+        main(
+            [
+                "-q",
+                "extract",
+                str(hostile_dataset),
+                "--out",
+                str(feats),
+                *backbone_args(tiny_backbones),
+            ]
+        )
+        == 1
+    )
     assert "already done 5" in capsys.readouterr().out
 
 
 def _finished(feats: Path) -> int:
-    return len([p for p in (feats / "features").rglob("*.safetensors") if not p.name.startswith(".")])
+    return len(
+        [p for p in (feats / "features").rglob("*.safetensors") if not p.name.startswith(".")]
+    )
 
 
 def test_sigkill_mid_extraction_then_resume(tiny_backbones, tmp_path):
     data = tmp_path / "data"
-    synthesize_dataset(data, clips_per_class=4, seed=3, duration=(3.0, 4.0), size=(96, 64),
-                       classes=("abuse", "crash", "normal"), progress=False)
+    synthesize_dataset(
+        data,
+        clips_per_class=4,
+        seed=3,
+        duration=(3.0, 4.0),
+        size=(96, 64),
+        classes=("abuse", "crash", "normal"),
+        progress=False,
+    )
     feats = tmp_path / "feats"
-    cmd = [sys.executable, "-m", "avarnet", "-q", "extract", str(data), "--out", str(feats), *backbone_args(tiny_backbones)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "avarnet",
+        "-q",
+        "extract",
+        str(data),
+        "--out",
+        str(feats),
+        *backbone_args(tiny_backbones),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if (feats / "features").exists() and _finished(feats) >= 3:
@@ -115,15 +176,49 @@ def test_sigkill_mid_extraction_then_resume(tiny_backbones, tmp_path):
 
 def test_random_weights_extract_train_predict(tiny_backbones, tiny_dataset, tmp_path, capsys):
     feats, run, pred = tmp_path / "feats", tmp_path / "run", tmp_path / "pred"
-    assert main(["-q", "extract", str(tiny_dataset), "--out", str(feats), "--weights", "random", *backbone_args(tiny_backbones)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "extract",
+                str(tiny_dataset),
+                "--out",
+                str(feats),
+                "--weights",
+                "random",
+                *backbone_args(tiny_backbones),
+            ]
+        )
+        == 0
+    )
     store = FeatureStore.open(feats)
-    assert store.spec.weights == "random" and store.spec.random_init.get("calibration_frames", 0) > 0
+    assert (
+        store.spec.weights == "random" and store.spec.random_init.get("calibration_frames", 0) > 0
+    )
     assert store.load_encoder_state()
     v = np.concatenate([store.load(e)["video"] for e in store.entries])
     assert np.abs(v).max() > 1e-3 and v.std(0).mean() > 1e-4  # random weights still see
-    assert main(["-q", "train", str(feats), "--out", str(run), "--epochs", "2", "--device", "cpu"]) == 0
+    assert (
+        main(["-q", "train", str(feats), "--out", str(run), "--epochs", "2", "--device", "cpu"])
+        == 0
+    )
     video = Path(store.info["data_root"]) / store.split("test")[0].source
-    assert main(["-q", "predict", str(video), "--checkpoint", str(run / "best.ckpt"), "--out", str(pred), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                str(video),
+                "--checkpoint",
+                str(run / "best.ckpt"),
+                "--out",
+                str(pred),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     import json
 
     p = json.loads((pred / "prediction.json").read_text())
@@ -139,12 +234,24 @@ def test_random_weights_extract_train_predict(tiny_backbones, tiny_dataset, tmp_
 
     ck = load_checkpoint(run / "best.ckpt")
     again, _ = Extractor.from_spec(ck.spec, "cpu", ck.encoder_state)(video)
-    np.testing.assert_allclose(again["video"], store.load(store.split("test")[0])["video"], atol=1e-4)
+    np.testing.assert_allclose(
+        again["video"], store.load(store.split("test")[0])["video"], atol=1e-4
+    )
 
 
 def test_missing_pretrained_weights_one_clear_line(tiny_dataset, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code = main(["-q", "extract", str(tiny_dataset), "--out", str(tmp_path / "f"), "--video-backbone", "no-such-org/no-model"])
+    code = main(
+        [
+            "-q",
+            "extract",
+            str(tiny_dataset),
+            "--out",
+            str(tmp_path / "f"),
+            "--video-backbone",
+            "no-such-org/no-model",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and "--weights random" in err[0] and "Traceback" not in err[0]

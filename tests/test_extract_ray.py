@@ -25,7 +25,9 @@ in_process_store = scale.in_process_store
 
 @pytest.fixture(scope="module")
 def cluster():
-    for attempt in range(3):  # Ray gives its raylet 30 s to start: a busy machine may need another go
+    for attempt in range(
+        3
+    ):  # Ray gives its raylet 30 s to start: a busy machine may need another go
         try:
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
             break
@@ -37,7 +39,9 @@ def cluster():
     ray.shutdown()
 
 
-def test_ray_engine_writes_the_in_process_store(cluster, mixed_dataset, tiny_backbones, in_process_store, tmp_path):
+def test_ray_engine_writes_the_in_process_store(
+    cluster, mixed_dataset, tiny_backbones, in_process_store, tmp_path
+):
     out = tmp_path / "feats"
     r = extract_dataset_ray(mixed_dataset, out, **backbones(tiny_backbones))
     assert r.done == 10 and len(r.failures) == 4
@@ -62,8 +66,15 @@ def _pids_of(name: str) -> list[int]:
 
 def test_killed_encoder_actor_mid_job(cluster, tiny_backbones, tmp_path):
     data = tmp_path / "data"
-    synthesize_dataset(data, clips_per_class=8, seed=11, duration=(1.5, 2.5), size=(64, 48),
-                       classes=("crash", "normal"), progress=False)
+    synthesize_dataset(
+        data,
+        clips_per_class=8,
+        seed=11,
+        duration=(1.5, 2.5),
+        size=(64, 48),
+        classes=("crash", "normal"),
+        progress=False,
+    )
     out = tmp_path / "feats"
     kwargs = {**backbones(tiny_backbones), "options": RayOptions(videos_per_batch=1)}
     result: dict = {}
@@ -72,7 +83,11 @@ def test_killed_encoder_actor_mid_job(cluster, tiny_backbones, tmp_path):
     killed = None
     deadline = time.time() + 300
     while time.time() < deadline and job.is_alive():
-        written = len(list((out / "features").rglob("*.safetensors"))) if (out / "features").exists() else 0
+        written = (
+            len(list((out / "features").rglob("*.safetensors")))
+            if (out / "features").exists()
+            else 0
+        )
         pids = _pids_of("AudioEncoderActor")
         if written >= 1 and pids:
             killed = pids[0]

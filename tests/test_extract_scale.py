@@ -22,11 +22,25 @@ TOL = 1e-4
 def mixed_dataset(tmp_path_factory) -> Path:
     """Good clips (two longer than one 10-s audio chunk) with hostile files mixed into the classes."""
     root = tmp_path_factory.mktemp("mixed") / "ds"
-    synthesize_dataset(root, clips_per_class=2, seed=5, duration=(2.0, 3.5), size=(96, 64),
-                       classes=("crash", "normal"), progress=False)
+    synthesize_dataset(
+        root,
+        clips_per_class=2,
+        seed=5,
+        duration=(2.0, 3.5),
+        size=(96, 64),
+        classes=("crash", "normal"),
+        progress=False,
+    )
     long = tmp_path_factory.mktemp("long")
-    synthesize_dataset(long, clips_per_class=2, seed=6, duration=(11.0, 12.5), size=(96, 64),
-                       classes=("pain",), progress=False)
+    synthesize_dataset(
+        long,
+        clips_per_class=2,
+        seed=6,
+        duration=(11.0, 12.5),
+        size=(96, 64),
+        classes=("pain",),
+        progress=False,
+    )
     (root / "pain").mkdir()
     for p in (long / "pain").iterdir():
         p.rename(root / "pain" / p.name)
@@ -39,7 +53,12 @@ def mixed_dataset(tmp_path_factory) -> Path:
 
 def backbones(tiny_backbones) -> dict:
     vdir, adir = tiny_backbones
-    return {"video_backbone": str(vdir), "audio_backbone": str(adir), "device": "cpu", "progress": False}
+    return {
+        "video_backbone": str(vdir),
+        "audio_backbone": str(adir),
+        "device": "cpu",
+        "progress": False,
+    }
 
 
 def assert_same_store(a: Path, b: Path, tol: float = TOL) -> None:
@@ -58,7 +77,11 @@ def assert_same_store(a: Path, b: Path, tol: float = TOL) -> None:
 
 
 def index_ids(store: Path) -> list[str]:
-    return [json.loads(line)["id"] for line in (store / INDEX_FILE).read_text().splitlines() if line.strip()]
+    return [
+        json.loads(line)["id"]
+        for line in (store / INDEX_FILE).read_text().splitlines()
+        if line.strip()
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -69,11 +92,15 @@ def in_process_store(mixed_dataset, tiny_backbones, tmp_path_factory) -> Path:
     return out
 
 
-def test_parallel_engine_writes_the_in_process_store(mixed_dataset, tiny_backbones, in_process_store, tmp_path):
+def test_parallel_engine_writes_the_in_process_store(
+    mixed_dataset, tiny_backbones, in_process_store, tmp_path
+):
     out = tmp_path / "feats"
     r = extract_dataset(mixed_dataset, out, workers=2, **backbones(tiny_backbones))
     assert r.done == 10 and r.skipped == 0
-    assert sorted(f["path"] for f in r.failures) == sorted(f["path"] for f in FeatureStore.open(out).failures)
+    assert sorted(f["path"] for f in r.failures) == sorted(
+        f["path"] for f in FeatureStore.open(out).failures
+    )
     assert_same_store(in_process_store, out)
     long = [e for e in FeatureStore.open(out).entries if e.source.startswith("pain/")]
     assert len(long) == 2 and all(e.T >= 11 for e in long)  # two full 10-s chunks batched together
@@ -106,12 +133,33 @@ def test_precision_is_recorded_and_refused_where_missing(tiny_dataset, tiny_back
         extract_dataset(tiny_dataset, out, precision="fp32", workers=1, **backbones(tiny_backbones))
 
 
-def test_two_extract_processes_on_one_store(mixed_dataset, tiny_backbones, in_process_store, tmp_path):
+def test_two_extract_processes_on_one_store(
+    mixed_dataset, tiny_backbones, in_process_store, tmp_path
+):
     out = tmp_path / "feats"
     vdir, adir = tiny_backbones
-    cmd = [sys.executable, "-m", "avarnet", "-q", "extract", str(mixed_dataset), "--out", str(out),
-           "--video-backbone", str(vdir), "--audio-backbone", str(adir), "--device", "cpu", "--workers", "1"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "avarnet",
+        "-q",
+        "extract",
+        str(mixed_dataset),
+        "--out",
+        str(out),
+        "--video-backbone",
+        str(vdir),
+        "--audio-backbone",
+        str(adir),
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+    ]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [1, 1], outs  # the hostile files fail in both
     ids = index_ids(out)
@@ -126,7 +174,9 @@ def test_ray_engine_without_ray_names_the_extra(tiny_dataset, tmp_path, monkeypa
     from avarnet.cli import main
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
-    code = main(["-q", "extract", str(tiny_dataset), "--out", str(tmp_path / "f"), "--engine", "ray"])
+    code = main(
+        ["-q", "extract", str(tiny_dataset), "--out", str(tmp_path / "f"), "--engine", "ray"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "avarnet[ray]" in err[0]
     assert not (tmp_path / "f").exists()

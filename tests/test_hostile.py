@@ -59,7 +59,9 @@ def _mkv_video(container, n: int = 20, size=(64, 48), pts=None):
 
 def _encode_frames(container, stream, times, size) -> None:
     for i, t in enumerate(times):
-        frame = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), (40 + 9 * i) % 256, np.uint8), "rgb24")
+        frame = av.VideoFrame.from_ndarray(
+            np.full((size[1], size[0], 3), (40 + 9 * i) % 256, np.uint8), "rgb24"
+        )
         frame.pts = t
         container.mux(stream.encode(frame))
     container.mux(stream.encode(None))
@@ -156,10 +158,19 @@ def _cap_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
 
 
-def run_capped(argv: list[str], cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+def run_capped(
+    argv: list[str], cwd: Path | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.run(argv, capture_output=True, text=True, preexec_fn=_cap_memory, cwd=cwd, env=env,
-                          timeout=timeout)
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        preexec_fn=_cap_memory,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def avarnet(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -199,18 +210,41 @@ def no_crash(stderr: str) -> None:
 
 def tiny_checkpoint(tiny_backbones) -> Checkpoint:
     vdir, adir = tiny_backbones
-    spec = build_spec(VideoEncoder.load(str(vdir), device="cpu"), AudioEncoder.load(str(adir), device="cpu"),
-                      "pretrained", 0, 1.0, 1)
-    cfg = ModelConfig(input_dim=spec.video_dim + spec.audio_dim, num_classes=len(CLASSES), hidden=16, stages=2,
-                      layers=3, heads=2, dropout=0.0)
+    spec = build_spec(
+        VideoEncoder.load(str(vdir), device="cpu"),
+        AudioEncoder.load(str(adir), device="cpu"),
+        "pretrained",
+        0,
+        1.0,
+        1,
+    )
+    cfg = ModelConfig(
+        input_dim=spec.video_dim + spec.audio_dim,
+        num_classes=len(CLASSES),
+        hidden=16,
+        stages=2,
+        layers=3,
+        heads=2,
+        dropout=0.0,
+    )
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    norm = Normalizer(rng.normal(0, 0.1, cfg.input_dim).astype(np.float32), np.full(cfg.input_dim, 0.5, np.float32))
-    return Checkpoint(create_model(cfg).eval(), cfg, TrainConfig(seq_len=SEQ_LEN), CLASSES, spec, norm, None, {})
+    norm = Normalizer(
+        rng.normal(0, 0.1, cfg.input_dim).astype(np.float32),
+        np.full(cfg.input_dim, 0.5, np.float32),
+    )
+    return Checkpoint(
+        create_model(cfg).eval(), cfg, TrainConfig(seq_len=SEQ_LEN), CLASSES, spec, norm, None, {}
+    )
 
 
-def rewrite_checkpoint(src: Path, dst: Path, meta: dict | None = None, tensors: dict | None = None,
-                       drop: tuple[str, ...] = ()) -> Path:
+def rewrite_checkpoint(
+    src: Path,
+    dst: Path,
+    meta: dict | None = None,
+    tensors: dict | None = None,
+    drop: tuple[str, ...] = (),
+) -> Path:
     """A copy of a checkpoint with metadata entries / tensors replaced or dropped."""
     with safe_open(str(src), framework="pt") as f:
         m = dict(f.metadata())
@@ -257,7 +291,9 @@ def test_non_finite_audio_is_sanitised_at_decode_with_one_warning(value, tmp_pat
 def test_store_refuses_non_finite_features(tmp_path):
     from avarnet.config import FeatureSpec
 
-    store = FeatureStore.create(tmp_path / "s", FeatureSpec(video_dim=2, audio_dim=2), {"classes": ["a"]})
+    store = FeatureStore.create(
+        tmp_path / "s", FeatureSpec(video_dim=2, audio_dim=2), {"classes": ["a"]}
+    )
     entry = Entry("v", "features/v.safetensors", "a", "train", "a/v.mp4", 1.0, 10.0, True, 1)
     bad = {"video": np.array([[np.nan, 0]], np.float32), "audio": np.zeros((1, 2), np.float32)}
     with pytest.raises(NonFiniteError, match="a/v.mp4"):
@@ -279,7 +315,19 @@ def _store_with_nan_entry(root: Path) -> Path:
 
 def test_train_on_non_finite_features_fails_with_one_line_and_no_success_claim(tmp_path, capsys):
     feats = _store_with_nan_entry(tmp_path / "feats")
-    code = main(["-q", "train", str(feats), "--out", str(tmp_path / "run"), "--epochs", "2", "--device", "cpu"])
+    code = main(
+        [
+            "-q",
+            "train",
+            str(feats),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     cap = capsys.readouterr()
     assert code == 2 and "best epoch" not in cap.out
     lines = error_lines(cap.err, "train")
@@ -294,7 +342,19 @@ def test_train_never_reports_success_without_a_checkpoint(tmp_path, monkeypatch,
 
     feats = make_store(tmp_path / "feats", per_class=3).root
     monkeypatch.setattr(train_module, "evaluate_loss", lambda *a, **k: (float("nan"), 0.0))
-    code = main(["-q", "train", str(feats), "--out", str(tmp_path / "run"), "--epochs", "2", "--device", "cpu"])
+    code = main(
+        [
+            "-q",
+            "train",
+            str(feats),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     cap = capsys.readouterr()
     assert code == 2 and "best epoch" not in cap.out and "no checkpoint written" in cap.err
     assert not (tmp_path / "run" / "best.ckpt").exists()
@@ -304,7 +364,9 @@ def test_train_never_reports_success_without_a_checkpoint(tmp_path, monkeypatch,
 
 def test_non_finite_scores_never_open_an_alert():
     tracker = AlertTracker(AlertRule(threshold=0.5, min_segments=2, close_segments=2))
-    updates = [u for t in range(6) for u in tracker.update(t, t + 1, float("nan"), {"crash": float("nan")})]
+    updates = [
+        u for t in range(6) for u in tracker.update(t, t + 1, float("nan"), {"crash": float("nan")})
+    ]
     assert updates == [] and tracker.events == []
     for t, s in enumerate([0.9, 0.8, float("nan"), float("inf"), 0.2]):
         tracker.update(t, t + 1, s, {"crash": s})
@@ -315,11 +377,16 @@ def test_non_finite_scores_never_open_an_alert():
 
 def test_zero_norm_std_checkpoint_is_refused(ckpt_path, corpus, tmp_path, capsys):
     dim = load_checkpoint(ckpt_path).model_config.input_dim
-    bad = rewrite_checkpoint(ckpt_path, tmp_path / "zero_std.ckpt", tensors={"norm.std": torch.zeros(dim)})
+    bad = rewrite_checkpoint(
+        ckpt_path, tmp_path / "zero_std.ckpt", tensors={"norm.std": torch.zeros(dim)}
+    )
     with pytest.raises(CheckpointError, match="norm.std"):
         load_checkpoint(bad)
     video = corpus["unicode"][0]
-    assert main(["-q", "predict", str(video), "--checkpoint", str(bad), "--out", str(tmp_path / "p")]) == 2
+    assert (
+        main(["-q", "predict", str(video), "--checkpoint", str(bad), "--out", str(tmp_path / "p")])
+        == 2
+    )
     lines = error_lines(capsys.readouterr().err, "predict")
     assert len(lines) == 1 and "zero_std.ckpt" in lines[0]
 
@@ -334,9 +401,15 @@ def test_metrics_json_is_strict_when_a_class_has_no_test_clips(tmp_path):
     moved = store.split("test")[0]  # its class has no test clip left: its AP is undefined
     index = tmp_path / "feats" / "index.jsonl"
     lines = [json.loads(line) for line in index.read_text().splitlines()]
-    index.write_text("".join(json.dumps({**r, "split": "train"} if r["id"] == moved.id else r) + "\n" for r in lines))
+    index.write_text(
+        "".join(
+            json.dumps({**r, "split": "train"} if r["id"] == moved.id else r) + "\n" for r in lines
+        )
+    )
     store = FeatureStore.open(tmp_path / "feats")
-    r = train(store, tmp_path / "run", TrainConfig(epochs=1, seq_len=4, device="cpu"), progress=False)
+    r = train(
+        store, tmp_path / "run", TrainConfig(epochs=1, seq_len=4, device="cpu"), progress=False
+    )
     evaluate(r.checkpoint, tmp_path / "feats", out=tmp_path / "eval", device="cpu")
     metrics = strict_load((tmp_path / "eval" / "metrics.json").read_text())
     undefined = [c for c, m in metrics["per_class"].items() if m["support"] == 0]
@@ -346,13 +419,19 @@ def test_metrics_json_is_strict_when_a_class_has_no_test_clips(tmp_path):
 def test_strict_json_writer_turns_non_finite_into_null(tmp_path):
     value = {"a": float("nan"), "b": [np.float32("inf"), 1.5], "c": np.array([1.0, -np.inf])}
     io.write_json(tmp_path / "x.json", value)
-    assert strict_load((tmp_path / "x.json").read_text()) == {"a": None, "b": [None, 1.5], "c": [1.0, None]}
+    assert strict_load((tmp_path / "x.json").read_text()) == {
+        "a": None,
+        "b": [None, 1.5],
+        "c": [1.0, None],
+    }
 
 
 # --------------------------------------------------------- 4. silent drops, 5. resume, 16. BOM
 
 
-def test_scan_reports_unreadable_folders_loops_and_ignores_a_folder_named_like_a_video(tmp_path, monkeypatch):
+def test_scan_reports_unreadable_folders_loops_and_ignores_a_folder_named_like_a_video(
+    tmp_path, monkeypatch
+):
     data = tmp_path / "data"
     clip(data / "crash" / "a.mp4", seconds=1.0)
     clip(data / "crash" / "deep" / "b.mp4", seconds=1.0)
@@ -392,11 +471,26 @@ def test_scan_reports_a_folder_without_read_permission(tmp_path):
 
 def _tiny_extract_args(tiny_backbones, data: Path, out: Path) -> list[str]:
     vdir, adir = tiny_backbones
-    return ["-q", "extract", str(data), "--out", str(out), "--video-backbone", str(vdir),
-            "--audio-backbone", str(adir), "--device", "cpu", "--workers", "0"]
+    return [
+        "-q",
+        "extract",
+        str(data),
+        "--out",
+        str(out),
+        "--video-backbone",
+        str(vdir),
+        "--audio-backbone",
+        str(adir),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    ]
 
 
-def test_extract_lists_unscannable_folders_as_failures(tiny_backbones, tmp_path, capsys, monkeypatch):
+def test_extract_lists_unscannable_folders_as_failures(
+    tiny_backbones, tmp_path, capsys, monkeypatch
+):
     data = tmp_path / "data"
     for c in ("crash", "pain"):
         clip(data / c / "a.mp4", seconds=1.0)
@@ -407,7 +501,9 @@ def test_extract_lists_unscannable_folders_as_failures(tiny_backbones, tmp_path,
     assert "failed: crash/loop: symbolic link loop" in out
 
 
-def test_extract_records_non_finite_features_as_a_failure(tiny_backbones, tmp_path, capsys, monkeypatch):
+def test_extract_records_non_finite_features_as_a_failure(
+    tiny_backbones, tmp_path, capsys, monkeypatch
+):
     from avarnet.extract import Extractor
 
     data = tmp_path / "data"
@@ -428,7 +524,9 @@ def test_extract_records_non_finite_features_as_a_failure(tiny_backbones, tmp_pa
     assert "crash/b.mp4" in {f["path"] for f in FeatureStore.open(tmp_path / "feats").failures}
 
 
-def test_resume_after_adding_a_class_folder_is_refused_in_one_line(tiny_backbones, tmp_path, capsys):
+def test_resume_after_adding_a_class_folder_is_refused_in_one_line(
+    tiny_backbones, tmp_path, capsys
+):
     data = tmp_path / "data"
     for c in ("crash", "pain"):
         clip(data / c / "a.mp4", seconds=1.0)
@@ -447,8 +545,13 @@ def test_train_on_a_store_with_an_unlisted_class_is_one_line(tmp_path, capsys):
 
     store = make_store(tmp_path / "feats", per_class=3)
     e = store.split("train")[0]
-    store.write(Entry(**{**e.__dict__, "id": "x", "file": "features/x.safetensors", "label": "ghost"}), store.load(e))
-    assert main(["-q", "train", str(store.root), "--out", str(tmp_path / "r"), "--epochs", "1"]) == 2
+    store.write(
+        Entry(**{**e.__dict__, "id": "x", "file": "features/x.safetensors", "label": "ghost"}),
+        store.load(e),
+    )
+    assert (
+        main(["-q", "train", str(store.root), "--out", str(tmp_path / "r"), "--epochs", "1"]) == 2
+    )
     lines = error_lines(capsys.readouterr().err, "train")
     assert len(lines) == 1 and "ghost" in lines[0]
 
@@ -471,9 +574,13 @@ def test_extreme_aspect_ratio_frames_stay_small(size, tmp_path):
 
 
 def test_a_batch_of_extreme_aspect_frames_fits_in_the_memory_cap(tmp_path):
-    path = extreme_aspect(tmp_path / "wide.mp4", (4000, 2))  # MobileViT's 288-pixel short side, 16 frames
-    code = ("import sys, numpy as np; from avarnet import media; "
-            "b = np.stack(list(media.read_frames(sys.argv[1], [i / 10 for i in range(16)], 288))); print(b.shape)")
+    path = extreme_aspect(
+        tmp_path / "wide.mp4", (4000, 2)
+    )  # MobileViT's 288-pixel short side, 16 frames
+    code = (
+        "import sys, numpy as np; from avarnet import media; "
+        "b = np.stack(list(media.read_frames(sys.argv[1], [i / 10 for i in range(16)], 288))); print(b.shape)"
+    )
     r = run_capped([sys.executable, "-c", code, str(path)])
     assert r.returncode == 0 and "(16, 288, 2304, 3)" in r.stdout, r.stderr[-2000:]
 
@@ -491,11 +598,24 @@ def test_declared_duration_is_checked_against_the_stream(tmp_path, caplog):
 
 def test_checkpoint_metadata_is_checked_before_the_model_is_built(ckpt_path, tmp_path):
     meta = json.loads(safe_open(str(ckpt_path), framework="pt").metadata()["model_config"])
-    huge = rewrite_checkpoint(ckpt_path, tmp_path / "huge.ckpt",
-                              meta={"model_config": json.dumps({**meta, "hidden": 8192})})
-    r = run_capped([sys.executable, "-c", "import sys; from avarnet.checkpoint import load_checkpoint as l; "
-                    "l(sys.argv[1])", str(huge)])
-    assert r.returncode == 1 and "CheckpointError" in r.stderr and "does not match the stored weights" in r.stderr
+    huge = rewrite_checkpoint(
+        ckpt_path,
+        tmp_path / "huge.ckpt",
+        meta={"model_config": json.dumps({**meta, "hidden": 8192})},
+    )
+    r = run_capped(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from avarnet.checkpoint import load_checkpoint as l; l(sys.argv[1])",
+            str(huge),
+        ]
+    )
+    assert (
+        r.returncode == 1
+        and "CheckpointError" in r.stderr
+        and "does not match the stored weights" in r.stderr
+    )
     assert "MemoryError" not in r.stderr
 
 
@@ -509,19 +629,28 @@ def test_checkpoint_metadata_is_checked_before_the_model_is_built(ckpt_path, tmp
         ({"meta": {"feature_spec": json.dumps({"bogus": 1})}}, "'feature_spec' is invalid"),
     ],
 )
-def test_damaged_checkpoints_are_one_line_naming_the_file(change, words, ckpt_path, tmp_path, capsys):
+def test_damaged_checkpoints_are_one_line_naming_the_file(
+    change, words, ckpt_path, tmp_path, capsys
+):
     bad = rewrite_checkpoint(ckpt_path, tmp_path / "damaged.ckpt", **change)
     video = clip(tmp_path / "v.mp4", seconds=1.0)
-    assert main(["-q", "predict", str(video), "--checkpoint", str(bad), "--out", str(tmp_path / "p")]) == 2
+    assert (
+        main(["-q", "predict", str(video), "--checkpoint", str(bad), "--out", str(tmp_path / "p")])
+        == 2
+    )
     lines = error_lines(capsys.readouterr().err, "predict")
     assert len(lines) == 1 and "damaged.ckpt" in lines[0] and words in lines[0]
 
 
-@pytest.mark.parametrize("field, value", [("segment_seconds", 0.0), ("resize_shortest_edge", 10**9),
-                                          ("frames_per_segment", 10**6)])
+@pytest.mark.parametrize(
+    "field, value",
+    [("segment_seconds", 0.0), ("resize_shortest_edge", 10**9), ("frames_per_segment", 10**6)],
+)
 def test_checkpoint_feature_spec_out_of_bounds_is_refused(field, value, ckpt_path, tmp_path):
     spec = json.loads(safe_open(str(ckpt_path), framework="pt").metadata()["feature_spec"])
-    bad = rewrite_checkpoint(ckpt_path, tmp_path / "spec.ckpt", meta={"feature_spec": json.dumps({**spec, field: value})})
+    bad = rewrite_checkpoint(
+        ckpt_path, tmp_path / "spec.ckpt", meta={"feature_spec": json.dumps({**spec, field: value})}
+    )
     with pytest.raises(CheckpointError, match=f"spec.ckpt: feature spec {field}"):
         load_checkpoint(bad)
 
@@ -530,8 +659,10 @@ def test_checkpoint_with_wrong_tensor_shape_is_one_line(ckpt_path, tmp_path):
     with safe_open(str(ckpt_path), framework="pt") as f:
         name = next(k for k in f.keys() if k.startswith("model.") and f.get_tensor(k).dim() == 2)
         shape = f.get_tensor(name).shape
-    bad = rewrite_checkpoint(ckpt_path, tmp_path / "shape.ckpt", tensors={name: torch.zeros(shape[0] + 1, shape[1])})
-    with pytest.raises(CheckpointError, match=f"{name[len('model.'):]} is"):
+    bad = rewrite_checkpoint(
+        ckpt_path, tmp_path / "shape.ckpt", tensors={name: torch.zeros(shape[0] + 1, shape[1])}
+    )
+    with pytest.raises(CheckpointError, match=f"{name[len('model.') :]} is"):
         load_checkpoint(bad)
 
 
@@ -543,14 +674,21 @@ def test_torn_last_index_line_inside_a_utf8_character_is_skipped(tmp_path, caplo
 
     store = make_store(tmp_path / "feats", per_class=3)
     n = len(store.entries)
-    line = json.dumps({"id": "ünï", "label": "crash", "source": "crash/日本.mp4"}, ensure_ascii=False).encode()
+    line = json.dumps(
+        {"id": "ünï", "label": "crash", "source": "crash/日本.mp4"}, ensure_ascii=False
+    ).encode()
     cut = line.index("日".encode()) + 1  # inside a 3-byte character
     with open(tmp_path / "feats" / INDEX_FILE, "ab") as f:
         f.write(line[:cut])
     with caplog.at_level(logging.WARNING, logger="avarnet"):
         assert len(FeatureStore.open(tmp_path / "feats").entries) == n
     assert any("torn last line" in r.getMessage() for r in caplog.records)
-    assert main(["-q", "train", str(tmp_path / "feats"), "--out", str(tmp_path / "r"), "--epochs", "1"]) == 0
+    assert (
+        main(
+            ["-q", "train", str(tmp_path / "feats"), "--out", str(tmp_path / "r"), "--epochs", "1"]
+        )
+        == 0
+    )
 
 
 # ------------------------------------------------------------------------------- 13. umask
@@ -568,7 +706,12 @@ def test_written_files_follow_the_umask(umask, tmp_path, tiny_backbones):
         store = make_store(tmp_path / "feats", per_class=1)
     finally:
         os.umask(old)
-    files = [tmp_path / "a.txt", tmp_path / "c.ckpt", store.root / "spec.json", store.root / store.entries[0].file]
+    files = [
+        tmp_path / "a.txt",
+        tmp_path / "c.ckpt",
+        store.root / "spec.json",
+        store.root / store.entries[0].file,
+    ]
     for f in files:
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f
 
@@ -597,17 +740,28 @@ def test_bad_options_are_refused_at_parse_time(argv, words, capsys):
     assert words in capsys.readouterr().err
 
 
-def test_environment_errors_are_one_line_and_defects_are_not_usage_errors(tmp_path, monkeypatch, capsys):
+def test_environment_errors_are_one_line_and_defects_are_not_usage_errors(
+    tmp_path, monkeypatch, capsys
+):
     from avarnet import cli
 
     def raising(exc):
         def command(args):
             raise exc
+
         return command
 
     cases = [
-        (OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x")), 2, "no space left on device"),
-        (PermissionError(errno.EACCES, "Permission denied", "/data/root"), 2, "/data/root: Permission denied"),
+        (
+            OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x")),
+            2,
+            "no space left on device",
+        ),
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/data/root"),
+            2,
+            "/data/root: Permission denied",
+        ),
         (KeyError("norm.mean"), 3, "internal error"),
         (ZeroDivisionError("division by zero"), 3, "--debug"),
     ]
@@ -624,11 +778,26 @@ def test_unwritable_out_is_one_line(ckpt_path, corpus, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     video = corpus["unicode"][0]
-    assert main(["-q", "predict", str(video), "--checkpoint", str(ckpt_path), "--out", str(blocker / "sub")]) == 2
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                str(video),
+                "--checkpoint",
+                str(ckpt_path),
+                "--out",
+                str(blocker / "sub"),
+            ]
+        )
+        == 2
+    )
     lines = error_lines(capsys.readouterr().err, "predict")
     assert len(lines) == 1 and str(blocker) in lines[0]
     assert main(["-q", "train", str(tmp_path), "--out", str(blocker)]) == 2  # not a store
-    assert main(["-q", "synth", str(blocker), "--clips-per-class", "1"]) == 2  # a file where a folder goes
+    assert (
+        main(["-q", "synth", str(blocker), "--clips-per-class", "1"]) == 2
+    )  # a file where a folder goes
     lines = error_lines(capsys.readouterr().err, "synth")
     assert len(lines) == 1 and str(blocker) in lines[0]
 
@@ -655,7 +824,9 @@ def test_webhook_credentials_are_sent_as_basic_auth_and_never_logged(caplog):
     port = server.server_address[1]
     _Hook.seen.clear()
     try:
-        poster = WebhookPoster(f"http://alice:s%40cret@127.0.0.1:{port}/hook?token=T0KEN", attempts=1)
+        poster = WebhookPoster(
+            f"http://alice:s%40cret@127.0.0.1:{port}/hook?token=T0KEN", attempts=1
+        )
         poster.post({"type": "event"})
         assert poster.close().delivered == 1
     finally:
@@ -663,23 +834,49 @@ def test_webhook_credentials_are_sent_as_basic_auth_and_never_logged(caplog):
     import base64
 
     assert _Hook.seen == ["Basic " + base64.b64encode(b"alice:s@cret").decode()]
-    dead = WebhookPoster("http://bob:hunter2@127.0.0.1:9/x?token=T0KEN", attempts=2, backoff_s=0.01, timeout_s=0.5)
+    dead = WebhookPoster(
+        "http://bob:hunter2@127.0.0.1:9/x?token=T0KEN", attempts=2, backoff_s=0.01, timeout_s=0.5
+    )
     with caplog.at_level(logging.WARNING, logger="avarnet"):
         dead.post({"type": "event"})
         stats = dead.close()
     text = " ".join(r.getMessage() for r in caplog.records) + str(stats.to_dict())
     assert stats.failed == 1 and "hunter2" not in text and "T0KEN" not in text and "bob" not in text
-    assert redact_url("https://u:p@hooks.example.com:8443/services/T/B/XYZ?k=v") == "https://***@hooks.example.com:8443/..."
+    assert (
+        redact_url("https://u:p@hooks.example.com:8443/services/T/B/XYZ?k=v")
+        == "https://***@hooks.example.com:8443/..."
+    )
 
 
 def test_stream_with_an_undelivered_webhook_exits_partial(ckpt_path, corpus, tmp_path, capsys):
     video = corpus["unicode"][0]
-    argv = ["-q", "stream", str(video), "--checkpoint", str(ckpt_path), "--jsonl", str(tmp_path / "s.jsonl"),
-            "--threshold", "0", "--min-segments", "1", "--webhook", "http://u:pw@127.0.0.1:9/hook?token=SECRET",
-            "--no-view", "--threads", "1", "--device", "cpu"]
+    argv = [
+        "-q",
+        "stream",
+        str(video),
+        "--checkpoint",
+        str(ckpt_path),
+        "--jsonl",
+        str(tmp_path / "s.jsonl"),
+        "--threshold",
+        "0",
+        "--min-segments",
+        "1",
+        "--webhook",
+        "http://u:pw@127.0.0.1:9/hook?token=SECRET",
+        "--no-view",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 1
     cap = capsys.readouterr()
-    assert "not delivered" in cap.out + cap.err and "SECRET" not in cap.out + cap.err and "pw@" not in cap.out + cap.err
+    assert (
+        "not delivered" in cap.out + cap.err
+        and "SECRET" not in cap.out + cap.err
+        and "pw@" not in cap.out + cap.err
+    )
 
 
 # ------------------------------------------------------- the corpus through every command
@@ -694,18 +891,58 @@ def test_predict_and_stream_over_the_hostile_corpus_under_a_memory_cap(corpus, c
     argvs = []
     for name in names:
         path = corpus[name][0]
-        argvs.append(["-q", "predict", str(path), "--checkpoint", str(ckpt_path), "--out", str(tmp_path / "p" / name),
-                      "--device", "cpu"])
-        argvs.append(["-q", "stream", str(path), "--checkpoint", str(ckpt_path), "--jsonl",
-                      str(tmp_path / f"{name}.jsonl"), "--no-view", "--threads", "1", "--device", "cpu"])
-    argvs.append(["-q", "predict", str(corpus["nan_audio"][0]), "--checkpoint", str(huge), "--out",
-                  str(tmp_path / "huge"), "--device", "cpu"])
+        argvs.append(
+            [
+                "-q",
+                "predict",
+                str(path),
+                "--checkpoint",
+                str(ckpt_path),
+                "--out",
+                str(tmp_path / "p" / name),
+                "--device",
+                "cpu",
+            ]
+        )
+        argvs.append(
+            [
+                "-q",
+                "stream",
+                str(path),
+                "--checkpoint",
+                str(ckpt_path),
+                "--jsonl",
+                str(tmp_path / f"{name}.jsonl"),
+                "--no-view",
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+    argvs.append(
+        [
+            "-q",
+            "predict",
+            str(corpus["nan_audio"][0]),
+            "--checkpoint",
+            str(huge),
+            "--out",
+            str(tmp_path / "huge"),
+            "--device",
+            "cpu",
+        ]
+    )
     results = run_many(tmp_path, argvs)
-    for name, (pred, live) in zip(names, zip(results[0::2], results[1::2], strict=False), strict=False):
+    for name, (pred, live) in zip(
+        names, zip(results[0::2], results[1::2], strict=False), strict=False
+    ):
         path, codes = corpus[name]
         for r, command in ((pred, "predict"), (live, "stream")):
             no_crash(r["stderr"])
-            allowed = codes | ({1} if command == "stream" else set())  # a stream that ends early is partial
+            allowed = codes | (
+                {1} if command == "stream" else set()
+            )  # a stream that ends early is partial
             assert r["code"] in allowed, (name, command, r)
             if r["code"] == 2:
                 lines = error_lines(r["stderr"], command)
@@ -734,22 +971,40 @@ def test_extract_over_the_hostile_corpus_under_a_memory_cap(corpus, tiny_backbon
         (data / "bad" / path.name).symlink_to(path, target_is_directory=path.is_dir())
     (data / "bad" / "loop").symlink_to(data / "bad")
     vdir, adir = tiny_backbones
-    r = avarnet("extract", str(data), "--out", str(tmp_path / "feats"), "--video-backbone", str(vdir),
-                "--audio-backbone", str(adir), "--device", "cpu")
+    r = avarnet(
+        "extract",
+        str(data),
+        "--out",
+        str(tmp_path / "feats"),
+        "--video-backbone",
+        str(vdir),
+        "--audio-backbone",
+        str(adir),
+        "--device",
+        "cpu",
+    )
     no_crash(r.stderr)
     assert r.returncode == 1, r.stdout + r.stderr
     failed = [line for line in r.stdout.splitlines() if line.strip().startswith("failed: ")]
     for name, (path, codes) in corpus.items():
         named = [line for line in failed if f"bad/{path.name}" in line]
-        if name == "directory":  # a folder named like a video is a folder (empty here): not an input
+        if (
+            name == "directory"
+        ):  # a folder named like a video is a folder (empty here): not an input
             assert named == []
         else:
             assert len(named) == (1 if codes == {2} else 0), (name, failed)
     assert any("bad/loop" in line for line in failed)
     store = FeatureStore.open(tmp_path / "feats")
     for e in store.entries:
-        assert all(np.isfinite(a).all() for a in store.load(e).values() if a.dtype.kind == "f"), e.source
-    assert {e.source for e in store.entries} >= {"bad/nan_audio.mkv", "bad/declared_1e9.mkv", "bad/wide_4000x2.mp4"}
+        assert all(np.isfinite(a).all() for a in store.load(e).values() if a.dtype.kind == "f"), (
+            e.source
+        )
+    assert {e.source for e in store.entries} >= {
+        "bad/nan_audio.mkv",
+        "bad/declared_1e9.mkv",
+        "bad/wide_4000x2.mp4",
+    }
 
 
 # ------------------------------------------------------------- 15. backbone paths and identity
@@ -769,9 +1024,42 @@ def relative_pipeline(tiny_backbones, tmp_path_factory) -> Path:
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        assert main(["-q", "extract", "data", "--out", "feats", "--video-backbone", "bb/tiny-mobilevit",
-                     "--audio-backbone", "bb/tiny-wav2vec2", "--device", "cpu"]) == 0
-        assert main(["-q", "train", "feats", "--out", "run", "--epochs", "1", "--seq-len", "2", "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "-q",
+                    "extract",
+                    "data",
+                    "--out",
+                    "feats",
+                    "--video-backbone",
+                    "bb/tiny-mobilevit",
+                    "--audio-backbone",
+                    "bb/tiny-wav2vec2",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "-q",
+                    "train",
+                    "feats",
+                    "--out",
+                    "run",
+                    "--epochs",
+                    "1",
+                    "--seq-len",
+                    "2",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
     finally:
         os.chdir(cwd)
     return root
@@ -784,19 +1072,53 @@ def test_checkpoints_record_absolute_backbone_folders_and_their_identity(relativ
     assert len(spec.video_backbone_sha256) == 64 and len(spec.audio_backbone_sha256) == 64
 
 
-def test_predict_from_elsewhere_and_with_a_moved_backbone(relative_pipeline, tmp_path, capsys, monkeypatch):
+def test_predict_from_elsewhere_and_with_a_moved_backbone(
+    relative_pipeline, tmp_path, capsys, monkeypatch
+):
     import shutil
 
     ckpt = relative_pipeline / "run" / "best.ckpt"
     video = relative_pipeline / "data" / "crash" / "0.mp4"
     monkeypatch.chdir(tmp_path)
-    assert main(["-q", "predict", str(video), "--checkpoint", str(ckpt), "--out", "p1", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                str(video),
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                "p1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     moved = tmp_path / "elsewhere"
     shutil.copytree(relative_pipeline / "bb" / "tiny-wav2vec2", moved)
-    assert main(["-q", "predict", str(video), "--checkpoint", str(ckpt), "--out", "p2", "--device", "cpu",
-                 "--audio-backbone", str(moved)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                str(video),
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                "p2",
+                "--device",
+                "cpu",
+                "--audio-backbone",
+                str(moved),
+            ]
+        )
+        == 0
+    )
     assert strict_load((tmp_path / "p2" / "prediction.json").read_text()) == strict_load(
-        (tmp_path / "p1" / "prediction.json").read_text())
+        (tmp_path / "p1" / "prediction.json").read_text()
+    )
 
 
 def test_a_different_backbone_is_refused_in_one_line(relative_pipeline, tmp_path, capsys):
@@ -809,12 +1131,30 @@ def test_a_different_backbone_is_refused_in_one_line(relative_pipeline, tmp_path
     prep = (original / "preprocessor_config.json").read_text()
     torch.manual_seed(123)
     MobileViTModel(config).save_pretrained(tmp_path / "retrained")  # same shapes, other weights
-    wider = MobileViTConfig.from_dict({**config.to_dict(), "neck_hidden_sizes": [8, 8, 16, 16, 24, 24, 40]})
+    wider = MobileViTConfig.from_dict(
+        {**config.to_dict(), "neck_hidden_sizes": [8, 8, 16, 16, 24, 24, 40]}
+    )
     MobileViTModel(wider).save_pretrained(tmp_path / "wider")
     for d in ("retrained", "wider"):
         (tmp_path / d / "preprocessor_config.json").write_text(prep)
-    for d, words in (("retrained", "is not the one these features were made with"), ("wider", "gives 40-d")):
-        code = main(["-q", "predict", str(video), "--checkpoint", str(ckpt), "--out", str(tmp_path / d / "p"),
-                     "--device", "cpu", "--video-backbone", str(tmp_path / d)])
+    for d, words in (
+        ("retrained", "is not the one these features were made with"),
+        ("wider", "gives 40-d"),
+    ):
+        code = main(
+            [
+                "-q",
+                "predict",
+                str(video),
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(tmp_path / d / "p"),
+                "--device",
+                "cpu",
+                "--video-backbone",
+                str(tmp_path / d),
+            ]
+        )
         lines = error_lines(capsys.readouterr().err, "predict")
         assert code == 2 and len(lines) == 1 and words in lines[0], lines

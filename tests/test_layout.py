@@ -11,9 +11,29 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "src" / "avarnet"
 APPS = ("ablate", "bench", "xdv", "weak", "demo", "serve", "cli", "extract_ray", "export")
 CORE = (
-    "errors", "config", "runtime", "io", "media", "encoders", "features", "extract", "store",
-    "data", "models", "train", "inference", "metrics", "evaluate", "predict", "plots", "report",
-    "decode", "stream", "alerts", "checkpoint", "synth",
+    "errors",
+    "config",
+    "runtime",
+    "io",
+    "media",
+    "encoders",
+    "features",
+    "extract",
+    "store",
+    "data",
+    "models",
+    "train",
+    "inference",
+    "metrics",
+    "evaluate",
+    "predict",
+    "plots",
+    "report",
+    "decode",
+    "stream",
+    "alerts",
+    "checkpoint",
+    "synth",
 )
 
 
@@ -88,7 +108,7 @@ def test_import_graph_has_no_cycle():
         stack.append(m)
         for t in sorted(graph.get(m, ())):
             if seen.get(t) == 1:
-                cycle = stack[stack.index(t):] + [t]
+                cycle = stack[stack.index(t) :] + [t]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if t not in seen:
                 visit(t)

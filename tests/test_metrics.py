@@ -9,11 +9,16 @@ from avarnet.metrics import classification_metrics, strict_json_values, strict_m
 def test_metrics_by_hand():
     classes = ["crash", "normal", "pain"]
     y = np.array([0, 0, 1, 1, 2, 2])
-    probs = np.array([
-        [0.7, 0.2, 0.1], [0.4, 0.5, 0.1],   # crash: right, wrong (normal)
-        [0.1, 0.8, 0.1], [0.2, 0.7, 0.1],   # normal: both right
-        [0.1, 0.1, 0.8], [0.6, 0.1, 0.3],   # pain: right, wrong (crash)
-    ])
+    probs = np.array(
+        [
+            [0.7, 0.2, 0.1],
+            [0.4, 0.5, 0.1],  # crash: right, wrong (normal)
+            [0.1, 0.8, 0.1],
+            [0.2, 0.7, 0.1],  # normal: both right
+            [0.1, 0.1, 0.8],
+            [0.6, 0.1, 0.3],  # pain: right, wrong (crash)
+        ]
+    )
     m = classification_metrics(y, probs, classes)
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
@@ -52,7 +57,9 @@ def test_weighted_and_macro_match_scikit_learn_on_imbalanced_data():
     pred = probs.argmax(1)
     m = classification_metrics(y, probs, classes)
     for avg, suffix in (("macro", ""), ("weighted", "_weighted")):
-        p, r, f, _ = precision_recall_fscore_support(y, pred, labels=[0, 1, 2, 3], average=avg, zero_division=0)
+        p, r, f, _ = precision_recall_fscore_support(
+            y, pred, labels=[0, 1, 2, 3], average=avg, zero_division=0
+        )
         assert m["precision" + suffix] == pytest.approx(p)
         assert m["recall" + suffix] == pytest.approx(r)
         assert m["f1" + suffix] == pytest.approx(f)
@@ -67,7 +74,12 @@ def test_class_without_test_clips_gives_null_with_reason_and_strict_json():
     probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.2, 0.6], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1]])
     m = classification_metrics(y, probs, classes)
     pain = m["per_class"]["pain"]
-    assert pain["support"] == 0 and pain["recall"] is None and pain["f1"] is None and pain["ap"] is None
+    assert (
+        pain["support"] == 0
+        and pain["recall"] is None
+        and pain["f1"] is None
+        and pain["ap"] is None
+    )
     assert pain["precision"] == 0.0  # predicted once, wrongly: defined
     assert "no test clips" in m["undefined"]["per_class.pain.ap"]
     assert m["recall"] == pytest.approx((0.5 + 1.0) / 2)  # macro over the classes with clips
@@ -76,13 +88,21 @@ def test_class_without_test_clips_gives_null_with_reason_and_strict_json():
 
 
 def test_binary_ap_without_anomalies_is_null_with_reason():
-    m = classification_metrics(np.array([1, 1]), np.array([[0.1, 0.9], [0.3, 0.7]]), ["crash", "normal"])
+    m = classification_metrics(
+        np.array([1, 1]), np.array([[0.1, 0.9], [0.3, 0.7]]), ["crash", "normal"]
+    )
     assert m["binary_ap"] is None and "no anomalous" in m["undefined"]["binary_ap"]
 
 
 def test_strict_metrics_json_replaces_nan_and_inf_and_says_where():
-    text = strict_metrics_json({"a": float("nan"), "b": [1.0, np.float32("inf")], "c": {"d": np.float64(0.5)},
-                                "undefined": {"x": "given"}})
+    text = strict_metrics_json(
+        {
+            "a": float("nan"),
+            "b": [1.0, np.float32("inf")],
+            "c": {"d": np.float64(0.5)},
+            "undefined": {"x": "given"},
+        }
+    )
     doc = _strict_loads(text)
     assert doc["a"] is None and doc["b"] == [1.0, None] and doc["c"]["d"] == 0.5
     assert set(doc["undefined"]) == {"a", "b.1", "x"}

@@ -269,10 +269,15 @@ def off_centre_grads(layers: int, seq_len: int) -> list[float]:
     from avarnet.models.mtcn import MultiStageTCN
 
     torch.manual_seed(0)
-    model = MultiStageTCN(input_dim=6, num_classes=3, hidden=8, stages=2, layers=layers, heads=2, dropout=0.0)
+    model = MultiStageTCN(
+        input_dim=6, num_classes=3, hidden=8, stages=2, layers=layers, heads=2, dropout=0.0
+    )
     x, mask = torch.randn(2, seq_len, 6), torch.ones(2, seq_len, dtype=torch.bool)
     model(x, mask).square().sum().backward()
-    return [float(layer.conv_dilated.weight.grad[..., [0, 2]].abs().sum()) for layer in model.stages[0].layers]
+    return [
+        float(layer.conv_dilated.weight.grad[..., [0, 2]].abs().sum())
+        for layer in model.stages[0].layers
+    ]
 
 
 def test_mtcn_depth_follows_the_window():
@@ -296,4 +301,6 @@ def test_training_builds_mtcn_as_deep_as_its_window(tmp_path):
     assert model_config_for(store, TrainConfig(seq_len=10)).layers == 4
     assert model_config_for(store, TrainConfig(seq_len=40)).layers == 6
     assert model_config_for(store, TrainConfig(seq_len=10), {"layers": 10}).layers == 10
-    assert model_config_for(store, TrainConfig(model="gru", seq_len=10)).layers == ModelConfig().layers
+    assert (
+        model_config_for(store, TrainConfig(model="gru", seq_len=10)).layers == ModelConfig().layers
+    )

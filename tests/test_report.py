@@ -26,10 +26,22 @@ from avarnet.predict import build_prediction, write_timeline
 from avarnet.report import write_detection_report
 from avarnet.train import train
 
-ARTIFACTS = Path(os.environ.get("AVARNET_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "build" / "test-artifacts") / "report"
+ARTIFACTS = (
+    Path(
+        os.environ.get("AVARNET_TEST_ARTIFACTS")
+        or Path(__file__).resolve().parents[1] / "build" / "test-artifacts"
+    )
+    / "report"
+)
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 TINY = dict(hidden=8, stages=2, layers=2, heads=2)
 
 
@@ -101,8 +113,13 @@ def evaluated(tmp_path_factory):
         if e.label != "normal":
             (data / e.source).parent.mkdir(parents=True, exist_ok=True)
             clip(data / e.source, seconds=e.duration, fps=4.0, sample_rate=None)
-    run = train(store, root / "run", TrainConfig(epochs=10, batch_size=16, seed=0, device="cpu", lr=3e-3, num_threads=1),
-                model_overrides=TINY, progress=False)
+    run = train(
+        store,
+        root / "run",
+        TrainConfig(epochs=10, batch_size=16, seed=0, device="cpu", lr=3e-3, num_threads=1),
+        model_overrides=TINY,
+        progress=False,
+    )
     store = relabel_test_clips(store, "abuse", "crash", 1)
     out = root / "report"
     metrics = evaluate(run.checkpoint, store, split="test", out=out, device="cpu")
@@ -116,8 +133,12 @@ def test_evaluation_report_renders_every_figure(browser, evaluated):
     page, images, errors = render(browser, out / "report.html", "evaluation")
     assert_all_figures_load(images, errors)
     alts = [i["alt"] for i in images]
-    assert {"confusion matrix, counts", "confusion matrix, row-normalised", "t-SNE of input features",
-            "t-SNE of hidden features"} <= set(alts)
+    assert {
+        "confusion matrix, counts",
+        "confusion matrix, row-normalised",
+        "t-SNE of input features",
+        "t-SNE of hidden features",
+    } <= set(alts)
     assert sum(a.startswith("anomaly-score curve of a") for a in alts) == len(store.classes)
     wrong = [p for p in metrics["predictions"] if p["label"] != p["predicted"]]
     assert wrong  # the relabelled clip at least
@@ -150,11 +171,21 @@ def test_strict_json_when_a_class_has_no_test_clips(evaluated, tmp_path):
     copy = tmp_path / "feats"
     shutil.copytree(store.root, copy)
     lines = (copy / INDEX_FILE).read_text().splitlines()
-    kept = [ln for ln in lines if not (json.loads(ln)["label"] == "crash" and json.loads(ln)["split"] == "test")]
+    kept = [
+        ln
+        for ln in lines
+        if not (json.loads(ln)["label"] == "crash" and json.loads(ln)["split"] == "test")
+    ]
     assert len(kept) < len(lines)
     (copy / INDEX_FILE).write_text("\n".join(kept) + "\n")
-    evaluate(run.checkpoint, FeatureStore.open(copy), split="test", out=tmp_path / "eval", device="cpu",
-             report=False)
+    evaluate(
+        run.checkpoint,
+        FeatureStore.open(copy),
+        split="test",
+        out=tmp_path / "eval",
+        device="cpu",
+        report=False,
+    )
     doc = strict_loads((tmp_path / "eval" / "metrics.json").read_text())
     crash = doc["per_class"]["crash"]
     assert crash["support"] == 0 and crash["recall"] is None and crash["ap"] is None
@@ -201,21 +232,27 @@ def test_timeline_page_seeks_the_video_when_the_curve_is_clicked(browser, tmp_pa
     layout = json.loads(page.get_attribute("#curve", "data-layout"))
     box = page.locator("#curve").bounding_box()
     target = 5.0  # seconds
-    frac = layout["x0"] + (target - layout["t0"]) / (layout["t1"] - layout["t0"]) * (layout["x1"] - layout["x0"])
+    frac = layout["x0"] + (target - layout["t0"]) / (layout["t1"] - layout["t0"]) * (
+        layout["x1"] - layout["x0"]
+    )
     x = box["x"] + frac * box["width"]
     page.mouse.click(x, box["y"] + box["height"] * 0.2)
     seeked = float(page.get_attribute("#curve", "data-seeked"))
     assert seeked == pytest.approx(target, abs=0.1)
     cursor = page.locator("#cursor").bounding_box()
     assert cursor["x"] == pytest.approx(x, abs=3)  # the cursor sits where the curve was clicked
-    page.wait_for_function(f"Math.abs(document.getElementById('video').currentTime - {seeked}) < 0.2", timeout=10_000)
+    page.wait_for_function(
+        f"Math.abs(document.getElementById('video').currentTime - {seeked}) < 0.2", timeout=10_000
+    )
     page.screenshot(path=str(ARTIFACTS / "timeline-seeked.png"))
     assert not errors
     page.close()
 
 
 def test_timeline_without_the_video_says_so(tmp_path):
-    pred = build_prediction(str(tmp_path / "gone.mp4"), np.full((4, 2), 0.5, np.float32), ["normal", "x"], 1.0, 4.0)
+    pred = build_prediction(
+        str(tmp_path / "gone.mp4"), np.full((4, 2), 0.5, np.float32), ["normal", "x"], 1.0, 4.0
+    )
     write_timeline(pred, tmp_path)
     html = (tmp_path / "timeline.html").read_text()
     assert "video not found" in html and (tmp_path / "timeline.png").exists()
@@ -242,13 +279,20 @@ def test_detection_report_renders(browser, tmp_path):
         if k % 2 == 0:
             truth[5 * 24 : 9 * 24] = 1
         scores = np.clip(rng.normal(0.3, 0.1, T) + 0.5 * truth[::24], 0, 1)
-        entry = SimpleNamespace(id=f"v{k}", label="B1" if k % 2 == 0 else "A", fps=24.0, extra={"name": f"video {k}"})
+        entry = SimpleNamespace(
+            id=f"v{k}", label="B1" if k % 2 == 0 else "A", fps=24.0, extra={"name": f"video {k}"}
+        )
         videos.append(SimpleNamespace(entry=entry, scores=scores, frame_labels=truth))
         ys.append(truth)
         ss.append(snippet_to_frame_scores(scores, len(truth), 24.0, 1.0))
     y, s = np.concatenate(ys), np.concatenate(ss)
-    metrics = frame_level_metrics(y, s) | {"n": 4, "split": "test", "model": "mtcn", "modality": "fused",
-                                           "constant_baseline": frame_level_metrics(y, np.zeros_like(s))}
+    metrics = frame_level_metrics(y, s) | {
+        "n": 4,
+        "split": "test",
+        "model": "mtcn",
+        "modality": "fused",
+        "constant_baseline": frame_level_metrics(y, np.zeros_like(s)),
+    }
     path = write_detection_report(tmp_path, metrics, videos, y, s, 1.0)
     page, images, errors = render(browser, path, "detection")
     assert_all_figures_load(images, errors)
@@ -279,7 +323,9 @@ def test_models_expose_penultimate_features_without_changing_forward(name):
 
 def test_late_fusion_features_are_both_branches_side_by_side():
     torch.manual_seed(0)
-    cfg = ModelConfig(name="gru", fusion="late", input_dim=6, video_dim=4, audio_dim=2, num_classes=3, **TINY)
+    cfg = ModelConfig(
+        name="gru", fusion="late", input_dim=6, video_dim=4, audio_dim=2, num_classes=3, **TINY
+    )
     model = create_model(cfg).eval()
     x, mask = torch.randn(2, 5, 6), torch.ones(2, 5, dtype=torch.bool)
     with torch.no_grad():

@@ -16,7 +16,9 @@ SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 
 def validator(name: str) -> Draft202012Validator:
     docs = {p.name: json.loads(p.read_text()) for p in SCHEMAS.glob("*.schema.json")}
-    registry = Registry().with_resources((d["$id"], Resource.from_contents(d)) for d in docs.values())
+    registry = Registry().with_resources(
+        (d["$id"], Resource.from_contents(d)) for d in docs.values()
+    )
     schema = docs[name]
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema, registry=registry)
@@ -32,7 +34,10 @@ def strict_load(path: Path):
 
 
 def errors(name: str, doc) -> list[str]:
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator(name).iter_errors(doc)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator(name).iter_errors(doc)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -41,23 +46,100 @@ def pipeline(tiny_backbones, tiny_dataset, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("schemas")
     vdir, adir = tiny_backbones
     backbones = ["--video-backbone", str(vdir), "--audio-backbone", str(adir), "--device", "cpu"]
-    assert main(["-q", "extract", str(tiny_dataset), "--out", str(root / "feats"), "--workers", "0", *backbones]) == 0
-    assert main(["-q", "train", str(root / "feats"), "--out", str(root / "run"), "--epochs", "2",
-                 "--seq-len", "4", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "extract",
+                str(tiny_dataset),
+                "--out",
+                str(root / "feats"),
+                "--workers",
+                "0",
+                *backbones,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                str(root / "feats"),
+                "--out",
+                str(root / "run"),
+                "--epochs",
+                "2",
+                "--seq-len",
+                "4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     ckpt = str(root / "run" / "best.ckpt")
-    assert main(["-q", "evaluate", ckpt, str(root / "feats"), "--out", str(root / "eval"), "--no-report",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "evaluate",
+                ckpt,
+                str(root / "feats"),
+                "--out",
+                str(root / "eval"),
+                "--no-report",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     video = next(p for p in sorted(tiny_dataset.rglob("*.mp4")) if p.parent.name == "crash")
-    assert main(["-q", "predict", str(video), "--checkpoint", ckpt, "--out", str(root / "pred"),
-                 "--device", "cpu"]) == 0
-    assert main(["-q", "stream", str(video), "--checkpoint", ckpt, "--jsonl", str(root / "stream.jsonl"),
-                 "--threshold", "0.01", "--no-view", "--device", "cpu"]) in (0, 1)
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                str(video),
+                "--checkpoint",
+                ckpt,
+                "--out",
+                str(root / "pred"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert main(
+        [
+            "-q",
+            "stream",
+            str(video),
+            "--checkpoint",
+            ckpt,
+            "--jsonl",
+            str(root / "stream.jsonl"),
+            "--threshold",
+            "0.01",
+            "--no-view",
+            "--device",
+            "cpu",
+        ]
+    ) in (0, 1)
     return root
 
 
 def test_schemas_are_valid_draft_2020_12():
     names = sorted(p.name for p in SCHEMAS.glob("*.schema.json"))
-    assert names == ["metrics.schema.json", "prediction.schema.json", "spec.schema.json", "stream-record.schema.json"]
+    assert names == [
+        "metrics.schema.json",
+        "prediction.schema.json",
+        "spec.schema.json",
+        "stream-record.schema.json",
+    ]
     for name in names:
         validator(name)
 
@@ -80,7 +162,10 @@ def test_prediction_json_follows_its_schema(pipeline):
 
 def test_stream_records_follow_their_schema(pipeline):
     lines = (pipeline / "stream.jsonl").read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line, parse_constant=lambda t: pytest.fail(f"non-standard constant {t}")) for line in lines]
+    records = [
+        json.loads(line, parse_constant=lambda t: pytest.fail(f"non-standard constant {t}"))
+        for line in lines
+    ]
     kinds = [r["type"] for r in records]
     assert kinds[-1] == "summary" and "segment" in kinds and "event" in kinds
     for r in records:

@@ -14,8 +14,14 @@ import serve_support as ss
 from avarnet.cli import main
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 playwright = pytest.importorskip("playwright.sync_api")
 
@@ -26,20 +32,38 @@ def test_review_page_login_snapshot_clip_false_alarm_export(tmp_path, tiny_backb
     ckpt = ss.tiny_checkpoint(tiny_backbones, tmp_path / "tiny.ckpt", std=0.02)
     clip = ss.make_clip(tmp_path / "cam.mp4", 5.0, size=(320, 180))
     port = ss.free_port()
-    cfg = ss.write_config(tmp_path / "c.yaml", ckpt, {
-        "entrance": {"source": str(clip), "loop": True, "realtime": True,
-                     "alerts": {"threshold": 0.0, "min_segments": 2}},
-        "garage": {"source": f"rtsp://127.0.0.1:{ss.free_port()}/stream1", "retry_max_s": 2},
-    }, tmp_path / "store", port)
+    cfg = ss.write_config(
+        tmp_path / "c.yaml",
+        ckpt,
+        {
+            "entrance": {
+                "source": str(clip),
+                "loop": True,
+                "realtime": True,
+                "alerts": {"threshold": 0.0, "min_segments": 2},
+            },
+            "garage": {"source": f"rtsp://127.0.0.1:{ss.free_port()}/stream1", "retry_max_s": 2},
+        },
+        tmp_path / "store",
+        port,
+    )
     log = tmp_path / "server.log"
     proc = ss.start_server(cfg, log)
     base = f"http://127.0.0.1:{port}"
     try:
         ss.wait_up(port, proc, log)
         events = ss.wait_for(
-            lambda: [e for e in ss.api(port, "/api/events")[1] if e["has_clip"] and e["has_snapshot"]][-2:]
-            if len([e for e in ss.api(port, "/api/events")[1] if e["has_clip"]]) >= 2 else None,
-            90, "two events with clips", log)
+            lambda: (
+                [e for e in ss.api(port, "/api/events")[1] if e["has_clip"] and e["has_snapshot"]][
+                    -2:
+                ]
+                if len([e for e in ss.api(port, "/api/events")[1] if e["has_clip"]]) >= 2
+                else None
+            ),
+            90,
+            "two events with clips",
+            log,
+        )
         first, second = sorted(events, key=lambda e: e["start_time"])
         with playwright.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
@@ -53,11 +77,14 @@ def test_review_page_login_snapshot_clip_false_alarm_export(tmp_path, tiny_backb
             page.click("#login")
             page.wait_for_selector(f"tr.event[data-id='{first['id']}']")
             thumb = page.locator(f"tr.event[data-id='{first['id']}'] img.thumb")
-            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumb.element_handle())
+            page.wait_for_function(
+                "img => img.complete && img.naturalWidth > 0", arg=thumb.element_handle()
+            )
             assert page.locator("#cam-entrance .badge").inner_text() in ("online", "connecting")
             page.wait_for_selector("#cam-garage .badge.unhealthy")
             page.wait_for_function(
-                "document.querySelector('#cam-entrance polyline').getAttribute('points').split(' ').length > 3")
+                "document.querySelector('#cam-entrance polyline').getAttribute('points').split(' ').length > 3"
+            )
             page.screenshot(path=str(tmp_path / "serve-index.png"), full_page=True)
 
             page.click(f"tr.event[data-id='{first['id']}'] a >> nth=1")
@@ -87,11 +114,19 @@ def test_review_page_login_snapshot_clip_false_alarm_export(tmp_path, tiny_backb
             for name in ("serve-index.png", "serve-event.png"):
                 shutil.copy(tmp_path / name, os.path.join(target, name))
         # the second event: a true alarm of a corrected class, through the JSON API
-        status, body = ss.api(port, f"/api/events/{second['id']}/review", method="POST",
-                              body={"review": "true", "label": "crash"})
+        status, body = ss.api(
+            port,
+            f"/api/events/{second['id']}/review",
+            method="POST",
+            body={"review": "true", "label": "crash"},
+        )
         assert status == 200 and body["final_label"] == "crash" and body["review"] == "true"
-        status, body = ss.api(port, f"/api/events/{second['id']}/review", method="POST",
-                              body={"label": "no-such-class"})
+        status, body = ss.api(
+            port,
+            f"/api/events/{second['id']}/review",
+            method="POST",
+            body={"label": "no-such-class"},
+        )
         assert status == 400
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -104,5 +139,18 @@ def test_review_page_login_snapshot_clip_false_alarm_export(tmp_path, tiny_backb
     assert [p.name for p in (out / "normal").iterdir()] == [f"entrance-{first['id']}.mp4"]
     assert [p.name for p in (out / "crash").iterdir()] == [f"entrance-{second['id']}.mp4"]
     vdir, adir = tiny_backbones
-    assert main(["extract", str(out), "--out", str(tmp_path / "feats"), "--video-backbone", str(vdir),
-                 "--audio-backbone", str(adir)]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(out),
+                "--out",
+                str(tmp_path / "feats"),
+                "--video-backbone",
+                str(vdir),
+                "--audio-backbone",
+                str(adir),
+            ]
+        )
+        == 0
+    )

@@ -15,7 +15,11 @@ def test_roundtrip_and_reopen(tmp_path):
     assert [e.id for e in again.entries] == [e.id for e in store.entries]
     e = again.entries[0]
     t = again.load(e)
-    assert t["video"].shape == (e.T, 12) and t["audio"].shape == (e.T, 8) and t["audio_mask"].dtype == bool
+    assert (
+        t["video"].shape == (e.T, 12)
+        and t["audio"].shape == (e.T, 8)
+        and t["audio_mask"].dtype == bool
+    )
     assert again.classes == ["abuse", "crash", "normal"]
 
 
@@ -59,11 +63,28 @@ def test_video_id_is_safe_and_unique():
 def test_failures_recorded_and_cleared_when_fixed(tmp_path):
     store = make_store(tmp_path / "s", per_class=1)
     store.record_failure("abuse/bad.mp4", "not a media file")
-    assert FeatureStore.open(tmp_path / "s").failures == [{"path": "abuse/bad.mp4", "reason": "not a media file"}]
-    e = Entry(video_id("abuse/bad.mp4"), f"features/{video_id('abuse/bad.mp4')}.safetensors", "abuse", "train",
-              "abuse/bad.mp4", 1.0, 1.0, False, 1)
-    store.write(e, {"video": np.zeros((1, 12), np.float32), "audio": np.zeros((1, 8), np.float32),
-                    "audio_mask": np.zeros(1, bool)})
+    assert FeatureStore.open(tmp_path / "s").failures == [
+        {"path": "abuse/bad.mp4", "reason": "not a media file"}
+    ]
+    e = Entry(
+        video_id("abuse/bad.mp4"),
+        f"features/{video_id('abuse/bad.mp4')}.safetensors",
+        "abuse",
+        "train",
+        "abuse/bad.mp4",
+        1.0,
+        1.0,
+        False,
+        1,
+    )
+    store.write(
+        e,
+        {
+            "video": np.zeros((1, 12), np.float32),
+            "audio": np.zeros((1, 8), np.float32),
+            "audio_mask": np.zeros(1, bool),
+        },
+    )
     assert FeatureStore.open(tmp_path / "s").failures == []
 
 
@@ -108,7 +129,9 @@ def _python(code: str, *args: str, **kw):
     import subprocess
     import sys
 
-    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, **kw
+    )
 
 
 def test_live_writer_keeps_its_temp_files_and_claims(tmp_path):

@@ -39,17 +39,32 @@ def test_train_writes_history_and_self_describing_checkpoint(trained):
 
 def test_training_is_reproducible(store, trained, tmp_path):
     again = train(store, tmp_path, TrainConfig(**FAST), model_overrides=SMALL, progress=False)
-    assert [h["train_loss"] for h in again.history] == pytest.approx([h["train_loss"] for h in trained.history])
+    assert [h["train_loss"] for h in again.history] == pytest.approx(
+        [h["train_loss"] for h in trained.history]
+    )
 
 
 def test_evaluate_metrics_contract(store, trained, tmp_path):
     m = evaluate(trained.checkpoint, store, split="test", out=tmp_path)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("classes", "accuracy", "precision", "recall", "f1", "ap", "binary_ap", "per_class", "confusion_matrix", "n"):
+    for key in (
+        "classes",
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "ap",
+        "binary_ap",
+        "per_class",
+        "confusion_matrix",
+        "n",
+    ):
         assert key in on_disk
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
     assert m["n"] == len(store.split("test"))
-    assert m["accuracy"] >= 0.8  # the factory's classes are well separated when both senses are used
+    assert (
+        m["accuracy"] >= 0.8
+    )  # the factory's classes are well separated when both senses are used
 
 
 def test_evaluate_with_a_sense_dropped_runs_and_differs(store, trained):
@@ -60,12 +75,30 @@ def test_evaluate_with_a_sense_dropped_runs_and_differs(store, trained):
 
 
 def test_single_modality_and_late_fusion_train(store, tmp_path):
-    r = train(store, tmp_path / "a", TrainConfig(**{**FAST, "epochs": 2}, modality="audio"), SMALL, progress=False)
+    r = train(
+        store,
+        tmp_path / "a",
+        TrainConfig(**{**FAST, "epochs": 2}, modality="audio"),
+        SMALL,
+        progress=False,
+    )
     assert load_checkpoint(r.checkpoint).model_config.input_dim == 8
-    r = train(store, tmp_path / "l", TrainConfig(**{**FAST, "epochs": 2}, fusion="late", model="gru"), SMALL, progress=False)
+    r = train(
+        store,
+        tmp_path / "l",
+        TrainConfig(**{**FAST, "epochs": 2}, fusion="late", model="gru"),
+        SMALL,
+        progress=False,
+    )
     assert load_checkpoint(r.checkpoint).model_config.fusion == "late"
     with pytest.raises(TrainError, match="late fusion"):
-        train(store, tmp_path / "x", TrainConfig(**FAST, modality="video", fusion="late"), SMALL, progress=False)
+        train(
+            store,
+            tmp_path / "x",
+            TrainConfig(**FAST, modality="video", fusion="late"),
+            SMALL,
+            progress=False,
+        )
 
 
 def test_stage_loss_ignores_padding():
@@ -78,12 +111,16 @@ def test_stage_loss_ignores_padding():
     noisy = logits.clone()
     noisy[:, ~mask] = 100.0
     cfg = TrainConfig()
-    assert float(stage_loss(logits, y_pad, mask, cfg)) == pytest.approx(float(stage_loss(noisy, y_pad, mask, cfg)))
+    assert float(stage_loss(logits, y_pad, mask, cfg)) == pytest.approx(
+        float(stage_loss(noisy, y_pad, mask, cfg))
+    )
 
 
 def test_causal_scores_use_only_the_past(trained, store):
     ck = load_checkpoint(trained.checkpoint)
-    x = ck.norm(np.concatenate([store.load(store.entries[0])[k] for k in ("video", "audio")], axis=1))
+    x = ck.norm(
+        np.concatenate([store.load(store.entries[0])[k] for k in ("video", "audio")], axis=1)
+    )
     full = step_probabilities(ck.model, x, 10, causal=True)
     cut = step_probabilities(ck.model, x[:5], 10, causal=True)
     np.testing.assert_allclose(full[:5], cut, atol=1e-5)
@@ -95,7 +132,9 @@ def test_bad_checkpoint_and_mismatched_store(tmp_path, trained):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError):
         load_checkpoint(bad)
-    other = make_store(tmp_path / "other", classes=("abuse", "crash", "normal", "pain"), per_class=3)
+    other = make_store(
+        tmp_path / "other", classes=("abuse", "crash", "normal", "pain"), per_class=3
+    )
     with pytest.raises(EvaluateError, match="classes"):
         evaluate(trained.checkpoint, other)
 
@@ -105,7 +144,9 @@ def test_streaming_training_equals_in_memory(store, tmp_path):
     cfg = TrainConfig(**{**FAST, "epochs": 6})
     streamed = train(store, tmp_path / "stream", cfg, model_overrides=SMALL, progress=False)
     mem = train(store, tmp_path / "mem", cfg, model_overrides=SMALL, progress=False, in_memory=True)
-    assert [h["train_loss"] for h in mem.history] == pytest.approx([h["train_loss"] for h in streamed.history])
+    assert [h["train_loss"] for h in mem.history] == pytest.approx(
+        [h["train_loss"] for h in streamed.history]
+    )
     assert [h["val_step_acc"] for h in mem.history] == [h["val_step_acc"] for h in streamed.history]
     a, b = evaluate(streamed.checkpoint, store), evaluate(mem.checkpoint, store)
     assert a["accuracy"] == b["accuracy"] and a["accuracy"] > 1 / 3  # same, and better than chance
@@ -130,7 +171,9 @@ def test_streaming_windows_equal_in_memory_windows(store):
 def test_streaming_normaliser_equals_the_concatenated_fit(rng):
     from avarnet.data import Normalizer
 
-    parts = [rng.normal(5.0, 2.0, (int(rng.integers(1, 30)), 6)).astype(np.float32) for _ in range(40)]
+    parts = [
+        rng.normal(5.0, 2.0, (int(rng.integers(1, 30)), 6)).astype(np.float32) for _ in range(40)
+    ]
     full, stream = Normalizer.fit(parts), Normalizer.fit_stream(iter(parts))
     np.testing.assert_allclose(stream.mean, full.mean, rtol=1e-6)
     np.testing.assert_allclose(stream.std, full.std, rtol=1e-6)

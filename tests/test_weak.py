@@ -320,14 +320,23 @@ def test_cli_xdv_train_and_evaluate(xd_store, tmp_path, capsys):
     )
 
 
-def test_weak_training_without_a_finite_validation_loss_writes_no_checkpoint(xd_store, tmp_path, monkeypatch):
+def test_weak_training_without_a_finite_validation_loss_writes_no_checkpoint(
+    xd_store, tmp_path, monkeypatch
+):
     from avarnet.train import TrainError
 
     monkeypatch.setattr("avarnet.weak._loader_loss", lambda *a, **k: float("nan"))
     with pytest.raises(TrainError, match="no checkpoint written"):
-        train_weak(xd_store, tmp_path / "run", WeakConfig(**{**FAST, "epochs": 2}), model_overrides=TINY,
-                   progress=False)
+        train_weak(
+            xd_store,
+            tmp_path / "run",
+            WeakConfig(**{**FAST, "epochs": 2}),
+            model_overrides=TINY,
+            progress=False,
+        )
     assert not (tmp_path / "run" / "best.ckpt").exists()
+
+
 # -- localisation: order consistency, two-stage refinement, flank guard -------------------------
 
 
@@ -437,7 +446,6 @@ def test_flank_check_flags_a_hand_made_flank_firing_curve():
     # an event over the whole video leaves no margin to compare: undefined, not a warning
     whole = flank_check([_scored(on_event, np.ones(30, np.uint8))], 2 / 3)
     assert whole["flank_firing"] is None and flank_warning(whole) is None
-
 
 
 def test_bad_objective_settings_are_refused(xd_store, tmp_path):

@@ -403,7 +403,15 @@ def _run_grid(
     figure = out / RESULTS_PNG if write_figure(out / RESULTS_PNG, ordered, grid) else None
     page = write_results_html(out / RESULTS_HTML, ordered, store, grid, split, epochs)
     return AblationResult(
-        ordered, todo, reused, out / RESULTS_CSV, out / RESULTS_MD, figure, winner, seconds, page=page
+        ordered,
+        todo,
+        reused,
+        out / RESULTS_CSV,
+        out / RESULTS_MD,
+        figure,
+        winner,
+        seconds,
+        page=page,
     )
 
 
@@ -498,9 +506,7 @@ def main_table(
     ]
     body = []
     for m in models:
-        cells = [
-            stats[metric].get((m, g, "early", L0)) for g in groups for metric, _ in metrics
-        ]
+        cells = [stats[metric].get((m, g, "early", L0)) for g in groups for metric, _ in metrics]
         body.append([model_title(m)] + [s.pct() if s else "–" for s in cells])
     return _md_table(header, body)
 
@@ -686,11 +692,18 @@ def _bars(
             s = stats[metric].get((m, *setting))
             if s is not None:
                 means[i, j], stds[i, j] = 100 * s.mean, (100 * s.std if s.n > 1 else 0.0)
-    return BarChart([model_title(m) for m in models], [c[0] for c in columns], means, stds, ylabel, title)
+    return BarChart(
+        [model_title(m) for m in models], [c[0] for c in columns], means, stds, ylabel, title
+    )
 
 
 def write_results_html(
-    path: Path, rows: Sequence[dict], store: FeatureStore, grid: AblationGrid, split: str, epochs: int
+    path: Path,
+    rows: Sequence[dict],
+    store: FeatureStore,
+    grid: AblationGrid,
+    split: str,
+    epochs: int,
 ) -> Path:
     """results.html: every table of results.md, each with a bar chart (mean, std error bars over seeds)."""
     from .report import Section, write_results_page
@@ -704,36 +717,68 @@ def write_results_html(
         Section(
             f"Modalities (early fusion, L = {L0}): accuracy, macro precision / recall / F1",
             main_table(rows, models, grid.modalities, L0),
-            _bars(rows, models, [(t, st, "accuracy") for t, st in by_modality], "accuracy (%)",
-                  f"Accuracy by model and modality ({over})"),
+            _bars(
+                rows,
+                models,
+                [(t, st, "accuracy") for t, st in by_modality],
+                "accuracy (%)",
+                f"Accuracy by model and modality ({over})",
+            ),
         ),
         Section(
             f"Modalities (early fusion, L = {L0}): accuracy, support-weighted precision / recall / F1",
             main_table(rows, models, grid.modalities, L0, WEIGHTED_METRICS),
-            _bars(rows, models, [(t, st, "f1_weighted") for t, st in by_modality], "weighted F1 (%)",
-                  f"Support-weighted F1 by model and modality ({over})"),
+            _bars(
+                rows,
+                models,
+                [(t, st, "f1_weighted") for t, st in by_modality],
+                "weighted F1 (%)",
+                f"Support-weighted F1 by model and modality ({over})",
+            ),
             note="Weighted by each class's test clips, the averaging of the paper's Table 2.",
         ),
     ]
     if "late" in grid.fusions:
         cols = [(f.capitalize(), ("fused", f, L0), "accuracy") for f in ("early", "late")]
-        sections.append(Section(f"Fusion strategy (fused input, L = {L0})", fusion_table(rows, models, L0),
-                                _bars(rows, models, cols, "accuracy (%)", f"Early vs late fusion ({over})")))
+        sections.append(
+            Section(
+                f"Fusion strategy (fused input, L = {L0})",
+                fusion_table(rows, models, L0),
+                _bars(rows, models, cols, "accuracy (%)", f"Early vs late fusion ({over})"),
+            )
+        )
     if len(grid.seq_lens) > 1:
         cols = [(f"L = {L}", ("fused", "early", L), "accuracy") for L in sorted(grid.seq_lens)]
-        sections.append(Section("Sequence length (fused input, early fusion; accuracy)",
-                                seq_len_table(rows, models, grid.seq_lens),
-                                _bars(rows, models, cols, "accuracy (%)", f"Accuracy by sequence length ({over})")))
+        sections.append(
+            Section(
+                "Sequence length (fused input, early fusion; accuracy)",
+                seq_len_table(rows, models, grid.seq_lens),
+                _bars(rows, models, cols, "accuracy (%)", f"Accuracy by sequence length ({over})"),
+            )
+        )
     if "fused" in grid.modalities:
         setting = ("fused", "early", L0)
-        cols = [("Both senses", setting, "accuracy"), ("Audio missing", setting, "accuracy_no_audio"),
-                ("Video missing", setting, "accuracy_no_video")]
-        sections.append(Section(f"Missing sense at test time (fused early-fusion models, L = {L0}; accuracy)",
-                                missing_sense_table(rows, models, L0),
-                                _bars(rows, models, cols, "accuracy (%)", f"Accuracy with a sense blanked ({over})")))
+        cols = [
+            ("Both senses", setting, "accuracy"),
+            ("Audio missing", setting, "accuracy_no_audio"),
+            ("Video missing", setting, "accuracy_no_video"),
+        ]
+        sections.append(
+            Section(
+                f"Missing sense at test time (fused early-fusion models, L = {L0}; accuracy)",
+                missing_sense_table(rows, models, L0),
+                _bars(
+                    rows, models, cols, "accuracy (%)", f"Accuracy with a sense blanked ({over})"
+                ),
+            )
+        )
     intro = [
-        *[ln.replace("> **WARNING — RANDOM WEIGHTS.**", "WARNING — RANDOM WEIGHTS.").replace("`", "")
-          for ln in _weights_banner(store)],
+        *[
+            ln.replace("> **WARNING — RANDOM WEIGHTS.**", "WARNING — RANDOM WEIGHTS.").replace(
+                "`", ""
+            )
+            for ln in _weights_banner(store)
+        ],
         f"Feature store: {store.root} ({len(store.classes)} classes). Evaluated on the {split} split "
         f"({len(store.split(split))} clips); {len(rows)} runs, up to {epochs} epochs each. Values are clip-level "
         f"metrics in %, {over}; error bars are the sample standard deviation.",

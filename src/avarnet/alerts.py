@@ -168,7 +168,11 @@ class AlertTracker:
             return []
         first = self._run[0]
         event = AlertEvent(
-            id=len(self.events) + 1, start=first[0], end=None, peak_score=first[2], peak_time=first[0]
+            id=len(self.events) + 1,
+            start=first[0],
+            end=None,
+            peak_score=first[2],
+            peak_time=first[0],
         )
         for seg in self._run:
             self._absorb(event, *seg)
@@ -333,7 +337,9 @@ class WebhookPoster:
                 self.stats.last_error = error
             if attempt == self.attempts:
                 break
-            log.warning("webhook %s failed (%s); retry %d in %.1fs", self.display_url, error, attempt, wait)
+            log.warning(
+                "webhook %s failed (%s); retry %d in %.1fs", self.display_url, error, attempt, wait
+            )
             if self._closing.wait(
                 wait
             ):  # closing cuts the back-off short: one last try, then give up
@@ -369,7 +375,9 @@ def _parse_http_url(url: str):
     except ValueError:
         parsed = None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise InvalidArgumentError(f"webhook must be an http:// or https:// URL, got {redact_url(url)}")
+        raise InvalidArgumentError(
+            f"webhook must be an http:// or https:// URL, got {redact_url(url)}"
+        )
     return parsed
 
 
@@ -398,4 +406,6 @@ def split_credentials(url: str) -> tuple[str, dict[str, str]]:
     pair = f"{unquote(parsed.username or '')}:{unquote(parsed.password or '')}"
     if parsed.scheme == "http":
         log.warning("webhook %s: credentials are sent unencrypted over http://", redact_url(url))
-    return plain, {"Authorization": "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")}
+    return plain, {
+        "Authorization": "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+    }

@@ -80,7 +80,9 @@ AGREEMENT_SEGMENTS = 12  # segments whose features each row compares with torch 
 RUNTIMES = ("torch", "onnx")
 ONNX_PRECISIONS = ("fp32", "int8")
 # bf16 is measured only where the CPU has bf16 instructions (elsewhere it is slower than fp32)
-DEFAULT_PRECISIONS = ("fp32", "int8", "bf16") if cpu_has_bf16() else ("fp32", "int8")  # generated clips carry 48 kHz audio, like most cameras
+DEFAULT_PRECISIONS = (
+    ("fp32", "int8", "bf16") if cpu_has_bf16() else ("fp32", "int8")
+)  # generated clips carry 48 kHz audio, like most cameras
 
 
 @dataclass(frozen=True)
@@ -517,7 +519,9 @@ class _Encoders:
         return Extractor(spec, v, a)
 
 
-def _configs(options: BenchOptions, device: torch.device) -> list[tuple[str, torch.device, str, str, float]]:
+def _configs(
+    options: BenchOptions, device: torch.device
+) -> list[tuple[str, torch.device, str, str, float]]:
     """(video backbone, device, runtime, precision, audio look-back) of each end-to-end row."""
     cpu = torch.device("cpu")
     out = []
@@ -683,7 +687,9 @@ def run_bench(
             "floor_realtime_factor": round(floor / gflop * ex.spec.segment_seconds, 2),
         }
         row |= _end_to_end(clip, ckpt, ex, precision, runtime, model)
-        row["percent_of_floor"] = round(100 * row["realtime_factor"] / row["floor_realtime_factor"], 1)
+        row["percent_of_floor"] = round(
+            100 * row["realtime_factor"] / row["floor_realtime_factor"], 1
+        )
         row |= _agreement(references[(backbone, context)], ex, context, sample, dtype)
         res.end_to_end.append(row)
     res.machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]

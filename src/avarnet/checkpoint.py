@@ -52,7 +52,9 @@ class Checkpoint:
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     """Write atomically (temp file + rename)."""
     path = Path(path)
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in ckpt.model.state_dict().items()}
+    tensors = {
+        f"model.{k}": v.detach().cpu().contiguous() for k, v in ckpt.model.state_dict().items()
+    }
     tensors["norm.mean"] = torch.from_numpy(ckpt.norm.mean)
     tensors["norm.std"] = torch.from_numpy(ckpt.norm.std)
     for k, v in (ckpt.encoder_state or {}).items():

@@ -77,7 +77,9 @@ class FeatureSpec(DictMixin):
     flip_channel_order: bool = True  # MobileViT checkpoints expect BGR
     sample_rate: int = SAMPLE_RATE
     audio_chunk_seconds: float = 10.0  # Wav2Vec2 runs over the track in chunks this long
-    random_init: dict = field(default_factory=dict)  # how random weights were made (init, calibration)
+    random_init: dict = field(
+        default_factory=dict
+    )  # how random weights were made (init, calibration)
     # content identity of pretrained backbones (config + weights; see encoders.backbone_digest), "" unknown
     video_backbone_sha256: str = ""
     audio_backbone_sha256: str = ""
@@ -90,9 +92,13 @@ class FeatureSpec(DictMixin):
 
     def __post_init__(self) -> None:
         if self.audio_mode not in AUDIO_MODES:
-            raise InvalidArgumentError(f"audio_mode must be one of {AUDIO_MODES}, got {self.audio_mode!r}")
+            raise InvalidArgumentError(
+                f"audio_mode must be one of {AUDIO_MODES}, got {self.audio_mode!r}"
+            )
         if not self.audio_context_seconds >= 0:
-            raise InvalidArgumentError(f"audio_context_seconds must be >= 0, got {self.audio_context_seconds}")
+            raise InvalidArgumentError(
+                f"audio_context_seconds must be >= 0, got {self.audio_context_seconds}"
+            )
         if self.audio_mode == "chunked":  # no look-back: specs compare equal whatever was passed
             object.__setattr__(self, "audio_context_seconds", 0.0)
         object.__setattr__(self, "audio_context_seconds", float(self.audio_context_seconds))
@@ -109,12 +115,22 @@ class FeatureSpec(DictMixin):
         Backbones with a recorded identity on both sides match by identity (a moved folder is the
         same backbone); otherwise by name (or by being the same folder). ``random_init`` is ignored.
         """
-        blank = {"random_init": {}, "video_backbone": "", "audio_backbone": "",
-                 "video_backbone_sha256": "", "audio_backbone_sha256": ""}
+        blank = {
+            "random_init": {},
+            "video_backbone": "",
+            "audio_backbone": "",
+            "video_backbone_sha256": "",
+            "audio_backbone_sha256": "",
+        }
         if self.replace(**blank) != other.replace(**blank):
             return False
         return all(
-            _same_backbone(getattr(self, k), getattr(other, k), getattr(self, f"{k}_sha256"), getattr(other, f"{k}_sha256"))
+            _same_backbone(
+                getattr(self, k),
+                getattr(other, k),
+                getattr(self, f"{k}_sha256"),
+                getattr(other, f"{k}_sha256"),
+            )
             for k in ("video_backbone", "audio_backbone")
         )
 
@@ -137,7 +153,11 @@ def spec_problem(spec: FeatureSpec) -> str | None:
     """Why a feature spec read from a file cannot be used (a value out of bounds), or None."""
     for name, (low, high) in SPEC_LIMITS.items():
         value = getattr(spec, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
             return f"feature spec {name} = {value!r} is outside [{low}, {high}]"
     if spec.weights not in ("pretrained", "random"):
         return f"feature spec weights = {spec.weights!r} is neither 'pretrained' nor 'random'"

@@ -99,7 +99,9 @@ def _walk_class(root: Path, class_dir: Path, seen: set, problems: list) -> list[
             dirs[:] = []
             continue
         if key in seen:
-            problems.append((_rel(root, here), "symbolic link loop (folder already scanned); skipped"))
+            problems.append(
+                (_rel(root, here), "symbolic link loop (folder already scanned); skipped")
+            )
             dirs[:] = []
             continue
         seen.add(key)
@@ -151,7 +153,9 @@ def scan_dataset(root: str | Path, seed: int = 0) -> DatasetScan:
         table = read_splits_csv(splits_file)
         missing = [rel for rel, _, _ in found if rel not in table]
         if missing:
-            raise DatasetError(f"{splits_file} has no split for {len(missing)} videos, e.g. {missing[0]}")
+            raise DatasetError(
+                f"{splits_file} has no split for {len(missing)} videos, e.g. {missing[0]}"
+            )
         splits = [table[rel] for rel, _, _ in found]
     else:
         splits = stratified_split([label for _, label, _ in found], seed)
@@ -253,14 +257,20 @@ def missing_mask(tensors: dict[str, np.ndarray], modality: str) -> np.ndarray | 
 
 
 def load_clips(
-    store: FeatureStore, entries: Sequence[Entry], modality: str, classes: Sequence[str], norm: Normalizer | None
+    store: FeatureStore,
+    entries: Sequence[Entry],
+    modality: str,
+    classes: Sequence[str],
+    norm: Normalizer | None,
 ) -> list[Clip]:
     """Model inputs for the given entries (normalised when ``norm`` is given)."""
     index = {c: i for i, c in enumerate(classes)}
     clips = []
     for entry, tensors in store.iter_load(list(entries)):
         if entry.label not in index:
-            raise DatasetError(f"{store.root}: {entry.source} has class {entry.label!r}, not one of {list(classes)}")
+            raise DatasetError(
+                f"{store.root}: {entry.source} has class {entry.label!r}, not one of {list(classes)}"
+            )
         x = select_inputs(tensors, modality)
         if norm is not None:
             x = norm(x, missing_mask(tensors, modality))
@@ -284,7 +294,11 @@ class WindowDataset(Dataset):
     def __init__(self, clips: Sequence[Clip], seq_len: int, stride: int):
         self.clips = list(clips)
         self.seq_len = seq_len
-        self.index = [(c, s) for c, clip in enumerate(self.clips) for s in window_starts(len(clip.x), seq_len, stride)]
+        self.index = [
+            (c, s)
+            for c, clip in enumerate(self.clips)
+            for s in window_starts(len(clip.x), seq_len, stride)
+        ]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -300,10 +314,17 @@ class WindowDataset(Dataset):
         y[:n] = clip.step_labels[s : s + n] if clip.step_labels is not None else clip.label
         mask = np.zeros(self.seq_len, dtype=bool)
         mask[:n] = True
-        return {"x": torch.from_numpy(xs), "mask": torch.from_numpy(mask), "y": torch.from_numpy(y), "clip": c}
+        return {
+            "x": torch.from_numpy(xs),
+            "mask": torch.from_numpy(mask),
+            "y": torch.from_numpy(y),
+            "clip": c,
+        }
 
 
-def window_item(x: np.ndarray, seq_len: int, label: int | np.ndarray, clip: int) -> dict[str, torch.Tensor]:
+def window_item(
+    x: np.ndarray, seq_len: int, label: int | np.ndarray, clip: int
+) -> dict[str, torch.Tensor]:
     """One window (l, D), l <= L, padded to L: x (L, D), mask (L,), y (L,) with IGNORE_INDEX on padding."""
     n = len(x)
     xs = np.zeros((seq_len, x.shape[1]), dtype=np.float32)
@@ -312,7 +333,12 @@ def window_item(x: np.ndarray, seq_len: int, label: int | np.ndarray, clip: int)
     y[:n] = label
     mask = np.zeros(seq_len, dtype=bool)
     mask[:n] = True
-    return {"x": torch.from_numpy(xs), "mask": torch.from_numpy(mask), "y": torch.from_numpy(y), "clip": clip}
+    return {
+        "x": torch.from_numpy(xs),
+        "mask": torch.from_numpy(mask),
+        "y": torch.from_numpy(y),
+        "clip": clip,
+    }
 
 
 class StreamingWindowDataset(Dataset):
@@ -324,20 +350,41 @@ class StreamingWindowDataset(Dataset):
     """
 
     def __init__(
-        self, store: FeatureStore, entries: Sequence[Entry], modality: str, classes: Sequence[str],
-        norm: Normalizer | None, seq_len: int, stride: int,
+        self,
+        store: FeatureStore,
+        entries: Sequence[Entry],
+        modality: str,
+        classes: Sequence[str],
+        norm: Normalizer | None,
+        seq_len: int,
+        stride: int,
     ):
-        self.store, self.entries, self.modality, self.norm, self.seq_len = store, list(entries), modality, norm, seq_len
+        self.store, self.entries, self.modality, self.norm, self.seq_len = (
+            store,
+            list(entries),
+            modality,
+            norm,
+            seq_len,
+        )
         index = {c: i for i, c in enumerate(classes)}
         for e in self.entries:
             if e.label not in index:
-                raise DatasetError(f"{store.root}: {e.source} has class {e.label!r}, not one of {list(classes)}")
+                raise DatasetError(
+                    f"{store.root}: {e.source} has class {e.label!r}, not one of {list(classes)}"
+                )
         self.labels = np.array([index[e.label] for e in self.entries], dtype=np.int64)
         counts = [len(window_starts(e.T, seq_len, stride)) for e in self.entries]
         self.clip = np.repeat(np.arange(len(self.entries), dtype=np.int64), counts)
-        self.start = np.concatenate(
-            [np.asarray(window_starts(e.T, seq_len, stride), dtype=np.int64) for e in self.entries]
-        ) if self.entries else np.zeros(0, np.int64)
+        self.start = (
+            np.concatenate(
+                [
+                    np.asarray(window_starts(e.T, seq_len, stride), dtype=np.int64)
+                    for e in self.entries
+                ]
+            )
+            if self.entries
+            else np.zeros(0, np.int64)
+        )
 
     def __len__(self) -> int:
         return len(self.clip)
@@ -361,7 +408,9 @@ def collate(batch: list[dict]) -> dict[str, torch.Tensor]:
     }
 
 
-def drop_modality(x: torch.Tensor, video_dim: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def drop_modality(
+    x: torch.Tensor, video_dim: int, p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Blank one sense (video part x[..., :video_dim] or audio part) in each window with probability p.
 
     x: (B, L, D) fused input. Returns a new tensor.

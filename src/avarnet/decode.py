@@ -43,7 +43,9 @@ def decode_pieces(path: str, plan: DecodePlan) -> Iterator[tuple]:
     yield ("info", info, len(times))
     buf: list[np.ndarray] = []
     sent = 0
-    for frame in media.read_frames(path, times.ravel().tolist(), plan.resize_shortest_edge, info=info):
+    for frame in media.read_frames(
+        path, times.ravel().tolist(), plan.resize_shortest_edge, info=info
+    ):
         buf.append(frame)
         if len(buf) == PIECE_FRAMES:
             yield ("frames", sent, np.stack(buf))
@@ -82,7 +84,13 @@ def decode_video(path: str, plan: DecodePlan) -> dict:
         elif msg[0] == "audio":
             offsets.append(msg[2])
             chunks.append(msg[3])
-    return {"info": info, "T": T, "frames": np.concatenate(frames), "chunks": chunks, "offsets": offsets}
+    return {
+        "info": info,
+        "T": T,
+        "frames": np.concatenate(frames),
+        "chunks": chunks,
+        "offsets": offsets,
+    }
 
 
 def decode_worker(wid: int, tasks, out, plan: DecodePlan) -> None:

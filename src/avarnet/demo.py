@@ -23,7 +23,10 @@ log = logging.getLogger("avarnet")
 @dataclass(frozen=True)
 class DemoOptions:
     clips_per_class: int = 10  # 10 classes x 10 clips: 60 train, 20 val, 20 test
-    duration: tuple[float, float] = (6.0, 9.0)  # seconds per clip; extraction dominates the demo's time
+    duration: tuple[float, float] = (
+        6.0,
+        9.0,
+    )  # seconds per clip; extraction dominates the demo's time
     seed: int = 0
     weights: str = "pretrained"  # falls back to "random" (with a warning) when pretrained weights are unavailable
     video_backbone: str = DEFAULT_VIDEO_BACKBONE
@@ -48,23 +51,50 @@ def run_demo(out: str | Path, opts: DemoOptions = DemoOptions(), progress: bool 
     t0 = time.time()
     out = Path(out)
     data, feats, run = out / "data", out / "features", out / "run"
-    synthesize_dataset(data, clips_per_class=opts.clips_per_class, seed=opts.seed, duration=opts.duration, progress=progress)
+    synthesize_dataset(
+        data,
+        clips_per_class=opts.clips_per_class,
+        seed=opts.seed,
+        duration=opts.duration,
+        progress=progress,
+    )
     weights, reason = choose_weights(opts)
     if reason:
-        log.warning("pretrained weights unavailable (%s) -> falling back to --weights random", reason)
+        log.warning(
+            "pretrained weights unavailable (%s) -> falling back to --weights random", reason
+        )
     result = extract_dataset(
-        data, feats, weights=weights, video_backbone=opts.video_backbone, audio_backbone=opts.audio_backbone,
-        device=opts.device, seed=opts.seed, progress=progress,
+        data,
+        feats,
+        weights=weights,
+        video_backbone=opts.video_backbone,
+        audio_backbone=opts.audio_backbone,
+        device=opts.device,
+        seed=opts.seed,
+        progress=progress,
     )
     store = FeatureStore.open(feats)
-    trained = train(store, run, TrainConfig(epochs=opts.epochs, seed=opts.seed, device=opts.device), progress=progress)
-    metrics = evaluate(trained.checkpoint, store, split="test", out=out / "eval", device=opts.device)
+    trained = train(
+        store,
+        run,
+        TrainConfig(epochs=opts.epochs, seed=opts.seed, device=opts.device),
+        progress=progress,
+    )
+    metrics = evaluate(
+        trained.checkpoint, store, split="test", out=out / "eval", device=opts.device
+    )
     held_out = store.split("test")[0]
-    pred = predict_video(Path(store.info["data_root"]) / held_out.source, trained.checkpoint, out=out / "predict", device=opts.device)
+    pred = predict_video(
+        Path(store.info["data_root"]) / held_out.source,
+        trained.checkpoint,
+        out=out / "predict",
+        device=opts.device,
+    )
     summary = {
         "weights": weights,
-        "weights_note": ("RANDOM WEIGHTS (offline fallback): " + reason) if reason else
-        ("RANDOM WEIGHTS (requested)" if weights == "random" else "pretrained"),
+        "weights_note": ("RANDOM WEIGHTS (offline fallback): " + reason)
+        if reason
+        else ("RANDOM WEIGHTS (requested)" if weights == "random" else "pretrained"),
         "videos": len(store.entries),
         "extraction_failures": len(result.failures),
         "test_accuracy": metrics["accuracy"],

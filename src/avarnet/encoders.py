@@ -179,7 +179,9 @@ def _cache_then_hub(source: str, fetch: Callable[[bool], _T]) -> tuple[_T, bool]
 
 def _check_model_type(config: PretrainedConfig, model_type: str, source: str) -> None:
     if config.model_type != model_type:
-        raise InvalidArgumentError(f"{source!r} holds a {config.model_type!r} model, expected {model_type!r}")
+        raise InvalidArgumentError(
+            f"{source!r} holds a {config.model_type!r} model, expected {model_type!r}"
+        )
 
 
 def _load_pretrained(
@@ -665,7 +667,9 @@ class AudioEncoder:
                 for i in idx:
                     out[i] = np.zeros((0, self.dim), np.float32)
                 continue
-            hidden = self.forward(np.stack([self.window_input(windows[i]) for i in idx]))  # (B, F, dim)
+            hidden = self.forward(
+                np.stack([self.window_input(windows[i]) for i in idx])
+            )  # (B, F, dim)
             for j, i in enumerate(idx):
                 out[i] = hidden[j]
         return out  # type: ignore[return-value]
@@ -684,8 +688,18 @@ class AudioEncoder:
 
 # Config keys that say where or with what a backbone was saved, not what it computes.
 IDENTITY_IGNORED_CONFIG_KEYS = frozenset(
-    {"transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures", "_commit_hash",
-     "_attn_implementation_autoset", "_attn_implementation", "id2label", "label2id"}
+    {
+        "transformers_version",
+        "_name_or_path",
+        "torch_dtype",
+        "dtype",
+        "architectures",
+        "_commit_hash",
+        "_attn_implementation_autoset",
+        "_attn_implementation",
+        "id2label",
+        "label2id",
+    }
 )
 
 
@@ -696,7 +710,9 @@ def backbone_digest(model: nn.Module) -> str:
     re-configured backbone has another.
     """
     h = hashlib.sha256()
-    config = {k: v for k, v in model.config.to_dict().items() if k not in IDENTITY_IGNORED_CONFIG_KEYS}
+    config = {
+        k: v for k, v in model.config.to_dict().items() if k not in IDENTITY_IGNORED_CONFIG_KEYS
+    }
     h.update(json.dumps(config, sort_keys=True, default=str).encode("utf-8"))
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
@@ -756,8 +772,11 @@ def save_tiny_backbones(root: Path) -> tuple[Path, Path]:
     torch.manual_seed(0)
     vdir, adir = root / "tiny-mobilevit", root / "tiny-wav2vec2"
     vcfg = MobileViTConfig(
-        image_size=64, hidden_sizes=[16, 24, 32], neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 48],
-        num_attention_heads=2, patch_size=2,
+        image_size=64,
+        hidden_sizes=[16, 24, 32],
+        neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 48],
+        num_attention_heads=2,
+        patch_size=2,
     )
     MobileViTModel(vcfg).save_pretrained(vdir)
     (vdir / "preprocessor_config.json").write_text(
@@ -766,8 +785,13 @@ def save_tiny_backbones(root: Path) -> tuple[Path, Path]:
         '"rescale_factor": 0.00392156862745098, "do_center_crop": true, "do_resize": true}'
     )
     acfg = Wav2Vec2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
     )
     Wav2Vec2Model(acfg).save_pretrained(adir)
     Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(adir)

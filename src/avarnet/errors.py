@@ -32,9 +32,26 @@ class OutputError(AvarnetError):
 
 # OSError numbers that mean "the environment refused", not "avarnet is broken".
 ENVIRONMENT_ERRNOS = frozenset(
-    {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOENT, errno.EISDIR,
-     errno.ENOTDIR, errno.ENAMETOOLONG, errno.EMFILE, errno.ELOOP, errno.EEXIST, errno.ENOTEMPTY,
-     errno.EFBIG, errno.EIO, errno.ENXIO, errno.ENODEV, errno.EBUSY}
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENOSPC,
+        errno.EROFS,
+        errno.EDQUOT,
+        errno.ENOENT,
+        errno.EISDIR,
+        errno.ENOTDIR,
+        errno.ENAMETOOLONG,
+        errno.EMFILE,
+        errno.ELOOP,
+        errno.EEXIST,
+        errno.ENOTEMPTY,
+        errno.EFBIG,
+        errno.EIO,
+        errno.ENXIO,
+        errno.ENODEV,
+        errno.EBUSY,
+    }
 )
 
 

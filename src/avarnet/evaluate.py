@@ -31,7 +31,9 @@ def blank_sense(x: np.ndarray, sense: str, ckpt: Checkpoint) -> np.ndarray:
     vd = ckpt.model_config.video_dim
     x = x.copy()
     if ckpt.modality != "fused":
-        raise EvaluateError(f"--drop needs a fused model; this checkpoint uses {ckpt.modality} only")
+        raise EvaluateError(
+            f"--drop needs a fused model; this checkpoint uses {ckpt.modality} only"
+        )
     if sense == "video":
         x[:, :vd] = 0.0
     elif sense == "audio":
@@ -68,16 +70,22 @@ def score_clips(
     for e, tensors in store.iter_load(entries):
         x = model_input(ckpt, tensors)
         if not np.isfinite(x).all():
-            raise EvaluateError(f"{store.root / e.file}: features hold NaN or infinity; extract {e.source} again")
+            raise EvaluateError(
+                f"{store.root / e.file}: features hold NaN or infinity; extract {e.source} again"
+            )
         if drop:
             x = blank_sense(x, drop, ckpt)
         steps = step_probabilities(ckpt.model, x, L)
         inputs = x.mean(axis=0) if embed else np.zeros(0, np.float32)
-        clips.append(ClipScores(e, steps, inputs, clip_embedding(ckpt.model, x, L) if embed else None))
+        clips.append(
+            ClipScores(e, steps, inputs, clip_embedding(ckpt.model, x, L) if embed else None)
+        )
     return clips
 
 
-def predict_clips(ckpt: Checkpoint, store: FeatureStore, split: str, drop: str | None = None) -> tuple[list, np.ndarray, np.ndarray]:
+def predict_clips(
+    ckpt: Checkpoint, store: FeatureStore, split: str, drop: str | None = None
+) -> tuple[list, np.ndarray, np.ndarray]:
     """(entries, y_true (N,), clip probabilities (N, C)) for every video of a split."""
     clips = score_clips(ckpt, store, split, drop)
     index = {c: i for i, c in enumerate(ckpt.classes)}
@@ -102,7 +110,11 @@ def evaluate(
     ``extra(ckpt, store, entries, drop)`` adds metrics of its own (e.g.
     :func:`avarnet.weak.untrimmed_metrics` for stores with frame-level truth).
     """
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, resolve_device(device))
+    ckpt = (
+        checkpoint
+        if isinstance(checkpoint, Checkpoint)
+        else load_checkpoint(checkpoint, resolve_device(device))
+    )
     store = feats if isinstance(feats, FeatureStore) else FeatureStore.open(feats)
     check_compatible(ckpt, store)
     want_report = out is not None and report
@@ -124,7 +136,8 @@ def evaluate(
         feature_spec=store.spec.to_dict(),
         weights=store.spec.weights,
         predictions=[
-            {"id": e.id, "label": e.label, "predicted": ckpt.classes[int(p.argmax())]} for e, p in zip(entries, probs, strict=True)
+            {"id": e.id, "label": e.label, "predicted": ckpt.classes[int(p.argmax())]}
+            for e, p in zip(entries, probs, strict=True)
         ],
     )
     if extra is not None:  # e.g. frame-level detection metrics of an untrimmed benchmark
@@ -137,12 +150,18 @@ def evaluate(
         text = strict_metrics_json(metrics)
         metrics = json.loads(text)  # what the file says: undefined values are None, not NaN
         atomic_write_text(out / "metrics.json", text)
-        plot_confusion(np.array(metrics["confusion_matrix"]), ckpt.classes, out / "confusion_matrix.png",
-                       title=f"{ckpt.model_config.name} / {ckpt.modality} — {split} accuracy {metrics['accuracy']:.3f}")
+        plot_confusion(
+            np.array(metrics["confusion_matrix"]),
+            ckpt.classes,
+            out / "confusion_matrix.png",
+            title=f"{ckpt.model_config.name} / {ckpt.modality} — {split} accuracy {metrics['accuracy']:.3f}",
+        )
         if report:
             from .report import write_evaluation_report
 
-            write_evaluation_report(out, metrics, clips, ckpt.classes, store, ckpt.spec.segment_seconds)
+            write_evaluation_report(
+                out, metrics, clips, ckpt.classes, store, ckpt.spec.segment_seconds
+            )
     return metrics
 
 

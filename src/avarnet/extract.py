@@ -68,9 +68,13 @@ def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     bf16 needs a GPU or a CPU with bf16 instructions (AVX-512 BF16 / AMX); fp16 needs a GPU.
     """
     if precision not in PRECISIONS:
-        raise InvalidArgumentError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise InvalidArgumentError(
+            f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+        )
     if precision == "fp16" and device.type != "cuda":
-        raise InvalidArgumentError("--precision fp16 needs a GPU; on a CPU use bf16 (where supported) or fp32")
+        raise InvalidArgumentError(
+            "--precision fp16 needs a GPU; on a CPU use bf16 (where supported) or fp32"
+        )
     if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         raise InvalidArgumentError("--precision bf16: this CPU has no bf16 instructions; use fp32")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -93,7 +97,9 @@ def decode_plan(spec: FeatureSpec) -> DecodePlan:
     )
 
 
-def encode_pixels(video: VideoEncoder, pixels: torch.Tensor, dtype: torch.dtype | None = None) -> np.ndarray:
+def encode_pixels(
+    video: VideoEncoder, pixels: torch.Tensor, dtype: torch.dtype | None = None
+) -> np.ndarray:
     """Preprocessed frames (B, 3, S, S) -> pooled MobileViT features (B, Dv) float32, at ``dtype``."""
     with autocast(video.device, dtype):
         return video.forward(pixels.to(video.device))
@@ -104,13 +110,17 @@ def audio_input(audio: AudioEncoder, samples: np.ndarray) -> np.ndarray:
     return audio.window_input(samples)
 
 
-def encode_audio_batch(audio: AudioEncoder, inputs: list[np.ndarray], dtype: torch.dtype | None = None) -> np.ndarray:
+def encode_audio_batch(
+    audio: AudioEncoder, inputs: list[np.ndarray], dtype: torch.dtype | None = None
+) -> np.ndarray:
     """Equal-length inputs from :func:`audio_input` -> Wav2Vec2 features (B, F, Da) float32, at ``dtype``."""
     with autocast(audio.device, dtype):
         return audio.forward(np.stack(inputs))
 
 
-def calibration_frames(items: list[VideoItem], spec: FeatureSpec, seed: int) -> Iterator[np.ndarray]:
+def calibration_frames(
+    items: list[VideoItem], spec: FeatureSpec, seed: int
+) -> Iterator[np.ndarray]:
     """Frames from a seeded sample of videos, used to recalibrate a random MobileViT's BatchNorm."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(items))[:CALIBRATION_VIDEOS]
@@ -118,8 +128,12 @@ def calibration_frames(items: list[VideoItem], spec: FeatureSpec, seed: int) -> 
         path = items[i].path
         try:
             info = media.probe(path)
-            fractions = (np.arange(CALIBRATION_FRAMES_PER_VIDEO) + 0.5) / CALIBRATION_FRAMES_PER_VIDEO
-            yield from media.read_frames(path, (fractions * info.duration).tolist(), spec.resize_shortest_edge, info=info)
+            fractions = (
+                np.arange(CALIBRATION_FRAMES_PER_VIDEO) + 0.5
+            ) / CALIBRATION_FRAMES_PER_VIDEO
+            yield from media.read_frames(
+                path, (fractions * info.duration).tolist(), spec.resize_shortest_edge, info=info
+            )
         except media.MediaError:
             continue
 
@@ -157,7 +171,9 @@ def build_spec(
     )
 
 
-def prepare_store(out: Path, spec: FeatureSpec, video: VideoEncoder, items: list[VideoItem], info: dict) -> FeatureStore:
+def prepare_store(
+    out: Path, spec: FeatureSpec, video: VideoEncoder, items: list[VideoItem], info: dict
+) -> FeatureStore:
     """Create or reopen the store; for random weights, calibrate (or restore) the video encoder's BatchNorm.
 
     Runs under the store's lock, so writers started together agree on one spec and encoder state.
@@ -174,7 +190,9 @@ def _prepare_store_locked(
     if (out / "spec.json").exists():
         existing = FeatureStore.open(out)
         if not existing.spec.same_features(spec):
-            raise StoreError(f"{out} holds features made with a different spec; use a new --out folder")
+            raise StoreError(
+                f"{out} holds features made with a different spec; use a new --out folder"
+            )
         if spec.weights == "random":
             state = existing.load_encoder_state()
             if state is None:
@@ -184,7 +202,9 @@ def _prepare_store_locked(
     if spec.weights == "random":
         train = [it for it in items if it.split == "train"] or items
         n = video.calibrate(calibration_frames(train, spec, spec.seed))
-        log.warning("RANDOM WEIGHTS: MobileViT BatchNorm recalibrated on %d frames of this dataset", n)
+        log.warning(
+            "RANDOM WEIGHTS: MobileViT BatchNorm recalibrated on %d frames of this dataset", n
+        )
         spec = spec.replace(random_init=video.describe())
     store = FeatureStore.create(out, spec, info)
     if spec.weights == "random":
@@ -220,12 +240,21 @@ def extract_dataset(
     data, out = Path(data), Path(out)
     scan = scan_dataset(data, seed=seed)
     items, classes = scan.items, scan.classes
-    precision_dtype(precision, resolve_device(device))  # refuse an unsupported precision before loading
+    precision_dtype(
+        precision, resolve_device(device)
+    )  # refuse an unsupported precision before loading
     configure_cpu()
     video = VideoEncoder.load(video_backbone, weights=weights, seed=seed, device=device)
     audio = AudioEncoder.load(audio_backbone, weights=weights, seed=seed, device=device)
     spec = build_spec(
-        video, audio, weights, seed, segment_seconds, frames_per_segment, audio_mode, audio_context_seconds,
+        video,
+        audio,
+        weights,
+        seed,
+        segment_seconds,
+        frames_per_segment,
+        audio_mode,
+        audio_context_seconds,
         precision,
     )
     info = {"classes": classes, "data_root": str(data.resolve()), "split_seed": seed}
@@ -234,11 +263,17 @@ def extract_dataset(
     extractor = Extractor(store.spec, video, audio)
     workers = (os.cpu_count() or 1) if workers is None else workers
     result = ExtractResult()
-    bar = tqdm(total=len(items), desc="extract", unit="video", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(items), desc="extract", unit="video", disable=not progress, dynamic_ncols=True
+    )
     for rel, reason in scan.problems:  # folders and links that could not be scanned
         report_failure(store, result, bar, rel, reason)
-    if store.spec.audio_mode == "causal" and workers:  # causal audio is made per segment, in process
-        log.info("causal audio features: extracting in this process (--workers applies to chunked audio)")
+    if (
+        store.spec.audio_mode == "causal" and workers
+    ):  # causal audio is made per segment, in process
+        log.info(
+            "causal audio features: extracting in this process (--workers applies to chunked audio)"
+        )
         workers = 0
     claims = ClaimQueue(store, items, result, bar)
     try:
@@ -252,7 +287,9 @@ def extract_dataset(
     return result
 
 
-def entry_for(store: FeatureStore, item: VideoItem, vid: str, minfo: media.MediaInfo, T: int) -> Entry:
+def entry_for(
+    store: FeatureStore, item: VideoItem, vid: str, minfo: media.MediaInfo, T: int
+) -> Entry:
     return Entry(
         id=vid,
         file=str(store.feature_path(vid).relative_to(store.root)),
@@ -266,7 +303,9 @@ def entry_for(store: FeatureStore, item: VideoItem, vid: str, minfo: media.Media
     )
 
 
-def report_failure(store: FeatureStore, result: ExtractResult, bar: tqdm, rel_path: str, reason: str) -> None:
+def report_failure(
+    store: FeatureStore, result: ExtractResult, bar: tqdm, rel_path: str, reason: str
+) -> None:
     """Record one failed input: a line on stderr, failures.jsonl, the result; the run goes on."""
     tqdm.write(f"failed: {rel_path}: {reason}", file=sys.stderr)
     store.record_failure(rel_path, reason)
@@ -283,7 +322,9 @@ class ClaimQueue:
     each other).
     """
 
-    def __init__(self, store: FeatureStore, items: list[VideoItem], result: ExtractResult, bar: tqdm):
+    def __init__(
+        self, store: FeatureStore, items: list[VideoItem], result: ExtractResult, bar: tqdm
+    ):
         self.store, self.result, self.bar = store, result, bar
         self.todo: deque[VideoItem] = deque(items)
         self.deferred: deque[VideoItem] = deque()
@@ -296,7 +337,9 @@ class ClaimQueue:
         self.result.skipped += 1
         self.bar.update(1)
 
-    def _take(self, item: VideoItem, vid: str, claim: VideoClaim) -> tuple[VideoItem, str, VideoClaim] | None:
+    def _take(
+        self, item: VideoItem, vid: str, claim: VideoClaim
+    ) -> tuple[VideoItem, str, VideoClaim] | None:
         if self.store.is_done_now(vid):  # another writer finished it before we claimed it
             claim.release()
             self._skip()
@@ -353,7 +396,9 @@ def _extract_in_process(
                 reason = f"{type(e).__name__}: {e}"
             else:
                 try:
-                    written = store.write(entry_for(store, item, vid, minfo, len(tensors["video"])), tensors)
+                    written = store.write(
+                        entry_for(store, item, vid, minfo, len(tensors["video"])), tensors
+                    )
                 except NonFiniteError:  # refused by the store: a failure of this input only
                     reason = "features hold NaN or infinity (not stored)"
                 else:
@@ -405,10 +450,22 @@ class ParallelExtraction:
     """
 
     def __init__(
-        self, store: FeatureStore, extractor: Extractor, workers: int, claims: ClaimQueue,
-        result: ExtractResult, bar: tqdm, start_method: str = "spawn",
+        self,
+        store: FeatureStore,
+        extractor: Extractor,
+        workers: int,
+        claims: ClaimQueue,
+        result: ExtractResult,
+        bar: tqdm,
+        start_method: str = "spawn",
     ):
-        self.store, self.ex, self.claims, self.result, self.bar = store, extractor, claims, result, bar
+        self.store, self.ex, self.claims, self.result, self.bar = (
+            store,
+            extractor,
+            claims,
+            result,
+            bar,
+        )
         self.n_workers = workers
         self.ctx = mp.get_context(start_method)
         self.plan = decode_plan(extractor.spec)
@@ -429,7 +486,9 @@ class ParallelExtraction:
         wid = self.next_wid
         self.next_wid += 1
         tasks = self.ctx.Queue()
-        proc = self.ctx.Process(target=decode_worker, args=(wid, tasks, self.out, self.plan), daemon=True)
+        proc = self.ctx.Process(
+            target=decode_worker, args=(wid, tasks, self.out, self.plan), daemon=True
+        )
         proc.start()
         self.procs[wid] = (proc, tasks)
         self.assigned[wid] = deque()
@@ -449,7 +508,11 @@ class ParallelExtraction:
     def _next_job(self) -> _Job | None:
         if self.retry:
             old = self.retry.popleft()
-            taken = (old.item, old.vid, old.claim)  # a fresh key: late pieces of the dead worker are ignored
+            taken = (
+                old.item,
+                old.vid,
+                old.claim,
+            )  # a fresh key: late pieces of the dead worker are ignored
         else:
             taken = self.claims.next(block=not self.jobs)
             if taken is None:
@@ -524,7 +587,12 @@ class ParallelExtraction:
     def _handle(self, msg: tuple) -> None:
         kind, wid, key = msg[:3]
         job = self.jobs.get(key)
-        if kind in ("end", "error") and wid in self.assigned and self.assigned[wid] and self.assigned[wid][0] == key:
+        if (
+            kind in ("end", "error")
+            and wid in self.assigned
+            and self.assigned[wid]
+            and self.assigned[wid][0] == key
+        ):
             self.assigned[wid].popleft()
         if job is None or job.failed:
             return
@@ -598,7 +666,9 @@ class ParallelExtraction:
             for (job, offset, _), f in zip(group, feats, strict=True):
                 if job.failed:
                     continue
-                pool_audio_frames(f, self.ex.audio.frame_times(len(f), offset), job.T, seg, job.sums, job.counts)
+                pool_audio_frames(
+                    f, self.ex.audio.frame_times(len(f), offset), job.T, seg, job.sums, job.counts
+                )
                 job.chunks_done += 1
             for job in {id(g[0]): g[0] for g in group}.values():
                 self._maybe_finish(job)
@@ -616,10 +686,17 @@ class ParallelExtraction:
             audio[mask] = (job.sums[mask] / job.counts[mask, None]).astype(np.float32)
             tensors = {"video": video, "audio": audio, "audio_mask": mask}
             try:
-                written = self.store.write(entry_for(self.store, job.item, job.vid, job.info, job.T), tensors)
+                written = self.store.write(
+                    entry_for(self.store, job.item, job.vid, job.info, job.T), tensors
+                )
             except NonFiniteError:  # refused by the store: a failure of this input only
-                report_failure(self.store, self.result, self.bar, job.item.rel_path,
-                               "features hold NaN or infinity (not stored)")
+                report_failure(
+                    self.store,
+                    self.result,
+                    self.bar,
+                    job.item.rel_path,
+                    "features hold NaN or infinity (not stored)",
+                )
             else:
                 self.result.done += written
                 self.result.skipped += not written

@@ -54,7 +54,9 @@ RAY_EXTRA = "pip install 'avarnet[ray]'"
 class RayOptions:
     """How the pipeline asks the cluster for resources (None: derived from the cluster's size)."""
 
-    videos_per_batch: int = 4  # rows per encoder call: frames and audio chunks are batched across them
+    videos_per_batch: int = (
+        4  # rows per encoder call: frames and audio chunks are batched across them
+    )
     max_actors: int | None = None  # per encoder pool (default: GPUs, or CPUs // 4)
     actor_cpus: float | None = None  # CPU share per encoder actor on CPU clusters
     decode_cpus: float | None = None  # CPU share per decoding task
@@ -67,7 +69,9 @@ def require_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise InvalidArgumentError(f"--engine ray needs Ray Data, which is not installed: {RAY_EXTRA}") from None
+        raise InvalidArgumentError(
+            f"--engine ray needs Ray Data, which is not installed: {RAY_EXTRA}"
+        ) from None
     return ray
 
 
@@ -83,7 +87,9 @@ def decode_row(row: dict[str, Any], plan: DecodePlan) -> dict[str, Any]:
         return out | _empty_row(failure_reason(err))
     info = d["info"]
     lengths = np.array([len(c) for c in d["chunks"]], dtype=np.int64)
-    samples = np.concatenate(d["chunks"]).astype(np.float32) if d["chunks"] else np.zeros(0, np.float32)
+    samples = (
+        np.concatenate(d["chunks"]).astype(np.float32) if d["chunks"] else np.zeros(0, np.float32)
+    )
     return out | {
         "error": "",
         "duration": float(info.duration),
@@ -121,14 +127,18 @@ def _encoders(spec: dict, store_root: str, device: str, which: str) -> Any:
     spec_ = FeatureSpec.from_dict(spec)
     configure_cpu()
     if which == "video":
-        enc = VideoEncoder.load(spec_.video_backbone, weights=spec_.weights, seed=spec_.seed, device=device)
+        enc = VideoEncoder.load(
+            spec_.video_backbone, weights=spec_.weights, seed=spec_.seed, device=device
+        )
         if spec_.weights == "random":
             state = FeatureStore.open(store_root).load_encoder_state()
             if state is None:
                 raise StoreError(f"{store_root} lacks its encoder state")
             enc.load_bn_state(state)
         return enc
-    return AudioEncoder.load(spec_.audio_backbone, weights=spec_.weights, seed=spec_.seed, device=device)
+    return AudioEncoder.load(
+        spec_.audio_backbone, weights=spec_.weights, seed=spec_.seed, device=device
+    )
 
 
 class VideoEncoderActor:
@@ -195,7 +205,9 @@ class AudioEncoderActor:
                 feats = encode_audio_batch(self.enc, [g[2] for g in part], self.dtype)
                 for (i, offset, _), f in zip(part, feats, strict=True):
                     T = int(batch["T"][i])
-                    pool_audio_frames(f, self.enc.frame_times(len(f), offset), T, seg, sums[i], counts[i])
+                    pool_audio_frames(
+                        f, self.enc.frame_times(len(f), offset), T, seg, sums[i], counts[i]
+                    )
         audio, masks = [], []
         for i in range(n):
             mask = counts[i] > 0
@@ -203,7 +215,9 @@ class AudioEncoderActor:
             a[mask] = (sums[i][mask] / counts[i][mask, None]).astype(np.float32)
             audio.append(a)
             masks.append(mask)
-        out = {key: value for key, value in batch.items() if key not in ("samples", "chunk_lengths")}
+        out = {
+            key: value for key, value in batch.items() if key not in ("samples", "chunk_lengths")
+        }
         out["audio"], out["audio_mask"] = _ragged(audio), _ragged(masks)
         return out
 
@@ -224,9 +238,15 @@ def write_rows(batch: dict[str, np.ndarray], store_root: str) -> dict[str, np.nd
             status.append("failed")
             continue
         entry = Entry(
-            id=vid, file=str(store.feature_path(vid).relative_to(store.root)), label=str(batch["label"][i]),
-            split=str(batch["split"][i]), source=rel, duration=float(batch["duration"][i]),
-            fps=float(batch["fps"][i]), has_audio=bool(batch["has_audio"][i]), T=int(batch["T"][i]),
+            id=vid,
+            file=str(store.feature_path(vid).relative_to(store.root)),
+            label=str(batch["label"][i]),
+            split=str(batch["split"][i]),
+            source=rel,
+            duration=float(batch["duration"][i]),
+            fps=float(batch["fps"][i]),
+            has_audio=bool(batch["has_audio"][i]),
+            T=int(batch["T"][i]),
         )
         tensors = {
             "video": np.asarray(batch["video"][i], np.float32),
@@ -254,11 +274,16 @@ def _resources(ray, device: str, opts: RayOptions) -> dict[str, Any]:
     small = cpus < 4
     if use_gpu:
         actors = opts.max_actors or gpus
-        actor = {"num_gpus": 0.5, "num_cpus": opts.actor_cpus or 1.0}  # both encoders share each GPU
+        actor = {
+            "num_gpus": 0.5,
+            "num_cpus": opts.actor_cpus or 1.0,
+        }  # both encoders share each GPU
     else:
         actors = opts.max_actors or max(1, int(cpus) // 4)
         actor = {"num_cpus": opts.actor_cpus or (0.5 if small else 1.0)}
-    actor["scheduling_strategy"] = "DEFAULT"  # differs from decoding's SPREAD: the two are never fused
+    actor["scheduling_strategy"] = (
+        "DEFAULT"  # differs from decoding's SPREAD: the two are never fused
+    )
     return {
         "use_gpu": use_gpu,
         "actors": actors,
@@ -295,7 +320,9 @@ def extract_dataset_ray(
     # The driver only builds the spec (and calibrates random weights): always on its CPU.
     video = VideoEncoder.load(video_backbone, weights=weights, seed=seed, device="cpu")
     audio = AudioEncoder.load(audio_backbone, weights=weights, seed=seed, device="cpu")
-    spec = build_spec(video, audio, weights, seed, segment_seconds, frames_per_segment, precision=precision)
+    spec = build_spec(
+        video, audio, weights, seed, segment_seconds, frames_per_segment, precision=precision
+    )
     info = {"classes": classes, "data_root": str(data), "split_seed": seed}
     store = prepare_store(out, spec, video, items, info)
     del video, audio
@@ -310,30 +337,64 @@ def extract_dataset_ray(
     if not todo:
         return result
     if not ray.is_initialized():
-        env = {} if address else {"runtime_env": _runtime_env()}  # a cluster's nodes have avarnet installed
+        env = (
+            {} if address else {"runtime_env": _runtime_env()}
+        )  # a cluster's nodes have avarnet installed
         ray.init(address=address, log_to_driver=False, **env)
     res = _resources(ray, device, options)
     precision_dtype(precision, torch.device("cuda" if res["use_gpu"] else "cpu"))
     actor_device = "cuda" if res["use_gpu"] else "cpu"
     rows = [
-        {"path": str(it.path), "rel_path": it.rel_path, "vid": video_id(it.rel_path), "label": it.label,
-         "split": it.split}
+        {
+            "path": str(it.path),
+            "rel_path": it.rel_path,
+            "vid": video_id(it.rel_path),
+            "label": it.label,
+            "split": it.split,
+        }
         for it in todo
     ]
     ctor = {"spec": store.spec.to_dict(), "store_root": str(out), "device": actor_device}
     pool = ray.data.ActorPoolStrategy(min_size=1, max_size=res["actors"])
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     # SPREAD spreads decoding over the nodes and keeps it a task of its own (not fused into an actor).
-    ds = ds.map(decode_row, fn_kwargs={"plan": decode_plan(store.spec)}, num_cpus=res["decode_cpus"],
-                scheduling_strategy="SPREAD")
-    ds = ds.map_batches(VideoEncoderActor, fn_constructor_kwargs=ctor, batch_size=options.videos_per_batch,
-                        batch_format="numpy", compute=pool, **res["actor"])
-    ds = ds.map_batches(AudioEncoderActor, fn_constructor_kwargs=ctor, batch_size=options.videos_per_batch,
-                        batch_format="numpy", compute=pool, **res["actor"])
-    ds = ds.map_batches(write_rows, fn_kwargs={"store_root": str(out)}, batch_size=options.videos_per_batch,
-                        batch_format="numpy", num_cpus=options.write_cpus)
-    bar = tqdm(total=len(items), initial=result.skipped, desc="extract (ray)", unit="video",
-               disable=not progress, dynamic_ncols=True)
+    ds = ds.map(
+        decode_row,
+        fn_kwargs={"plan": decode_plan(store.spec)},
+        num_cpus=res["decode_cpus"],
+        scheduling_strategy="SPREAD",
+    )
+    ds = ds.map_batches(
+        VideoEncoderActor,
+        fn_constructor_kwargs=ctor,
+        batch_size=options.videos_per_batch,
+        batch_format="numpy",
+        compute=pool,
+        **res["actor"],
+    )
+    ds = ds.map_batches(
+        AudioEncoderActor,
+        fn_constructor_kwargs=ctor,
+        batch_size=options.videos_per_batch,
+        batch_format="numpy",
+        compute=pool,
+        **res["actor"],
+    )
+    ds = ds.map_batches(
+        write_rows,
+        fn_kwargs={"store_root": str(out)},
+        batch_size=options.videos_per_batch,
+        batch_format="numpy",
+        num_cpus=options.write_cpus,
+    )
+    bar = tqdm(
+        total=len(items),
+        initial=result.skipped,
+        desc="extract (ray)",
+        unit="video",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     try:
         for row in ds.iter_rows():
             if row["status"] == "done":

@@ -218,7 +218,9 @@ class Extractor:
         self.spec = spec
         self.video = video_encoder
         self.audio = audio_encoder
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.precision)  # the spec's own
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            spec.precision
+        )  # the spec's own
 
     @classmethod
     def from_spec(

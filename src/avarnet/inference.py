@@ -18,9 +18,15 @@ WINDOW_BATCH = 256  # windows per forward pass
 
 
 @torch.no_grad()
-def window_probs(model: torch.nn.Module, x: np.ndarray, starts: list[int], lengths: list[int], L: int) -> np.ndarray:
+def window_probs(
+    model: torch.nn.Module, x: np.ndarray, starts: list[int], lengths: list[int], L: int
+) -> np.ndarray:
     """Last-stage softmax for windows x[s : s+n] (prefix-masked to L): (W, L, C)."""
-    device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
+    device = (
+        next(model.parameters()).device
+        if isinstance(model, torch.nn.Module)
+        else torch.device("cpu")
+    )
     D = x.shape[1]
     out = []
     for i in range(0, len(starts), WINDOW_BATCH):
@@ -29,12 +35,16 @@ def window_probs(model: torch.nn.Module, x: np.ndarray, starts: list[int], lengt
         mb = np.zeros((len(chunk), L), dtype=bool)
         for j, (s, n) in enumerate(chunk):
             xb[j, :n], mb[j, :n] = x[s : s + n], True
-        logits = model(torch.from_numpy(xb).to(device), torch.from_numpy(mb).to(device))  # (S, W, L, C)
+        logits = model(
+            torch.from_numpy(xb).to(device), torch.from_numpy(mb).to(device)
+        )  # (S, W, L, C)
         out.append(torch.softmax(logits[-1].float(), dim=-1).cpu().numpy())
     return np.concatenate(out, axis=0)
 
 
-def step_probabilities(model: torch.nn.Module, x: np.ndarray, seq_len: int, causal: bool = False) -> np.ndarray:
+def step_probabilities(
+    model: torch.nn.Module, x: np.ndarray, seq_len: int, causal: bool = False
+) -> np.ndarray:
     """Class probabilities per segment (T, C) for one clip's normalised input x (T, D).
 
     Non-causal: every window of ``seq_len`` consecutive segments (stride 1) is scored, and a segment's
@@ -75,7 +85,9 @@ def model_input(ckpt: Checkpoint, tensors: dict[str, np.ndarray]) -> np.ndarray:
     return ckpt.norm(select_inputs(tensors, ckpt.modality), missing_mask(tensors, ckpt.modality))
 
 
-def build_prediction(video: str, step_probs: np.ndarray, classes: list[str], segment_seconds: float, duration: float) -> dict:
+def build_prediction(
+    video: str, step_probs: np.ndarray, classes: list[str], segment_seconds: float, duration: float
+) -> dict:
     """prediction.json content (DESIGN.md contract)."""
     clip = clip_probabilities(step_probs)
     scores = anomaly_scores(step_probs, classes)

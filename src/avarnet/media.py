@@ -49,8 +49,9 @@ _RESAMPLER_OPTIONS = {"rematrix_maxval": "1.0"}
 _AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
 
 
-
-def segment_times(duration: float, segment_seconds: float, frames_per_segment: int = 1) -> np.ndarray:
+def segment_times(
+    duration: float, segment_seconds: float, frames_per_segment: int = 1
+) -> np.ndarray:
     """Timestamps (s) of the frames encoded for each segment: (T, k), k frames spread inside each.
 
     T = ceil(duration / segment_seconds); with k = 1 the frame is the segment centre.
@@ -134,8 +135,13 @@ def probe(path: str | Path) -> MediaInfo:
     if fields["fps"] <= 0:
         raise UnreadableMediaError(path, "cannot determine the frame rate")
     num_frames = stored_frames or max(1, round(duration * fields["fps"]))
-    return MediaInfo(path=str(path), duration=duration, num_frames=num_frames,
-                     declared_duration=declared or duration, **fields)
+    return MediaInfo(
+        path=str(path),
+        duration=duration,
+        num_frames=num_frames,
+        declared_duration=declared or duration,
+        **fields,
+    )
 
 
 def _video_fields(video) -> dict:
@@ -252,7 +258,9 @@ def _checked_duration(path: Path, container, video, audio, declared: float) -> f
         end = max(end, _last_packet_end(container, audio, declared, origin) or 0.0)
     if end is None or end <= 0 or declared <= end + max(DURATION_SLACK_S, 0.01 * end):
         return declared
-    log.warning("%s: declares %.6g s but its streams end at %.3f s; using %.3f s", path, declared, end, end)
+    log.warning(
+        "%s: declares %.6g s but its streams end at %.3f s; using %.3f s", path, declared, end, end
+    )
     return end
 
 
@@ -482,7 +490,11 @@ def _iter_audio(path: Path, size: int, sample_rate: int, info: MediaInfo) -> Ite
                 samples, skip = samples[cut:], skip - cut
             yield from buffer.push(samples)
     if bad:
-        log.warning("%s: %d non-finite audio samples (NaN or infinity) replaced (NaN: 0, inf: +-1)", path, bad)
+        log.warning(
+            "%s: %d non-finite audio samples (NaN or infinity) replaced (NaN: 0, inf: +-1)",
+            path,
+            bad,
+        )
     if decoded:
         yield from buffer.flush()
 
@@ -545,7 +557,9 @@ def finite_samples(samples: np.ndarray) -> tuple[np.ndarray, int]:
     if bad:
         samples = np.where(np.isnan(samples), np.float32(0.0), samples)
     if bad or np.abs(samples).max(initial=0.0) > AUDIO_FULL_SCALE:
-        samples = np.clip(samples, -AUDIO_FULL_SCALE, AUDIO_FULL_SCALE).astype(np.float32, copy=False)
+        samples = np.clip(samples, -AUDIO_FULL_SCALE, AUDIO_FULL_SCALE).astype(
+            np.float32, copy=False
+        )
     return samples, bad
 
 
@@ -565,18 +579,22 @@ def load_audio(
     chunks = list(iter_audio(path, chunk_seconds=60.0, sample_rate=sample_rate, info=info))
     return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
+
 # ----------------------------------------------------------------------- segments
 #
 # One segment iterator for files and live sources: extract (causal spec), predict --causal, stream
 # and bench all cut media into segments here, so they see the same frames and the same samples.
 
 AUDIO_LAG_LIMIT_S = 5.0  # a segment waits at most this long (media time) for late audio
-MAX_AUDIO_HELD_S = 60.0  # audio running ahead of the video by more than this is dropped (oldest first)
+MAX_AUDIO_HELD_S = (
+    60.0  # audio running ahead of the video by more than this is dropped (oldest first)
+)
 READ_TIMEOUT_S = 10.0  # network sources: no data for this long ends the stream
 OPEN_TIMEOUT_S = 15.0
 MAX_TIME_JUMP_S = 10.0  # a timestamp jump larger than this is a discontinuity
 EARLY_END_TOLERANCE_S = 1.0  # files: ending this much before the declared duration is a truncation
 LINUX_CAPTURE_FORMAT = "v4l2"
+
 
 class SourceError(MediaError):
     """A stream source cannot be opened or holds no usable video; one line naming the source."""
@@ -692,9 +710,7 @@ class SegmentCutter:
         i, r = divmod(j, self.k)
         return (i + (r + 0.5) / self.k) * self.seg
 
-    def add_frame(
-        self, frame, t: float, frame_seconds: float | None = None
-    ) -> Iterator[Segment]:
+    def add_frame(self, frame, t: float, frame_seconds: float | None = None) -> Iterator[Segment]:
         """A decoded video frame at ``t`` seconds (presentation order); yields finished segments.
 
         Lazy: segments are handed out as soon as they are complete, so a timestamp jump (a gap in

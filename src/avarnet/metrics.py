@@ -53,7 +53,9 @@ def classification_metrics(
     C = len(classes)
     y_pred = probs.argmax(1)
     labels = np.arange(C)
-    p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    p, r, f, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
     pw, rw, fw, _ = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average="weighted", zero_division=0
     )
@@ -63,15 +65,22 @@ def classification_metrics(
     undefined: dict[str, str] = {}
     per_class = {}
     for i, c in enumerate(classes):
-        row = {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "ap": float(ap[i]),
-               "support": int(support[i])}
+        row = {
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1": float(f[i]),
+            "ap": float(ap[i]),
+            "support": int(support[i]),
+        }
         if not present[i]:
             for k in ("recall", "f1", "ap"):
                 row[k] = None
                 undefined[f"per_class.{c}.{k}"] = f"no test clips of class {c!r}"
             if not (y_pred == i).any():
                 row["precision"] = None
-                undefined[f"per_class.{c}.precision"] = f"no test clips of class {c!r} and none predicted as it"
+                undefined[f"per_class.{c}.precision"] = (
+                    f"no test clips of class {c!r} and none predicted as it"
+                )
         per_class[c] = row
     out = {
         "classes": list(classes),

@@ -42,8 +42,15 @@ def plot_confusion(
             if np.isnan(v) or not v:
                 continue
             text = f"{v:.2f}" if normalize else str(int(v))
-            ax.text(j, i, text, ha="center", va="center", fontsize=7 if normalize else 9,
-                    color="white" if v > top / 2 else "black")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=7 if normalize else 9,
+                color="white" if v > top / 2 else "black",
+            )
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
@@ -98,7 +105,9 @@ def plot_timeline(
         fig, ax = plt.subplots(figsize=(9, 3.2))
     for s, lab in zip(segs, labels, strict=True):
         ax.axvspan(s["start"], s["end"], ymin=0.0, ymax=0.06, color=cmap(classes.index(lab) % 10))
-    ax.plot(mids, scores, "-o", color="tab:blue", ms=3, lw=1.5, label="anomaly score = 1 - p(normal)")
+    ax.plot(
+        mids, scores, "-o", color="tab:blue", ms=3, lw=1.5, label="anomaly score = 1 - p(normal)"
+    )
     if threshold is not None:
         ax.axhline(threshold, color="grey", ls="--", lw=0.8)
     for lab in dict.fromkeys(labels):
@@ -108,13 +117,24 @@ def plot_timeline(
     ax.set_xlim(0, t1)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("anomaly score")
-    ax.set_title(f"{Path(pred['video']).name}: {pred['label']} ({pred['probabilities'][pred['label']]:.2f})", fontsize=9)
+    ax.set_title(
+        f"{Path(pred['video']).name}: {pred['label']} ({pred['probabilities'][pred['label']]:.2f})",
+        fontsize=9,
+    )
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for n, (t, frame) in enumerate(thumbs, start=1):
         score = float(np.interp(t, mids, scores)) if len(mids) else 0.0
         ax.plot([t], [score], "v", color="tab:red", ms=7)
-        ax.annotate(str(n), (t, score), textcoords="offset points", xytext=(0, 7), ha="center",
-                    fontsize=8, color="tab:red", weight="bold")
+        ax.annotate(
+            str(n),
+            (t, score),
+            textcoords="offset points",
+            xytext=(0, 7),
+            ha="center",
+            fontsize=8,
+            color="tab:red",
+            weight="bold",
+        )
         tax = fig.add_subplot(grid[1, n - 1])
         tax.imshow(frame)
         tax.set_xticks([])
@@ -167,7 +187,9 @@ def plot_score_curve(
     plt.close(fig)
 
 
-def plot_embedding(points: np.ndarray, labels: list[str], classes: list[str], path, title: str = "") -> None:
+def plot_embedding(
+    points: np.ndarray, labels: list[str], classes: list[str], path, title: str = ""
+) -> None:
     """2-D embedding (N, 2) as a scatter coloured by class (legend outside); PNG to a path or file."""
     points = np.asarray(points)
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
@@ -176,8 +198,15 @@ def plot_embedding(points: np.ndarray, labels: list[str], classes: list[str], pa
     for k, c in enumerate(classes):
         sel = labels_arr == c
         if sel.any():
-            ax.scatter(points[sel, 0], points[sel, 1], s=22, color=cmap(k % cmap.N), label=c,
-                       edgecolors="white", linewidths=0.4)
+            ax.scatter(
+                points[sel, 0],
+                points[sel, 1],
+                s=22,
+                color=cmap(k % cmap.N),
+                label=c,
+                edgecolors="white",
+                linewidths=0.4,
+            )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=9)
@@ -197,7 +226,9 @@ def plot_pr_roc(y_true: np.ndarray, scores: np.ndarray, path, title: str = "") -
     if y_true.any():
         precision, recall, _ = precision_recall_curve(y_true, scores)
         pr.plot(recall, precision, color="tab:blue", lw=1.5, drawstyle="steps-post")
-        pr.axhline(y_true.mean(), color="grey", ls="--", lw=0.8, label=f"chance ({y_true.mean():.2f})")
+        pr.axhline(
+            y_true.mean(), color="grey", ls="--", lw=0.8, label=f"chance ({y_true.mean():.2f})"
+        )
         pr.legend(fontsize=7, loc="lower left")
     else:
         pr.text(0.5, 0.5, "no positive frames", ha="center", va="center")
@@ -207,7 +238,10 @@ def plot_pr_roc(y_true: np.ndarray, scores: np.ndarray, path, title: str = "") -
         roc.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8)
     else:
         roc.text(0.5, 0.5, "needs both classes", ha="center", va="center")
-    for ax, xl, yl, name in ((pr, "recall", "precision", "precision-recall"), (roc, "false positive rate", "true positive rate", "ROC")):
+    for ax, xl, yl, name in (
+        (pr, "recall", "precision", "precision-recall"),
+        (roc, "false positive rate", "true positive rate", "ROC"),
+    ):
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel(xl)
@@ -242,7 +276,15 @@ def plot_grouped_bars(
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * n * max(g, 1) * 0.5 + 2.0), 3.8))
     for j, group in enumerate(groups):
         offset = (j - (g - 1) / 2) * width
-        ax.bar(x + offset, means[:, j], width, yerr=stds[:, j], capsize=2, label=group, color=cmap(j % 10))
+        ax.bar(
+            x + offset,
+            means[:, j],
+            width,
+            yerr=stds[:, j],
+            capsize=2,
+            label=group,
+            color=cmap(j % 10),
+        )
     ax.set_xticks(x, labels)
     ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)

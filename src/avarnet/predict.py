@@ -40,14 +40,20 @@ def predict_video(
     dev = resolve_device(device)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
     extractor = extractor or Extractor.from_spec(ckpt.spec, device, ckpt.encoder_state)
-    if causal:  # features as a live stream computes them (no audio look-ahead), same code as `stream`
+    if (
+        causal
+    ):  # features as a live stream computes them (no audio look-ahead), same code as `stream`
         tensors, duration = causal_features(video, extractor, audio_context_seconds)
     else:
         tensors, info = extractor(video)
         duration = info.duration
-    probs = step_probabilities(ckpt.model, model_input(ckpt, tensors), ckpt.train_config.seq_len, causal=causal)
+    probs = step_probabilities(
+        ckpt.model, model_input(ckpt, tensors), ckpt.train_config.seq_len, causal=causal
+    )
     if not np.isfinite(probs).all():
-        raise NonFiniteError(f"{video}: the model's scores are not finite (NaN or infinity); no prediction written")
+        raise NonFiniteError(
+            f"{video}: the model's scores are not finite (NaN or infinity); no prediction written"
+        )
     pred = build_prediction(str(video), probs, ckpt.classes, ckpt.spec.segment_seconds, duration)
     pred["causal"] = causal
     pred["weights"] = ckpt.spec.weights
@@ -70,4 +76,6 @@ def write_timeline(pred: dict, out: Path) -> None:
     buf = io.BytesIO()
     layout = plot_timeline(pred, buf, thumbnails=thumbs)
     atomic_write_bytes(out / "timeline.png", buf.getvalue())
-    write_timeline_page(out, pred, buf.getvalue(), layout, note=None if thumbs else f"{why}; no thumbnails")
+    write_timeline_page(
+        out, pred, buf.getvalue(), layout, note=None if thumbs else f"{why}; no thumbnails"
+    )

@@ -53,7 +53,9 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # int8: linear layers dynamically
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 instructions (AVX-512 BF16 / AMX), i.e. bf16 can be faster."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return bool(
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -96,7 +96,14 @@ class Entry:
         return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
 
 
-__all__ = ["Entry", "FeatureStore", "StoreError", "atomic_write_bytes", "atomic_write_text", "video_id"]
+__all__ = [
+    "Entry",
+    "FeatureStore",
+    "StoreError",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "video_id",
+]
 
 
 def video_id(rel_path: str) -> str:
@@ -115,7 +122,9 @@ def _append_jsonl(path: Path, record: dict) -> None:
             f.seek(-1, os.SEEK_END)
             torn = f.read(1) != b"\n"
     with open(path, "a", encoding="utf-8") as f:
-        f.write(("\n" if torn else "") + json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+        f.write(
+            ("\n" if torn else "") + json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
+        )
         f.flush()
         os.fsync(f.fileno())
 
@@ -179,7 +188,9 @@ class FeatureStore:
                 )
             return store
         root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(spec_path, json.dumps({"spec": spec.to_dict(), "info": info}, indent=2, allow_nan=False))
+        atomic_write_text(
+            spec_path, json.dumps({"spec": spec.to_dict(), "info": info}, indent=2, allow_nan=False)
+        )
         return cls(root, spec, info)
 
     @classmethod
@@ -188,13 +199,17 @@ class FeatureStore:
         try:
             doc = json.loads((root / SPEC_FILE).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise StoreError(f"{root} is not a feature store (no {SPEC_FILE}); run `avarnet extract` first") from None
+            raise StoreError(
+                f"{root} is not a feature store (no {SPEC_FILE}); run `avarnet extract` first"
+            ) from None
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise StoreError(f"{root / SPEC_FILE} is damaged: {e}") from None
         try:
             spec = FeatureSpec.from_dict(doc["spec"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise StoreError(f"{root / SPEC_FILE} is not a feature spec: {type(e).__name__}: {e}") from None
+            raise StoreError(
+                f"{root / SPEC_FILE} is not a feature spec: {type(e).__name__}: {e}"
+            ) from None
         if spec_problem(spec):
             raise StoreError(f"{root / SPEC_FILE}: {spec_problem(spec)}")
         return cls(root, spec, doc.get("info") or {})
@@ -251,7 +266,9 @@ class FeatureStore:
                 self._writer = WriterRegistration.create(self.root / WRITERS_DIR)
                 removed = self.remove_stale_temp_files()
             if removed:
-                log.info("%s: removed %d temporary files left by killed writers", self.root, removed)
+                log.info(
+                    "%s: removed %d temporary files left by killed writers", self.root, removed
+                )
         return self._writer
 
     def close_writer(self) -> None:
@@ -362,14 +379,18 @@ class FeatureStore:
         arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
         for name, a in arrays.items():
             if a.dtype.kind == "f" and not np.isfinite(a).all():
-                raise NonFiniteError(f"{entry.source}: {name} features hold NaN or infinity; not stored")
+                raise NonFiniteError(
+                    f"{entry.source}: {name} features hold NaN or infinity; not stored"
+                )
         self.register_writer()
         with self.lock():
             self.refresh()
             if entry.id in self._entries and (self.root / self._entries[entry.id].file).exists():
                 return False
             meta = {ENTRY_KEY: json.dumps(entry.to_dict(), allow_nan=False)}
-            atomic_write(self.root / entry.file, lambda tmp: save_numpy(arrays, str(tmp), metadata=meta))
+            atomic_write(
+                self.root / entry.file, lambda tmp: save_numpy(arrays, str(tmp), metadata=meta)
+            )
             _append_jsonl(self.root / INDEX_FILE, entry.to_dict())
             self._entries[entry.id] = entry
         return True
@@ -386,7 +407,11 @@ class FeatureStore:
             raise StoreError(f"cannot read feature file {path}: {e}") from None
 
     def load_rows(
-        self, entry: Entry, start: int, stop: int, keys: tuple[str, ...] = ("video", "audio", "audio_mask")
+        self,
+        entry: Entry,
+        start: int,
+        stop: int,
+        keys: tuple[str, ...] = ("video", "audio", "audio_mask"),
     ) -> dict[str, np.ndarray]:
         """Segments ``start:stop`` of the time-major tensors ``keys`` of one video, reading nothing else."""
         path = self.root / entry.file

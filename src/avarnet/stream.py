@@ -79,7 +79,6 @@ POLL_S = 0.1
 TOP_K = 3  # probabilities listed per segment record
 
 
-
 # ---------------------------------------------------------------------------------- hand-over
 
 
@@ -278,7 +277,9 @@ def check_live_features(ckpt: Checkpoint, live: FeatureSpec, strict: bool = Fals
     )
     if strict:
         raise FeatureMismatchError(f"{problem} (--strict); {fix}")
-    log.warning("LIVE FEATURES DIFFER: %s; the first minute is measured against them; %s", problem, fix)
+    log.warning(
+        "LIVE FEATURES DIFFER: %s; the first minute is measured against them; %s", problem, fix
+    )
     return problem
 
 

@@ -61,7 +61,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def stage_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+def stage_loss(
+    logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, cfg: TrainConfig
+) -> torch.Tensor:
     """Cross-entropy on every stage + MS-TCN truncated-MSE smoothing between neighbouring steps.
 
     logits: (S, B, L, C); y: (B, L) with IGNORE_INDEX at padded steps; mask: (B, L).
@@ -70,10 +72,14 @@ def stage_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, cfg: T
     loss = logits.new_zeros(())
     pair = (mask[:, 1:] & mask[:, :-1]).unsqueeze(-1)  # (B, L-1, 1) both neighbours valid
     for s in range(S):
-        loss = loss + F.cross_entropy(logits[s].reshape(B * L, C), y.reshape(B * L), ignore_index=IGNORE_INDEX)
+        loss = loss + F.cross_entropy(
+            logits[s].reshape(B * L, C), y.reshape(B * L), ignore_index=IGNORE_INDEX
+        )
         if cfg.smooth_weight > 0 and L > 1 and pair.any():
             logp = F.log_softmax(logits[s], dim=-1)  # (B, L, C)
-            diff = (logp[:, 1:] - logp[:, :-1].detach()).clamp(-cfg.smooth_clip, cfg.smooth_clip) ** 2
+            diff = (logp[:, 1:] - logp[:, :-1].detach()).clamp(
+                -cfg.smooth_clip, cfg.smooth_clip
+            ) ** 2
             loss = loss + cfg.smooth_weight * (diff * pair).sum() / (pair.sum() * C)
     return loss
 
@@ -88,7 +94,9 @@ def fit_normalizer(store: FeatureStore, modality: str) -> Normalizer:
         for entry, tensors in store.iter_load(store.split("train")):
             x = select_inputs(tensors, modality)
             if not np.isfinite(x).all():
-                raise TrainError(f"{store.root / entry.file}: features hold NaN or infinity; extract {entry.source} again")
+                raise TrainError(
+                    f"{store.root / entry.file}: features hold NaN or infinity; extract {entry.source} again"
+                )
             blank = missing_mask(tensors, modality)
             if blank is not None:
                 x = x[~blank.any(1)] if (~blank.any(1)).any() else x
@@ -97,12 +105,19 @@ def fit_normalizer(store: FeatureStore, modality: str) -> Normalizer:
     return Normalizer.fit_stream(arrays())
 
 
-def model_config_for(store: FeatureStore, cfg: TrainConfig, overrides: dict | None = None) -> ModelConfig:
+def model_config_for(
+    store: FeatureStore, cfg: TrainConfig, overrides: dict | None = None
+) -> ModelConfig:
     vd, ad = input_dims(store.spec.video_dim, store.spec.audio_dim, cfg.modality)
     if cfg.fusion == "late" and cfg.modality != "fused":
         raise TrainError("late fusion needs both senses: use --modality fused with --fusion late")
     mcfg = ModelConfig(
-        name=cfg.model, input_dim=vd + ad, num_classes=len(store.classes), fusion=cfg.fusion, video_dim=vd, audio_dim=ad
+        name=cfg.model,
+        input_dim=vd + ad,
+        num_classes=len(store.classes),
+        fusion=cfg.fusion,
+        video_dim=vd,
+        audio_dim=ad,
     )
     if cfg.model == "mtcn":  # depth follows the window unless set explicitly
         mcfg = mcfg.replace(layers=mtcn_layers_for(cfg.seq_len))
@@ -123,7 +138,9 @@ def mtcn_layers_for(seq_len: int, kernel_size: int = 3) -> int:
 
 
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device) -> tuple[float, float]:
+def evaluate_loss(
+    model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device
+) -> tuple[float, float]:
     """Mean loss and per-step accuracy over a loader (eval mode)."""
     model.eval()
     total, n, correct, steps = 0.0, 0, 0, 0
@@ -141,21 +158,35 @@ def evaluate_loss(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, 
 def _loaders(train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig) -> tuple[DataLoader, DataLoader]:
     g = torch.Generator().manual_seed(cfg.seed)
     return (
-        DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=g),
+        DataLoader(
+            train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=g
+        ),
         DataLoader(val_ds, batch_size=cfg.batch_size * 2, shuffle=False, collate_fn=collate),
     )
 
 
 def _datasets(
-    store: FeatureStore, train: list, val: list, classes: list[str], norm: Normalizer, cfg: TrainConfig, in_memory: bool
+    store: FeatureStore,
+    train: list,
+    val: list,
+    classes: list[str],
+    norm: Normalizer,
+    cfg: TrainConfig,
+    in_memory: bool,
 ) -> tuple[Dataset, Dataset]:
     """Training windows (stride cfg.window_stride) and validation windows (non-overlapping)."""
     if in_memory:
         train_clips = load_clips(store, train, cfg.modality, classes, norm)
-        val_clips = load_clips(store, val, cfg.modality, classes, norm) if val is not train else train_clips
-        return WindowDataset(train_clips, cfg.seq_len, cfg.window_stride), WindowDataset(val_clips, cfg.seq_len, cfg.seq_len)
+        val_clips = (
+            load_clips(store, val, cfg.modality, classes, norm) if val is not train else train_clips
+        )
+        return WindowDataset(train_clips, cfg.seq_len, cfg.window_stride), WindowDataset(
+            val_clips, cfg.seq_len, cfg.seq_len
+        )
     return (
-        StreamingWindowDataset(store, train, cfg.modality, classes, norm, cfg.seq_len, cfg.window_stride),
+        StreamingWindowDataset(
+            store, train, cfg.modality, classes, norm, cfg.seq_len, cfg.window_stride
+        ),
         StreamingWindowDataset(store, val, cfg.modality, classes, norm, cfg.seq_len, cfg.seq_len),
     )
 
@@ -190,14 +221,18 @@ def train(
     norm = fit_normalizer(store, cfg.modality)
     if not val_entries:
         log.warning("no validation split: monitoring the training loss instead")
-    train_ds, val_ds = _datasets(store, train_entries, val_entries or train_entries, classes, norm, cfg, in_memory)
+    train_ds, val_ds = _datasets(
+        store, train_entries, val_entries or train_entries, classes, norm, cfg, in_memory
+    )
     mcfg = model_config_for(store, cfg, model_overrides)
     try:
         model = create_model(mcfg).to(device)
     except ValueError as e:  # e.g. a width the attention heads do not divide
         raise TrainError(f"model options do not fit together: {e}") from None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience
+    )
     train_loader, val_loader = _loaders(train_ds, val_ds, cfg)
     drop_gen = torch.Generator().manual_seed(cfg.seed + 1)
     out = Path(out)
@@ -205,7 +240,12 @@ def train(
     ckpt_path = out / BEST_CHECKPOINT
     history: list[dict] = []
     best, best_epoch, stale = float("inf"), 0, 0
-    bar = tqdm(range(1, cfg.epochs + 1), desc=f"train {mcfg.name}/{cfg.modality}", unit="epoch", disable=not progress)
+    bar = tqdm(
+        range(1, cfg.epochs + 1),
+        desc=f"train {mcfg.name}/{cfg.modality}",
+        unit="epoch",
+        disable=not progress,
+    )
     for epoch in bar:
         model.train()
         tl, tn = 0.0, 0
@@ -221,19 +261,36 @@ def train(
             tl, tn = tl + loss.item() * len(x), tn + len(x)
         val_loss, val_acc = evaluate_loss(model, val_loader, cfg, device)
         sched.step(val_loss)
-        rec = {"epoch": epoch, "train_loss": tl / max(tn, 1), "val_loss": val_loss, "val_step_acc": val_acc, "lr": opt.param_groups[0]["lr"]}
+        rec = {
+            "epoch": epoch,
+            "train_loss": tl / max(tn, 1),
+            "val_loss": val_loss,
+            "val_step_acc": val_acc,
+            "lr": opt.param_groups[0]["lr"],
+        }
         history.append(rec)
         if val_loss < best - 1e-6:
             best, best_epoch, stale = val_loss, epoch, 0
             extra = {"best_epoch": epoch, "val_loss": val_loss, "val_step_acc": val_acc}
-            save_checkpoint(ckpt_path, Checkpoint(model, mcfg, cfg, classes, store.spec, norm, store.load_encoder_state(), extra))
+            save_checkpoint(
+                ckpt_path,
+                Checkpoint(
+                    model, mcfg, cfg, classes, store.spec, norm, store.load_encoder_state(), extra
+                ),
+            )
         else:
             stale += 1
         write_json(out / HISTORY_FILE, history)
-        bar.set_postfix(loss=f"{rec['train_loss']:.3f}", val=f"{val_loss:.3f}", acc=f"{val_acc:.2f}")
+        bar.set_postfix(
+            loss=f"{rec['train_loss']:.3f}", val=f"{val_loss:.3f}", acc=f"{val_acc:.2f}"
+        )
         if stale >= cfg.early_stop_patience:
             log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
             break
     if best_epoch == 0:
-        raise TrainError(f"no epoch reached a finite validation loss (last {history[-1]['val_loss']}); no checkpoint written")
-    return TrainResult(ckpt_path, history, best_epoch, best, count_parameters(model), time.time() - start)
+        raise TrainError(
+            f"no epoch reached a finite validation loss (last {history[-1]['val_loss']}); no checkpoint written"
+        )
+    return TrainResult(
+        ckpt_path, history, best_epoch, best, count_parameters(model), time.time() - start
+    )

@@ -361,7 +361,11 @@ class WeakDataset(Dataset):
         t = read_tensors(self.store, entry, crop)
         x = self.norm(select_inputs(t, self.modality), missing_mask(t, self.modality))  # (T, D)
         x = x[uniform_indices(len(x), self.max_len)]
-        out = {"x": torch.from_numpy(np.ascontiguousarray(x)), "y": float(video_label(entry)), "i": i}
+        out = {
+            "x": torch.from_numpy(np.ascontiguousarray(x)),
+            "y": float(video_label(entry)),
+            "i": i,
+        }
         if self.targets is not None:
             out["target"] = torch.from_numpy(self.targets[i])
         return out
@@ -597,7 +601,9 @@ def train_weak(
             log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
             break
     if best_epoch == 0:
-        raise TrainError(f"no epoch reached a finite validation loss (last {history[-1]['val_loss']}); no checkpoint written")
+        raise TrainError(
+            f"no epoch reached a finite validation loss (last {history[-1]['val_loss']}); no checkpoint written"
+        )
     params, seconds = count_parameters(model), time.time() - start
     return TrainResult(out / BEST_CHECKPOINT, history, best_epoch, best, params, seconds)
 

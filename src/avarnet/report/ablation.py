@@ -36,7 +36,9 @@ class Section:
     note: str = ""
 
 
-def write_results_page(path: str | Path, title: str, intro: Sequence[str], sections: Sequence[Section]) -> Path:
+def write_results_page(
+    path: str | Path, title: str, intro: Sequence[str], sections: Sequence[Section]
+) -> Path:
     """Write the page; ``intro`` holds paragraphs of plain text (escaped here)."""
     body = [f"<h1>{esc(title)}</h1>"]
     for p in intro:
@@ -49,6 +51,14 @@ def write_results_page(path: str | Path, title: str, intro: Sequence[str], secti
         body.append(markdown_table(s.table))
         c = s.chart
         if c is not None and np.isfinite(c.means).any():
-            png = figure_png(plot_grouped_bars, c.labels, c.groups, c.means, c.stds, ylabel=c.ylabel, title=c.title)
+            png = figure_png(
+                plot_grouped_bars,
+                c.labels,
+                c.groups,
+                c.means,
+                c.stds,
+                ylabel=c.ylabel,
+                title=c.title,
+            )
             body.append(figure(png, c.title))
     return write_page(Path(path), title, "\n".join(body))

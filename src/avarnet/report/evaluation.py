@@ -80,15 +80,23 @@ def tsne_2d(points: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def _headline(m: dict) -> str:
-    macro = [("accuracy", m["accuracy"]), ("macro precision", m["precision"]),
-             ("macro recall", m["recall"]), ("macro F1", m["f1"]), ("macro AP", m.get("ap"))]
-    weighted = [("weighted precision", m.get("precision_weighted")),
-                ("weighted recall", m.get("recall_weighted")),
-                ("weighted F1", m.get("f1_weighted"))]
+    macro = [
+        ("accuracy", m["accuracy"]),
+        ("macro precision", m["precision"]),
+        ("macro recall", m["recall"]),
+        ("macro F1", m["f1"]),
+        ("macro AP", m.get("ap")),
+    ]
+    weighted = [
+        ("weighted precision", m.get("precision_weighted")),
+        ("weighted recall", m.get("recall_weighted")),
+        ("weighted F1", m.get("f1_weighted")),
+    ]
     if "binary_ap" in m:
         macro.append(("binary AP (anomaly vs normal)", m["binary_ap"]))
     return (
-        cards(macro) + cards(weighted)
+        cards(macro)
+        + cards(weighted)
         + '<p class="meta">Macro: unweighted mean over the classes with test clips. Weighted: mean '
         "weighted by each class's test clips (the averaging of the paper's Table 2; weighted recall "
         "equals accuracy).</p>"
@@ -114,11 +122,15 @@ def _per_class(m: dict) -> str:
 def _confusion(m: dict, classes: list[str]) -> str:
     cm = np.array(m["confusion_matrix"])
     counts = figure_png(plot_confusion, cm, classes, title="counts (rows = true class)")
-    norm = figure_png(plot_confusion, cm, classes, title="row-normalised (recall per class)", normalize=True)
+    norm = figure_png(
+        plot_confusion, cm, classes, title="row-normalised (recall per class)", normalize=True
+    )
     return (
         '<div class="figs">'
         + figure(counts, "confusion matrix, counts", "Clips per (true, predicted) class.")
-        + figure(norm, "confusion matrix, row-normalised", "Each row divided by the class's test clips.")
+        + figure(
+            norm, "confusion matrix, row-normalised", "Each row divided by the class's test clips."
+        )
         + "</div>"
     )
 
@@ -128,14 +140,34 @@ def _embeddings(clips: Sequence[ClipScores], classes: list[str]) -> str:
     if len(clips) < MIN_TSNE_POINTS:
         return f'<div class="missing">t-SNE needs at least {MIN_TSNE_POINTS} clips; this split has {len(clips)}.</div>'
     figs = []
-    spaces = [("input", [c.inputs for c in clips], "clip features (mean over segments of the model's normalised input)")]
+    spaces = [
+        (
+            "input",
+            [c.inputs for c in clips],
+            "clip features (mean over segments of the model's normalised input)",
+        )
+    ]
     if all(c.hidden is not None for c in clips):
-        spaces.append(("hidden", [c.hidden for c in clips], "temporal model's penultimate features (mean over segments)"))
+        spaces.append(
+            (
+                "hidden",
+                [c.hidden for c in clips],
+                "temporal model's penultimate features (mean over segments)",
+            )
+        )
     for name, vectors, caption in spaces:
         xy = tsne_2d(np.stack(vectors))
-        png = figure_png(plot_embedding, xy, labels, classes, title=f"t-SNE of {caption.split(' (')[0]}")
-        figs.append(figure(png, f"t-SNE of {name} features", f"t-SNE of {caption}, coloured by true class."))
-    note = "" if len(spaces) == 2 else '<div class="missing">This model has no penultimate-feature method.</div>'
+        png = figure_png(
+            plot_embedding, xy, labels, classes, title=f"t-SNE of {caption.split(' (')[0]}"
+        )
+        figs.append(
+            figure(png, f"t-SNE of {name} features", f"t-SNE of {caption}, coloured by true class.")
+        )
+    note = (
+        ""
+        if len(spaces) == 2
+        else '<div class="missing">This model has no penultimate-feature method.</div>'
+    )
     return '<div class="figs">' + "".join(figs) + "</div>" + note
 
 
@@ -151,13 +183,17 @@ def _strip(frames: list[np.ndarray], times: list[float], preds: list[str], truth
     return '<div class="strip">' + "".join(cells) + "</div>"
 
 
-def _errors(clips: Sequence[ClipScores], classes: list[str], store: FeatureStore, seg: float) -> str:
+def _errors(
+    clips: Sequence[ClipScores], classes: list[str], store: FeatureStore, seg: float
+) -> str:
     wrong = [c for c in clips if classes[int(c.steps.mean(0).argmax())] != c.entry.label]
     if not wrong:
         return "<p>Every clip of the split is classified correctly.</p>"
-    out = [f"<p>{len(wrong)} of {len(clips)} clips misclassified. Frames at evenly spaced segments; "
-           "each frame is captioned with its segment's predicted class, red where it differs from "
-           "the truth.</p>"]
+    out = [
+        f"<p>{len(wrong)} of {len(clips)} clips misclassified. Frames at evenly spaced segments; "
+        "each frame is captioned with its segment's predicted class, red where it differs from "
+        "the truth.</p>"
+    ]
     if len(wrong) > MAX_ERRORS:
         out.append(f'<p class="meta">Showing the first {MAX_ERRORS}.</p>')
     for c in wrong[:MAX_ERRORS]:
@@ -168,33 +204,48 @@ def _errors(clips: Sequence[ClipScores], classes: list[str], store: FeatureStore
         times = [min((i + 0.5) * seg, c.entry.duration) for i in idx]
         seg_preds = [classes[int(c.steps[i].argmax())] for i in idx]
         out.append(
-            f"<h3>{esc(c.entry.source or c.entry.id)}: true <span class=\"ok-text\">{esc(c.entry.label)}</span>,"
-            f" predicted <span class=\"wrong-text\">{esc(pred)}</span> ({probs.max():.2f})</h3>"
+            f'<h3>{esc(c.entry.source or c.entry.id)}: true <span class="ok-text">{esc(c.entry.label)}</span>,'
+            f' predicted <span class="wrong-text">{esc(pred)}</span> ({probs.max():.2f})</h3>'
         )
         frames, why = grab_frames(video_path(store, c.entry), times)
-        out.append(_strip(frames, times, seg_preds, c.entry.label) if frames else f'<div class="missing">{esc(why)}; no frames shown.</div>')
+        out.append(
+            _strip(frames, times, seg_preds, c.entry.label)
+            if frames
+            else f'<div class="missing">{esc(why)}; no frames shown.</div>'
+        )
     return "".join(out)
 
 
-def _curves(clips: Sequence[ClipScores], classes: list[str], store: FeatureStore, seg: float) -> str:
+def _curves(
+    clips: Sequence[ClipScores], classes: list[str], store: FeatureStore, seg: float
+) -> str:
     out = []
     for k, cls in enumerate(classes):
         mine = [c for c in clips if c.entry.label == cls]
         if not mine:
-            out.append(f"<h3>{esc(cls)}</h3><div class=\"missing\">No test clip of this class.</div>")
+            out.append(f'<h3>{esc(cls)}</h3><div class="missing">No test clip of this class.</div>')
             continue
         # the clip the model is surest about (right if any is right)
         c = max(mine, key=lambda c: (int(c.steps.mean(0).argmax() == k), float(c.steps.mean(0)[k])))
-        pred = build_prediction(c.entry.source or c.entry.id, c.steps, classes, seg, c.entry.duration)
+        pred = build_prediction(
+            c.entry.source or c.entry.id, c.steps, classes, seg, c.entry.duration
+        )
         scores = np.array([s["anomaly_score"] for s in pred["segments"]])
         peaks = peak_indices(scores, PEAK_THUMBS)
         times = [min((i + 0.5) * seg, c.entry.duration) for i in peaks]
         frames, why = grab_frames(video_path(store, c.entry), times, edge=THUMB_EDGE + 32)
         thumbs = list(zip(times, frames, strict=True)) if frames else None
         png = figure_png(plot_timeline, pred, thumbnails=thumbs)
-        note = "" if frames else f'<div class="missing">{esc(why)}; curve shown without thumbnails.</div>'
-        out.append(f"<h3>{esc(cls)}: {esc(c.entry.source or c.entry.id)}</h3>"
-                   + figure(png, f"anomaly-score curve of a {cls} clip") + note)
+        note = (
+            ""
+            if frames
+            else f'<div class="missing">{esc(why)}; curve shown without thumbnails.</div>'
+        )
+        out.append(
+            f"<h3>{esc(cls)}: {esc(c.entry.source or c.entry.id)}</h3>"
+            + figure(png, f"anomaly-score curve of a {cls} clip")
+            + note
+        )
     return "".join(out)
 
 
@@ -212,19 +263,27 @@ def write_evaluation_report(
     title = f"Evaluation: {m.get('model')} / {m.get('modality')} on the {m.get('split')} split"
     banner = ""
     if m.get("weights") == "random":
-        banner = ('<div class="warn"><b>RANDOM WEIGHTS.</b> The features come from randomly initialised '
-                  "backbones; these numbers test the pipeline, not the paper's models.</div>")
+        banner = (
+            '<div class="warn"><b>RANDOM WEIGHTS.</b> The features come from randomly initialised '
+            "backbones; these numbers test the pipeline, not the paper's models.</div>"
+        )
     dropped = f", {esc(m['dropped_sense'])} blanked at test time" if m.get("dropped_sense") else ""
     body = [
         f"<h1>{esc(title)}</h1>",
         f'<p class="meta">{m["n"]} clips, {len(classes)} classes{dropped}. Checkpoint: '
         f"<code>{esc(m.get('checkpoint'))}</code>. Features: <code>{esc(m.get('features'))}</code>.</p>",
         banner,
-        "<h2>Headline metrics</h2>", _headline(m), _undefined(m),
-        "<h2>Per class</h2>", _per_class(m),
-        "<h2>Confusion matrix (Figs. 6, 7)</h2>", _confusion(m, classes),
-        "<h2>Feature space (Fig. 3)</h2>", _embeddings(clips, classes),
-        "<h2>Misclassified clips (Fig. 4)</h2>", _errors(clips, classes, store, segment_seconds),
+        "<h2>Headline metrics</h2>",
+        _headline(m),
+        _undefined(m),
+        "<h2>Per class</h2>",
+        _per_class(m),
+        "<h2>Confusion matrix (Figs. 6, 7)</h2>",
+        _confusion(m, classes),
+        "<h2>Feature space (Fig. 3)</h2>",
+        _embeddings(clips, classes),
+        "<h2>Misclassified clips (Fig. 4)</h2>",
+        _errors(clips, classes, store, segment_seconds),
         "<h2>Anomaly-score curves, one clip per class (Fig. 5)</h2>",
         '<p class="meta">Anomaly score = 1 − p(normal) per segment; the coloured band at the bottom '
         "is each segment's predicted class; thumbnails are the frames at the curve's peaks.</p>",

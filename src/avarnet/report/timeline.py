@@ -93,17 +93,26 @@ def write_timeline_page(
     body = [
         EXTRA_CSS,
         f"<h1>{esc(video.name)}: {esc(pred['label'])}</h1>",
-        '<p class="meta">' + ", ".join(f"{esc(c)} {p:.2f}" for c, p in top)
+        '<p class="meta">'
+        + ", ".join(f"{esc(c)} {p:.2f}" for c, p in top)
         + f". Video: <code>{esc(video)}</code>. Click the curve (or a segment row) to seek.</p>",
         missing,
         f'<div class="missing">{esc(note)}</div>' if note else "",
         '<div class="player">',
         f'<video id="video" controls preload="metadata" src="{esc(video_src(video, out))}"></video>',
         '<div class="curvebox">'
-        + img(curve_png, "anomaly-score timeline", attrs=f"id=\"curve\" data-layout='{json.dumps(layout)}'")
+        + img(
+            curve_png,
+            "anomaly-score timeline",
+            attrs=f"id=\"curve\" data-layout='{json.dumps(layout)}'",
+        )
         + '<div id="cursor"></div></div>',
         "</div>",
         "<h2>Segments</h2>",
-        table(["time", "predicted", "anomaly score"], []).replace("<tbody></tbody>", f"<tbody>{rows}</tbody>"),
+        table(["time", "predicted", "anomaly score"], []).replace(
+            "<tbody></tbody>", f"<tbody>{rows}</tbody>"
+        ),
     ]
-    return write_page(out / TIMELINE_HTML, f"{video.name}: {pred['label']}", "\n".join(body), SEEK_JS)
+    return write_page(
+        out / TIMELINE_HTML, f"{video.name}: {pred['label']}", "\n".join(body), SEEK_JS
+    )

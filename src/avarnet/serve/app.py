@@ -72,7 +72,9 @@ class Server:
         self.live = {c.name: _Live(c.name, c.rule.threshold) for c in config.cameras}
         self.cams = {c.name: c for c in config.cameras}
         self._lock = threading.RLock()
-        self._pending: dict[str, dict] = {}  # event id -> {"closed": bool, "clip": ClipResult | None}
+        self._pending: dict[
+            str, dict
+        ] = {}  # event id -> {"closed": bool, "clip": ClipResult | None}
         self.engines: dict[Path, Engine] = {}
         self.engine_of: dict[str, Engine] = {}
         self.recorders: dict[str, ClipRecorder] = {}
@@ -87,17 +89,25 @@ class Server:
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         for path in self.config.checkpoints():
-            ckpt = load_checkpoint(path, self.config.device if self.config.device != "auto" else "cpu")
+            ckpt = load_checkpoint(
+                path, self.config.device if self.config.device != "auto" else "cpu"
+            )
             extractor = Extractor.from_spec(ckpt.spec, self.config.device, ckpt.encoder_state)
             ckpt.model.to(extractor.video.device)
-            self.engines[path] = Engine(ckpt, extractor, self._handle,
-                                        batch_segments=self.config.batch_segments,
-                                        queue_segments=self.config.queue_segments)
+            self.engines[path] = Engine(
+                ckpt,
+                extractor,
+                self._handle,
+                batch_segments=self.config.batch_segments,
+                queue_segments=self.config.queue_segments,
+            )
         for cam in self.config.cameras:
             engine = self.engines[cam.checkpoint]
             unknown = [c for c in cam.ignore if c not in engine.ckpt.classes]
             if unknown:
-                log.warning("camera %s: ignored classes not in the checkpoint: %s", cam.name, unknown)
+                log.warning(
+                    "camera %s: ignored classes not in the checkpoint: %s", cam.name, unknown
+                )
             engine.add_camera(cam.name, cam.rule, cam.ignore)
             self.engine_of[cam.name] = engine
 
@@ -120,11 +130,17 @@ class Server:
             engine = self.engine_of[cam.name]
             rec = ClipRecorder(self.clips_dir, cam.clips.pre_roll, cam.clips.post_roll)
             self.recorders[cam.name] = rec
-            reader = CameraReader(cam, engine.ckpt.spec, engine, rec, self.stop_event, self._on_health)
+            reader = CameraReader(
+                cam, engine.ckpt.spec, engine, rec, self.stop_event, self._on_health
+            )
             self.readers.append(reader)
             reader.start()
-        prune(self.store, self.config.storage.path, self.config.storage.max_size_mb,
-              self.config.storage.max_age_days)
+        prune(
+            self.store,
+            self.config.storage.path,
+            self.config.storage.max_size_mb,
+            self.config.storage.max_age_days,
+        )
 
     def shutdown(self) -> None:
         """Stop cameras, finish queued segments and open events, flush messages."""
@@ -146,7 +162,9 @@ class Server:
         if self.mqtt is not None:
             left = self.mqtt.flush()
             if left:
-                log.warning("mqtt: %d event message(s) kept for the next start (broker unreachable)", left)
+                log.warning(
+                    "mqtt: %d event message(s) kept for the next start (broker unreachable)", left
+                )
             self.mqtt.close()
         if self.webhook is not None:
             self.webhook.close()
@@ -165,7 +183,9 @@ class Server:
             name, updates, stopped = args
             for update in updates:
                 wall0 = self.live[name].event["wall0"] if self.live[name].event else 0.0
-                self._close(name, update.event, wall0, "shutdown" if stopped else update.event.closed_by)
+                self._close(
+                    name, update.event, wall0, "shutdown" if stopped else update.event.closed_by
+                )
 
     def _segment(self, r: SegmentResult) -> None:
         live = self.live[r.camera]
@@ -186,13 +206,21 @@ class Server:
             self._progress(r.camera, r, live.event)
         if self.mqtt is not None:
             top = sorted(r.probabilities.items(), key=lambda kv: -kv[1])[:3]
-            self.mqtt.anomaly(r.camera, {
-                "camera": r.camera, "time": round(t, 3), "segment": r.segment.index,
-                "start": round(r.segment.start, 3), "end": round(r.segment.end, 3),
-                "score": round(r.score, 6), "label": r.label,
-                "top": {c: round(p, 6) for c, p in top}, "has_audio": r.has_audio,
-                "event": live.event["id"] if live.event else None,
-            })
+            self.mqtt.anomaly(
+                r.camera,
+                {
+                    "camera": r.camera,
+                    "time": round(t, 3),
+                    "segment": r.segment.index,
+                    "start": round(r.segment.start, 3),
+                    "end": round(r.segment.end, 3),
+                    "score": round(r.score, 6),
+                    "label": r.label,
+                    "top": {c: round(p, 6) for c, p in top},
+                    "has_audio": r.has_audio,
+                    "event": live.event["id"] if live.event else None,
+                },
+            )
         self._publish_state(r.camera)
 
     def _open(self, camera: str, ev: AlertEvent, wall0: float) -> None:
@@ -202,11 +230,24 @@ class Server:
         pre = self.cams[camera].clips.pre_roll
         scores = [[t, s] for t, s in live.recent if t >= start - pre]
         row = {
-            "id": event_id, "camera": camera, "label": ev.label, "start_time": start, "end_time": None,
-            "media_start": ev.start, "media_end": None, "peak_score": ev.peak_score,
-            "peak_time": wall0 + ev.peak_time, "score": scores[-1][1] if scores else ev.peak_score,
-            "segments": ev.segments, "scores": scores, "review": "unreviewed", "clip": None,
-            "snapshot": None, "closed_by": None, "corrected_label": None, "clip_pruned": False,
+            "id": event_id,
+            "camera": camera,
+            "label": ev.label,
+            "start_time": start,
+            "end_time": None,
+            "media_start": ev.start,
+            "media_end": None,
+            "peak_score": ev.peak_score,
+            "peak_time": wall0 + ev.peak_time,
+            "score": scores[-1][1] if scores else ev.peak_score,
+            "segments": ev.segments,
+            "scores": scores,
+            "review": "unreviewed",
+            "clip": None,
+            "snapshot": None,
+            "closed_by": None,
+            "corrected_label": None,
+            "clip_pruned": False,
             "clip_start": None,
         }
         self.store.insert(row)
@@ -219,30 +260,48 @@ class Server:
             self.mqtt.event("new", None, self._payload(self.store.get(event_id)))
         if self.webhook is not None:
             self.webhook.post(dict(ev.record(), camera=camera, event_id=event_id, start_time=start))
-        self.recorders[camera].start(event_id, ev.start, lambda res, c=camera: self._clip_done(c, res))
+        self.recorders[camera].start(
+            event_id, ev.start, lambda res, c=camera: self._clip_done(c, res)
+        )
 
     def _progress(self, camera: str, r: SegmentResult, row: dict) -> None:
         ev = self.engine_of[camera].cameras[camera].tracker.current
         if ev is None:
             return
         before = self._payload(self.store.get(row["id"]))
-        fields = {"label": ev.label, "peak_score": ev.peak_score, "peak_time": r.wall0 + ev.peak_time,
-                  "score": r.score, "segments": ev.segments, "scores": row["scores"]}
+        fields = {
+            "label": ev.label,
+            "peak_score": ev.peak_score,
+            "peak_time": r.wall0 + ev.peak_time,
+            "score": r.score,
+            "segments": ev.segments,
+            "scores": row["scores"],
+        }
         self.store.update(row["id"], **fields)
         if ev.label != row["label"] and self.mqtt is not None:
             self.mqtt.event("update", before, self._payload(self.store.get(row["id"])))
         row.update(fields)
 
-    def _close(self, camera: str, ev: AlertEvent, wall0: float, closed_by: str | None = None) -> None:
+    def _close(
+        self, camera: str, ev: AlertEvent, wall0: float, closed_by: str | None = None
+    ) -> None:
         live = self.live[camera]
         row = live.event
         if row is None:
             return
         live.event = None
         closed_by = closed_by or ev.closed_by
-        self.store.update(row["id"], end_time=wall0 + ev.end, media_end=ev.end, closed_by=closed_by,
-                          label=ev.label, peak_score=ev.peak_score, peak_time=wall0 + ev.peak_time,
-                          segments=ev.segments, scores=row["scores"])
+        self.store.update(
+            row["id"],
+            end_time=wall0 + ev.end,
+            media_end=ev.end,
+            closed_by=closed_by,
+            label=ev.label,
+            peak_score=ev.peak_score,
+            peak_time=wall0 + ev.peak_time,
+            segments=ev.segments,
+            scores=row["scores"],
+        )
         self.recorders[camera].stop(row["id"], ev.end)
         self._advance(row["id"], closed=True)
 
@@ -292,8 +351,12 @@ class Server:
                 self.mqtt.event("end", before, self._payload(row))
             if self.webhook is not None:
                 self.webhook.post({"type": "event", "state": "closed", **self._payload(row)})
-            prune(self.store, self.config.storage.path, self.config.storage.max_size_mb,
-                  self.config.storage.max_age_days)
+            prune(
+                self.store,
+                self.config.storage.path,
+                self.config.storage.max_size_mb,
+                self.config.storage.max_age_days,
+            )
         except Exception:
             log.exception("event %s: finishing failed", event_id)
 
@@ -303,11 +366,20 @@ class Server:
     def _payload(e: dict) -> dict:
         """The event as MQTT and webhooks carry it (field names as Frigate's where they match)."""
         return {
-            "id": e["id"], "camera": e["camera"], "label": e["corrected_label"] or e["label"],
-            "sub_label": None, "score": e["score"], "top_score": e["peak_score"],
-            "start_time": e["start_time"], "end_time": e["end_time"], "peak_time": e["peak_time"],
-            "segments": e["segments"], "false_positive": e["review"] == "false",
-            "review": e["review"], "has_clip": bool(e["clip"]), "has_snapshot": bool(e["snapshot"]),
+            "id": e["id"],
+            "camera": e["camera"],
+            "label": e["corrected_label"] or e["label"],
+            "sub_label": None,
+            "score": e["score"],
+            "top_score": e["peak_score"],
+            "start_time": e["start_time"],
+            "end_time": e["end_time"],
+            "peak_time": e["peak_time"],
+            "segments": e["segments"],
+            "false_positive": e["review"] == "false",
+            "review": e["review"],
+            "has_clip": bool(e["clip"]),
+            "has_snapshot": bool(e["snapshot"]),
             "closed_by": e["closed_by"],
         }
 
@@ -320,37 +392,70 @@ class Server:
         if not force and key == live.last_state:
             return
         live.last_state = key
-        self.mqtt.state(name, {
-            "camera": name, "status": status, "error": live.health.error, "label": live.label,
-            "score": live.score, "event": live.event["id"] if live.event else None,
-            "time": round(time.time(), 3),
-        })
+        self.mqtt.state(
+            name,
+            {
+                "camera": name,
+                "status": status,
+                "error": live.health.error,
+                "label": live.label,
+                "score": live.score,
+                "event": live.event["id"] if live.event else None,
+                "time": round(time.time(), 3),
+            },
+        )
 
     def camera_status(self) -> list[dict]:
         out = []
         for name, live in self.live.items():
             state = self.engine_of[name].cameras[name] if name in self.engine_of else None
-            out.append({
-                "name": name, "status": live.health.status, "error": live.health.error,
-                "attempts": live.health.attempts, "sessions": live.health.sessions, "label": live.label, "score": live.score,
-                "threshold": live.threshold, "history": list(live.history),
-                "event": live.event["id"] if live.event else None, "segments": live.segments,
-                "dropped": state.dropped if state else 0,
-                "lag_s": None if state is None or state.lag_s is None else round(state.lag_s, 3),
-                "max_lag_s": None if state is None else round(state.max_lag_s, 3),
-            })
+            out.append(
+                {
+                    "name": name,
+                    "status": live.health.status,
+                    "error": live.health.error,
+                    "attempts": live.health.attempts,
+                    "sessions": live.health.sessions,
+                    "label": live.label,
+                    "score": live.score,
+                    "threshold": live.threshold,
+                    "history": list(live.history),
+                    "event": live.event["id"] if live.event else None,
+                    "segments": live.segments,
+                    "dropped": state.dropped if state else 0,
+                    "lag_s": None
+                    if state is None or state.lag_s is None
+                    else round(state.lag_s, 3),
+                    "max_lag_s": None if state is None else round(state.max_lag_s, 3),
+                }
+            )
         return out
 
     def stats(self) -> dict:
-        engines = [{"checkpoint": str(p), "batches": e.batches,
-                    "mean_batch": round(sum(e.batch_sizes) / len(e.batch_sizes), 2) if e.batch_sizes else None}
-                   for p, e in self.engines.items()]
+        engines = [
+            {
+                "checkpoint": str(p),
+                "batches": e.batches,
+                "mean_batch": round(sum(e.batch_sizes) / len(e.batch_sizes), 2)
+                if e.batch_sizes
+                else None,
+            }
+            for p, e in self.engines.items()
+        ]
         return {
-            "uptime_s": round(time.time() - self._started, 1), "cameras": self.camera_status(),
-            "engines": engines, "events_opened": self.events_opened, "events_ended": self.events_ended,
-            "mqtt": None if self.mqtt is None else {
-                "connected": self.mqtt.connected.is_set(), "published": self.mqtt.published,
-                "outbox": self.store.outbox_size(), "last_error": self.mqtt.last_error},
+            "uptime_s": round(time.time() - self._started, 1),
+            "cameras": self.camera_status(),
+            "engines": engines,
+            "events_opened": self.events_opened,
+            "events_ended": self.events_ended,
+            "mqtt": None
+            if self.mqtt is None
+            else {
+                "connected": self.mqtt.connected.is_set(),
+                "published": self.mqtt.published,
+                "outbox": self.store.outbox_size(),
+                "last_error": self.mqtt.last_error,
+            },
         }
 
     def threshold(self, camera: str) -> float | None:
@@ -364,8 +469,12 @@ class Server:
     def review(self, event_id: str, state: str | None, label: str | None) -> dict:
         if self.store.get(event_id) is None:
             raise KeyError(f"no event {event_id}")
-        if label is not None and label and self.classes(self.store.get(event_id)["camera"]) \
-                and label not in self.classes(self.store.get(event_id)["camera"]):
+        if (
+            label is not None
+            and label
+            and self.classes(self.store.get(event_id)["camera"])
+            and label not in self.classes(self.store.get(event_id)["camera"])
+        ):
             raise ValueError(f"unknown class {label!r}")
         before = self._payload(self.store.get(event_id))
         event = self.store.review(event_id, state, label)
@@ -379,8 +488,14 @@ def _serve_web(server: Server):
 
     from .web import create_app
 
-    cfg = uvicorn.Config(create_app(server), host=server.config.web.bind, port=server.config.web.port,
-                         log_level="warning", access_log=False, lifespan="off")
+    cfg = uvicorn.Config(
+        create_app(server),
+        host=server.config.web.bind,
+        port=server.config.web.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
     web = uvicorn.Server(cfg)
     thread = threading.Thread(target=web.run, name="avarnet-web", daemon=True)
     thread.start()
@@ -411,18 +526,29 @@ def run_server(config: ServeConfig, ready=None) -> int:
             stop.set()
             server.shutdown()
             return 1
-        log.info("serving %d camera(s); review page on http://%s:%d/", len(config.cameras),
-                 config.web.bind, config.web.port)
+        log.info(
+            "serving %d camera(s); review page on http://%s:%d/",
+            len(config.cameras),
+            config.web.bind,
+            config.web.port,
+        )
         if config.web.bind not in ("127.0.0.1", "localhost", "::1"):
-            log.warning("web: listening on %s, reachable from other machines (plain HTTP; put a TLS "
-                        "proxy in front)", config.web.bind)
+            log.warning(
+                "web: listening on %s, reachable from other machines (plain HTTP; put a TLS "
+                "proxy in front)",
+                config.web.bind,
+            )
         if ready is not None:
             ready(server)
         last_prune = time.monotonic()
         while not stop.wait(1.0):
             if time.monotonic() - last_prune > PRUNE_EVERY_S:
-                prune(server.store, config.storage.path, config.storage.max_size_mb,
-                      config.storage.max_age_days)
+                prune(
+                    server.store,
+                    config.storage.path,
+                    config.storage.max_size_mb,
+                    config.storage.max_age_days,
+                )
                 last_prune = time.monotonic()
         server.shutdown()
         return 0

@@ -69,8 +69,15 @@ class SessionMarker:
 class CameraReader(threading.Thread):
     """Decoder thread of one camera; ``sink.put(camera, item)`` receives segments and markers."""
 
-    def __init__(self, camera: CameraConfig, spec: FeatureSpec, sink, clips: ClipRecorder,
-                 stop: threading.Event, on_health=None) -> None:
+    def __init__(
+        self,
+        camera: CameraConfig,
+        spec: FeatureSpec,
+        sink,
+        clips: ClipRecorder,
+        stop: threading.Event,
+        on_health=None,
+    ) -> None:
         super().__init__(name=f"avarnet-camera-{camera.name}", daemon=True)
         self.camera = camera
         self.spec = spec
@@ -110,12 +117,18 @@ class CameraReader(threading.Thread):
                 self._set(status="ended", error=None)
                 return
             self._retry(broke or "the stream ended", wait)
-            wait = min(wait * 2, self.camera.retry_max_s) if self.health.attempts > 1 else RETRY_FIRST_S
+            wait = (
+                min(wait * 2, self.camera.retry_max_s)
+                if self.health.attempts > 1
+                else RETRY_FIRST_S
+            )
         self._set(status="stopped", retry_in=None)
 
     def _retry(self, reason: str, wait: float) -> None:
         log.warning("camera %s: %s; retrying in %.0f s", self.camera.name, reason, wait)
-        self._set(status="unhealthy", error=reason, attempts=self.health.attempts + 1, retry_in=wait)
+        self._set(
+            status="unhealthy", error=reason, attempts=self.health.attempts + 1, retry_in=wait
+        )
         self.stop_event.wait(wait)
 
     def _open(self):
@@ -144,14 +157,22 @@ class CameraReader(threading.Thread):
         spec = self.spec
         fps = float(video.average_rate or video.guessed_rate or 25)
         cutter = SegmentCutter(
-            spec.segment_seconds, spec.frames_per_segment, spec.sample_rate,
-            target_size(video.codec_context.width, video.codec_context.height, spec.resize_shortest_edge),
-            audio is not None, fps,
+            spec.segment_seconds,
+            spec.frames_per_segment,
+            spec.sample_rate,
+            target_size(
+                video.codec_context.width, video.codec_context.height, spec.resize_shortest_edge
+            ),
+            audio is not None,
+            fps,
         )
         streams = {video.index: video} | ({audio.index: audio} if audio is not None else {})
         self.clips.begin_session(streams, video.index)
-        resampler = (av.AudioResampler(format="flt", layout="mono", rate=spec.sample_rate)
-                     if audio is not None else None)
+        resampler = (
+            av.AudioResampler(format="flt", layout="mono", rate=spec.sample_rate)
+            if audio is not None
+            else None
+        )
         self.health.sessions += 1
         session = self.health.sessions
         t0: float | None = None  # source time of the session's first video frame
@@ -177,8 +198,13 @@ class CameraReader(threading.Thread):
                             t0, wall0, mono0 = frame.time, time.time(), time.monotonic()
                             self.clips.set_origin(t0)
                             self.sink.put(self.camera.name, SessionMarker("start", session, wall0))
-                            self._set(status="online", error=None, attempts=0, retry_in=None,
-                                      has_audio=audio is not None)
+                            self._set(
+                                status="online",
+                                error=None,
+                                attempts=0,
+                                retry_in=None,
+                                has_audio=audio is not None,
+                            )
                         t = frame.time - t0
                         if self.camera.realtime and self.camera.is_file:
                             delay = mono0 + t - time.monotonic()
@@ -190,7 +216,11 @@ class CameraReader(threading.Thread):
                         if audio_pos is None:
                             audio_pos = 0.0
                             if at > 0:
-                                self._emit(cutter.add_audio(np.zeros(round(at * spec.sample_rate), np.float32)))
+                                self._emit(
+                                    cutter.add_audio(
+                                        np.zeros(round(at * spec.sample_rate), np.float32)
+                                    )
+                                )
                         frame.pts = None
                         for piece in resampler.resample(frame):
                             samples = piece.to_ndarray().reshape(-1).astype(np.float32, copy=False)

@@ -24,7 +24,9 @@ import numpy as np
 
 log = logging.getLogger("avarnet")
 
-RING_EXTRA_S = 60.0  # ring holds pre-roll + this much (segments wait in queues before an event opens)
+RING_EXTRA_S = (
+    60.0  # ring holds pre-roll + this much (segments wait in queues before an event opens)
+)
 JPEG_QUALITY = 85
 MAX_CLIP_S = 600.0  # an event longer than this keeps its first MAX_CLIP_S seconds of clip
 
@@ -48,8 +50,17 @@ class StoredPacket:
         ts = packet.pts if packet.pts is not None else packet.dts
         if ts is None or packet.size == 0 or packet.time_base is None:
             return None
-        return cls(bytes(packet), packet.pts, packet.dts, packet.duration or 0, packet.time_base,
-                   packet.stream.index, bool(packet.is_keyframe), float(ts * packet.time_base), video)
+        return cls(
+            bytes(packet),
+            packet.pts,
+            packet.dts,
+            packet.duration or 0,
+            packet.time_base,
+            packet.stream.index,
+            bool(packet.is_keyframe),
+            float(ts * packet.time_base),
+            video,
+        )
 
 
 @dataclass
@@ -64,8 +75,15 @@ class ClipResult:
 
 
 class _Recording:
-    def __init__(self, event_id: str, path: Path, streams: dict, start_raw: float,
-                 on_done: Callable[[ClipResult], None], origin: float) -> None:
+    def __init__(
+        self,
+        event_id: str,
+        path: Path,
+        streams: dict,
+        start_raw: float,
+        on_done: Callable[[ClipResult], None],
+        origin: float,
+    ) -> None:
         self.event_id = event_id
         self.path = path
         self.tmp = path.with_name(f".tmp-{path.name}")
@@ -79,8 +97,13 @@ class _Recording:
             try:
                 self.map[index] = self.out.add_stream_from_template(stream)
             except (ValueError, av.error.FFmpegError) as e:
-                log.warning("clip %s: stream %d (%s) cannot go into MP4: %s", event_id, index,
-                            stream.codec_context.name, e)
+                log.warning(
+                    "clip %s: stream %d (%s) cannot go into MP4: %s",
+                    event_id,
+                    index,
+                    stream.codec_context.name,
+                    e,
+                )
         self.base: float | None = None  # s: source time of the first muxed video packet
         self.last_raw = start_raw
         self.error: str | None = None
@@ -123,9 +146,13 @@ class _Recording:
         else:
             self.tmp.unlink(missing_ok=True)
         start = float(self.base) - self.origin if self.base is not None else 0.0
-        result = ClipResult(self.event_id, self.path if ok else None, start,
-                            max(0.0, self.last_raw - float(self.base or 0.0)),
-                            None if ok else (self.error or "no video keyframe before the end"))
+        result = ClipResult(
+            self.event_id,
+            self.path if ok else None,
+            start,
+            max(0.0, self.last_raw - float(self.base or 0.0)),
+            None if ok else (self.error or "no video keyframe before the end"),
+        )
         return result
 
 
@@ -151,7 +178,9 @@ class ClipRecorder:
 
     # -- any thread
 
-    def start(self, event_id: str, media_start: float, on_done: Callable[[ClipResult], None]) -> None:
+    def start(
+        self, event_id: str, media_start: float, on_done: Callable[[ClipResult], None]
+    ) -> None:
         """Record a clip from ``pre_roll`` before ``media_start``; ``on_done`` gets the result."""
         with self._lock:
             self._requests.append(("start", event_id, media_start - self.pre_roll, on_done))
@@ -205,13 +234,27 @@ class ClipRecorder:
     def _begin(self, event_id: str, start_raw: float, on_done) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
-            rec = _Recording(event_id, self.folder / f"{event_id}.mp4", self._streams, start_raw,
-                             on_done, self._origin or 0.0)
+            rec = _Recording(
+                event_id,
+                self.folder / f"{event_id}.mp4",
+                self._streams,
+                start_raw,
+                on_done,
+                self._origin or 0.0,
+            )
         except (OSError, av.error.FFmpegError) as e:
             on_done(ClipResult(event_id, None, 0.0, 0.0, f"cannot create the clip: {e}"))
             return
-        keys = [i for i, p in enumerate(self.ring) if p.video and p.keyframe and p.time <= start_raw]
-        first = keys[-1] if keys else next((i for i, p in enumerate(self.ring) if p.video and p.keyframe), len(self.ring))
+        keys = [
+            i for i, p in enumerate(self.ring) if p.video and p.keyframe and p.time <= start_raw
+        ]
+        first = (
+            keys[-1]
+            if keys
+            else next(
+                (i for i, p in enumerate(self.ring) if p.video and p.keyframe), len(self.ring)
+            )
+        )
         for p in list(self.ring)[first:]:
             rec.add(p)
         self._active[event_id] = rec
@@ -232,13 +275,17 @@ class ClipRecorder:
             self._requests.clear()
         for kind, event_id, _, on_done in left:
             if kind == "start":
-                on_done(ClipResult(event_id, None, 0.0, 0.0, "the source ended before the clip began"))
+                on_done(
+                    ClipResult(event_id, None, 0.0, 0.0, "the source ended before the clip began")
+                )
         for rec in list(self._active.values()):
             self._finish(rec)
         self.ring.clear()
 
 
-def write_snapshot(clip: Path | None, offset: float, out: Path, fallback: np.ndarray | None = None) -> bool:
+def write_snapshot(
+    clip: Path | None, offset: float, out: Path, fallback: np.ndarray | None = None
+) -> bool:
     """JPEG of the clip's frame at ``offset`` s (or ``fallback`` RGB frame); True when written."""
     from PIL import Image
 
@@ -268,8 +315,13 @@ def write_snapshot(clip: Path | None, offset: float, out: Path, fallback: np.nda
     return True
 
 
-def prune(store, folder: Path, max_size_mb: float | None, max_age_days: float | None,
-          now: float | None = None) -> int:
+def prune(
+    store,
+    folder: Path,
+    max_size_mb: float | None,
+    max_age_days: float | None,
+    now: float | None = None,
+) -> int:
     """Delete the oldest clips and snapshots (``folder``/clips, ``folder``/snapshots) past the age
     or total-size limit; the records stay.
 
@@ -281,8 +333,11 @@ def prune(store, folder: Path, max_size_mb: float | None, max_age_days: float | 
     events = store.with_clips()  # oldest first
 
     def files(e: dict) -> list[Path]:
-        return [folder / sub / name for sub, name in (("clips", e["clip"]), ("snapshots", e["snapshot"]))
-                if name]
+        return [
+            folder / sub / name
+            for sub, name in (("clips", e["clip"]), ("snapshots", e["snapshot"]))
+            if name
+        ]
 
     def size(e: dict) -> int:
         return sum(p.stat().st_size for p in files(e) if p.is_file())

@@ -70,7 +70,11 @@ class CameraConfig:
 
     @property
     def is_file(self) -> bool:
-        return "://" not in self.source and self.input_format is None and not self.source.startswith("/dev/")
+        return (
+            "://" not in self.source
+            and self.input_format is None
+            and not self.source.startswith("/dev/")
+        )
 
 
 @dataclass(frozen=True)
@@ -145,15 +149,24 @@ class _Checker:
             return {}
         for k in value:
             if str(k) not in allowed:
-                self.error(f"{key}.{k}" if key else str(k), f"unknown key (known: {', '.join(sorted(allowed))})")
+                self.error(
+                    f"{key}.{k}" if key else str(k),
+                    f"unknown key (known: {', '.join(sorted(allowed))})",
+                )
         return value
 
     def number(self, d: dict, key: str, path: str, default, lo=None, hi=None, integer=False):
         v = d.get(key, default)
         if v is None:
             return default
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
-            self.error(f"{path}.{key}", f"must be {'an integer' if integer else 'a number'}, got {v!r}")
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or (integer and not isinstance(v, int))
+        ):
+            self.error(
+                f"{path}.{key}", f"must be {'an integer' if integer else 'a number'}, got {v!r}"
+            )
             return default
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
@@ -187,16 +200,38 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def _camera(c: _Checker, name: Any, raw: Any, base: Path, default_ckpt, clips: ClipSettings) -> CameraConfig | None:
+def _camera(
+    c: _Checker, name: Any, raw: Any, base: Path, default_ckpt, clips: ClipSettings
+) -> CameraConfig | None:
     path = f"cameras.{name}"
     if not isinstance(name, str) or not CAMERA_NAME.match(name):
         c.error(path, "camera names are 1-64 letters, digits, '_' or '-'")
-    d = c.mapping(raw, path, {"source", "loop", "realtime", "input_format", "options", "checkpoint",
-                              "alerts", "clips", "retry_max_s", "enabled"})
+    d = c.mapping(
+        raw,
+        path,
+        {
+            "source",
+            "loop",
+            "realtime",
+            "input_format",
+            "options",
+            "checkpoint",
+            "alerts",
+            "clips",
+            "retry_max_s",
+            "enabled",
+        },
+    )
     if not c.boolean(d, "enabled", path, True):
         return None
     source = c.string(d, "source", path, required=True)
-    opts = c.mapping(d.get("options"), f"{path}.options", set(map(str, (d.get("options") or {}).keys())) if isinstance(d.get("options"), dict) else set())
+    opts = c.mapping(
+        d.get("options"),
+        f"{path}.options",
+        set(map(str, (d.get("options") or {}).keys()))
+        if isinstance(d.get("options"), dict)
+        else set(),
+    )
     input_format = c.string(d, "input_format", path)
     loop = c.boolean(d, "loop", path, False)
     realtime = c.boolean(d, "realtime", path, False)
@@ -213,15 +248,22 @@ def _camera(c: _Checker, name: Any, raw: Any, base: Path, default_ckpt, clips: C
         source = str(src)
     elif loop:
         c.error(f"{path}.loop", "only files can loop")
-    a = c.mapping(d.get("alerts"), f"{path}.alerts",
-                  {"threshold", "min_segments", "hysteresis", "close_segments", "ignore"})
+    a = c.mapping(
+        d.get("alerts"),
+        f"{path}.alerts",
+        {"threshold", "min_segments", "hysteresis", "close_segments", "ignore"},
+    )
     threshold = c.number(a, "threshold", f"{path}.alerts", DEFAULT_THRESHOLD, 0.0, 1.0)
     hysteresis = c.number(a, "hysteresis", f"{path}.alerts", DEFAULT_HYSTERESIS, 0.0, 1.0)
     rule = AlertRule(
         threshold=float(threshold),
-        min_segments=c.number(a, "min_segments", f"{path}.alerts", DEFAULT_MIN_SEGMENTS, 1, integer=True),
+        min_segments=c.number(
+            a, "min_segments", f"{path}.alerts", DEFAULT_MIN_SEGMENTS, 1, integer=True
+        ),
         hysteresis=float(hysteresis),
-        close_segments=c.number(a, "close_segments", f"{path}.alerts", DEFAULT_CLOSE_SEGMENTS, 1, integer=True),
+        close_segments=c.number(
+            a, "close_segments", f"{path}.alerts", DEFAULT_CLOSE_SEGMENTS, 1, integer=True
+        ),
     )
     ignore = a.get("ignore") or []
     if not isinstance(ignore, list) or not all(isinstance(x, str) for x in ignore):
@@ -247,8 +289,19 @@ def _camera(c: _Checker, name: Any, raw: Any, base: Path, default_ckpt, clips: C
     )
 
 
-TOP_KEYS = {"cameras", "checkpoint", "device", "threads", "batch_segments", "queue_segments",
-            "clips", "storage", "mqtt", "web", "webhook"}
+TOP_KEYS = {
+    "cameras",
+    "checkpoint",
+    "device",
+    "threads",
+    "batch_segments",
+    "queue_segments",
+    "clips",
+    "storage",
+    "mqtt",
+    "web",
+    "webhook",
+}
 
 
 def parse_config(raw: Any, base: Path, path: Path | None = None) -> ServeConfig:
@@ -284,8 +337,22 @@ def parse_config(raw: Any, base: Path, path: Path | None = None) -> ServeConfig:
     )
     mqtt = None
     if top.get("mqtt") is not None:
-        m = c.mapping(top.get("mqtt"), "mqtt", {"host", "port", "tls", "ca_certs", "username", "password",
-                                                 "topic_prefix", "client_id", "keepalive", "reconnect_max_s"})
+        m = c.mapping(
+            top.get("mqtt"),
+            "mqtt",
+            {
+                "host",
+                "port",
+                "tls",
+                "ca_certs",
+                "username",
+                "password",
+                "topic_prefix",
+                "client_id",
+                "keepalive",
+                "reconnect_max_s",
+            },
+        )
         prefix = c.string(m, "topic_prefix", "mqtt", "avarnet")
         if prefix and any(ch in prefix for ch in "#+"):
             c.error("mqtt.topic_prefix", "must not contain MQTT wildcards '#' or '+'")
@@ -348,5 +415,7 @@ def load_config(path: str | Path) -> ServeConfig:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError([f"config: {path} is not valid YAML ({' '.join(str(e).split())})"]) from None
+        raise ConfigError(
+            [f"config: {path} is not valid YAML ({' '.join(str(e).split())})"]
+        ) from None
     return parse_config(raw, path.resolve().parent, path)

@@ -77,9 +77,16 @@ class Engine(threading.Thread):
     events closed because the source ended, or the server is stopping).
     """
 
-    def __init__(self, ckpt: Checkpoint, extractor: Extractor, handler: Callable, *,
-                 batch_segments: int = 16, queue_segments: int = 8,
-                 audio_context_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        extractor: Extractor,
+        handler: Callable,
+        *,
+        batch_segments: int = 16,
+        queue_segments: int = 8,
+        audio_context_seconds: float | None = None,
+    ) -> None:
         super().__init__(name="avarnet-engine", daemon=True)
         self.ckpt = ckpt
         self.extractor = extractor
@@ -97,7 +104,12 @@ class Engine(threading.Thread):
         self.batch_sizes: deque[int] = deque(maxlen=200)
 
     def add_camera(self, name: str, rule: AlertRule, ignore: tuple[str, ...]) -> None:
-        self.cameras[name] = CameraState(name, rule, ignore, StreamingPredictor(self.ckpt, audio_context_seconds=self.audio_context_seconds))
+        self.cameras[name] = CameraState(
+            name,
+            rule,
+            ignore,
+            StreamingPredictor(self.ckpt, audio_context_seconds=self.audio_context_seconds),
+        )
 
     # -- camera threads
 
@@ -144,7 +156,7 @@ class Engine(threading.Thread):
                     return None
                 self._cond.wait(POLL_S)
             names = list(self.cameras)
-            names = names[self._rr:] + names[: self._rr]
+            names = names[self._rr :] + names[: self._rr]
             self._rr = (self._rr + 1) % max(1, len(names))
             out: list[tuple[str, object]] = []
             more = True
@@ -194,12 +206,18 @@ class Engine(threading.Thread):
         for i, (name, seg) in enumerate(items):
             state = self.cameras[name]
             pred = state.predictor.push_features(
-                feats["video"][i], feats["audio"][i], bool(feats["audio_mask"][i]),
-                start=seg.start, end=seg.end,
+                feats["video"][i],
+                feats["audio"][i],
+                bool(feats["audio_mask"][i]),
+                start=seg.start,
+                end=seg.end,
             )
             probs = self._fold(pred["probabilities"], state.ignore)
-            score = float(sum(p for c, p in probs.items() if c != NORMAL_CLASS)) \
-                if NORMAL_CLASS in probs else float(max(probs.values()))
+            score = (
+                float(sum(p for c, p in probs.items() if c != NORMAL_CLASS))
+                if NORMAL_CLASS in probs
+                else float(max(probs.values()))
+            )
             label = max(probs.items(), key=lambda kv: kv[1])[0]
             lag = time.monotonic() - (state.mono0 + seg.end) if state.mono0 else None
             state.segments += 1
@@ -209,9 +227,20 @@ class Engine(threading.Thread):
             tracker = state.tracker or AlertTracker(state.rule)
             state.tracker = tracker
             updates = tracker.update(seg.start, seg.end, score, probs)
-            self.handler("segment", SegmentResult(
-                name, seg, state.wall0, label, score, probs, bool(feats["audio_mask"][i]), lag, updates
-            ))
+            self.handler(
+                "segment",
+                SegmentResult(
+                    name,
+                    seg,
+                    state.wall0,
+                    label,
+                    score,
+                    probs,
+                    bool(feats["audio_mask"][i]),
+                    lag,
+                    updates,
+                ),
+            )
 
     @staticmethod
     def _fold(probs: dict[str, float], ignore: tuple[str, ...]) -> dict[str, float]:
@@ -242,7 +271,7 @@ class Engine(threading.Thread):
                 idx = [i for i, s in enumerate(segs) if s.frames.shape == shape]
                 out = venc.encode(np.concatenate([segs[i].frames for i in idx]), batch_size=batch)
                 for j, i in enumerate(idx):
-                    video[i * k:(i + 1) * k] = out[j * k:(j + 1) * k]
+                    video[i * k : (i + 1) * k] = out[j * k : (j + 1) * k]
         video = video.reshape(len(segs), k, -1).mean(axis=1).astype(np.float32)
         audio, mask = self._audio(items)
         return {"video": video, "audio": audio, "audio_mask": mask}
@@ -263,7 +292,7 @@ class Engine(threading.Thread):
             window = np.concatenate([state.tail, seg.audio])
             windows[i] = (window, len(state.tail))
             keep = min(self.context_samples, len(window))
-            state.tail = window[len(window) - keep:]
+            state.tail = window[len(window) - keep :]
         seg_s = self.ckpt.spec.segment_seconds
         idx = list(windows)
         for i, hidden in zip(idx, enc.encode_batch([windows[i][0] for i in idx]), strict=True):

@@ -52,9 +52,26 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 EVENT_COLUMNS = (
-    "id", "camera", "label", "corrected_label", "start_time", "end_time", "media_start", "media_end",
-    "peak_score", "peak_time", "score", "segments", "scores", "review", "reviewed_at", "clip",
-    "clip_start", "snapshot", "clip_pruned", "closed_by",
+    "id",
+    "camera",
+    "label",
+    "corrected_label",
+    "start_time",
+    "end_time",
+    "media_start",
+    "media_end",
+    "peak_score",
+    "peak_time",
+    "score",
+    "segments",
+    "scores",
+    "review",
+    "reviewed_at",
+    "clip",
+    "clip_start",
+    "snapshot",
+    "clip_pruned",
+    "closed_by",
 )
 
 
@@ -96,7 +113,8 @@ class EventStore:
         values = [json.dumps(event[c]) if c == "scores" else _finite(event[c]) for c in cols]
         with self._lock:
             self._db.execute(
-                f"INSERT INTO events ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", values
+                f"INSERT INTO events ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                values,
             )
 
     def update(self, event_id: str, **fields) -> None:

@@ -52,8 +52,9 @@ class MqttPublisher:
         self._acked: set[int] = set()
         self._acked_cond = threading.Condition()
         self._connected_at = 0.0
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
-                             protocol=mqtt.MQTTv311)
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv311
+        )
         client.will_set(self.available_topic, "offline", qos=1, retain=True)
         if cfg.username:
             client.username_pw_set(cfg.username, cfg.password)
@@ -98,14 +99,17 @@ class MqttPublisher:
 
     def event(self, kind: str, before: dict | None, after: dict) -> None:
         """Queue an ``events`` message (persisted first)."""
-        payload = json.dumps({"type": kind, "before": before or after, "after": after},
-                             allow_nan=False)
+        payload = json.dumps(
+            {"type": kind, "before": before or after, "after": after}, allow_nan=False
+        )
         self.store.enqueue(self.events_topic, payload, qos=1, retain=False)
         self._wake.set()
 
     def anomaly(self, camera: str, payload: dict) -> None:
         if self.connected.is_set():
-            self.client.publish(f"{self.prefix}/{camera}/anomaly", json.dumps(payload, allow_nan=False), qos=0)
+            self.client.publish(
+                f"{self.prefix}/{camera}/anomaly", json.dumps(payload, allow_nan=False), qos=0
+            )
 
     def state(self, camera: str, payload: dict) -> None:
         topic = f"{self.prefix}/{camera}/state"
@@ -154,8 +158,10 @@ class MqttPublisher:
                     self._acked.discard(info.mid)
                     return True
                 self._acked_cond.wait(0.2)
-            if (self.connected.is_set() and time.monotonic() - max(sent_at, self._connected_at)
-                    > ACK_TIMEOUT_S):
+            if (
+                self.connected.is_set()
+                and time.monotonic() - max(sent_at, self._connected_at) > ACK_TIMEOUT_S
+            ):
                 log.warning("mqtt: no acknowledgement for message %d; publishing it again", msg.seq)
                 info = self.client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
                 sent_at = time.monotonic()

@@ -63,7 +63,9 @@ def _when(t: float | None) -> str:
     return "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
-def sparkline(values: list[float], width: int = 236, height: int = 40, threshold: float | None = None) -> str:
+def sparkline(
+    values: list[float], width: int = 236, height: int = 40, threshold: float | None = None
+) -> str:
     """SVG polyline of scores in [0, 1]."""
     pts = []
     n = len(values)
@@ -71,12 +73,19 @@ def sparkline(values: list[float], width: int = 236, height: int = 40, threshold
         x = width * i / max(1, n - 1)
         y = height - height * min(1.0, max(0.0, v))
         pts.append(f"{x:.1f},{y:.1f}")
-    line = "" if threshold is None else (
-        f'<line x1="0" x2="{width}" y1="{height - height * threshold:.1f}" '
-        f'y2="{height - height * threshold:.1f}" stroke="#dc2626" stroke-dasharray="3 3"/>')
-    return (f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
-            f'<rect width="{width}" height="{height}" fill="#f9fafb"/>{line}'
-            f'<polyline fill="none" stroke="#2563eb" stroke-width="1.5" points="{" ".join(pts)}"/></svg>')
+    line = (
+        ""
+        if threshold is None
+        else (
+            f'<line x1="0" x2="{width}" y1="{height - height * threshold:.1f}" '
+            f'y2="{height - height * threshold:.1f}" stroke="#dc2626" stroke-dasharray="3 3"/>'
+        )
+    )
+    return (
+        f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+        f'<rect width="{width}" height="{height}" fill="#f9fafb"/>{line}'
+        f'<polyline fill="none" stroke="#2563eb" stroke-width="1.5" points="{" ".join(pts)}"/></svg>'
+    )
 
 
 def score_curve(event: dict, threshold: float | None, width: int = 720, height: int = 140) -> str:
@@ -93,17 +102,28 @@ def score_curve(event: dict, threshold: float | None, width: int = 720, height: 
         return 10 + (height - 30) * (1 - min(1.0, max(0.0, v)))
 
     pts = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in scores)
-    band = (f'<rect x="{x(event["start_time"]):.1f}" y="10" height="{height - 30}" fill="#fee2e2" '
-            f'width="{max(1.0, x(event["end_time"] or t1) - x(event["start_time"])):.1f}"/>')
-    thr = "" if threshold is None else (
-        f'<line x1="30" x2="{width - 10}" y1="{y(threshold):.1f}" y2="{y(threshold):.1f}" '
-        f'stroke="#dc2626" stroke-dasharray="4 3"/>')
-    ticks = "".join(f'<text x="2" y="{y(v) + 4:.1f}" font-size="10">{v:.1f}</text>' for v in (0.0, 0.5, 1.0))
-    return (f'<svg class="curve" id="curve" width="{width}" height="{height}" data-t0="{x(t0):.1f}" '
-            f'data-scale="{(width - 40) / span:.4f}" data-offset="{(t0 - (event["clip_start"] or t0)):.3f}">'
-            f'{band}{thr}{ticks}<polyline fill="none" stroke="#2563eb" stroke-width="2" points="{pts}"/>'
-            f'<line id="cursor" x1="30" x2="30" y1="10" y2="{height - 20}" stroke="#111" stroke-width="1"/>'
-            f'<text x="30" y="{height - 4}" font-size="10">clip start</text></svg>')
+    band = (
+        f'<rect x="{x(event["start_time"]):.1f}" y="10" height="{height - 30}" fill="#fee2e2" '
+        f'width="{max(1.0, x(event["end_time"] or t1) - x(event["start_time"])):.1f}"/>'
+    )
+    thr = (
+        ""
+        if threshold is None
+        else (
+            f'<line x1="30" x2="{width - 10}" y1="{y(threshold):.1f}" y2="{y(threshold):.1f}" '
+            f'stroke="#dc2626" stroke-dasharray="4 3"/>'
+        )
+    )
+    ticks = "".join(
+        f'<text x="2" y="{y(v) + 4:.1f}" font-size="10">{v:.1f}</text>' for v in (0.0, 0.5, 1.0)
+    )
+    return (
+        f'<svg class="curve" id="curve" width="{width}" height="{height}" data-t0="{x(t0):.1f}" '
+        f'data-scale="{(width - 40) / span:.4f}" data-offset="{(t0 - (event["clip_start"] or t0)):.3f}">'
+        f'{band}{thr}{ticks}<polyline fill="none" stroke="#2563eb" stroke-width="2" points="{pts}"/>'
+        f'<line id="cursor" x1="30" x2="30" y1="10" y2="{height - 20}" stroke="#111" stroke-width="1"/>'
+        f'<text x="30" y="{height - 4}" font-size="10">clip start</text></svg>'
+    )
 
 
 def _page(title: str, body: str, script: str = "") -> HTMLResponse:
@@ -118,9 +138,24 @@ def _page(title: str, body: str, script: str = "") -> HTMLResponse:
 
 def event_json(e: dict) -> dict:
     """An event as the API shows it (strict JSON)."""
-    out = {k: e[k] for k in ("id", "camera", "label", "corrected_label", "final_label", "start_time",
-                              "end_time", "peak_score", "peak_time", "segments", "review", "closed_by",
-                              "clip_pruned")}
+    out = {
+        k: e[k]
+        for k in (
+            "id",
+            "camera",
+            "label",
+            "corrected_label",
+            "final_label",
+            "start_time",
+            "end_time",
+            "peak_score",
+            "peak_time",
+            "segments",
+            "review",
+            "closed_by",
+            "clip_pruned",
+        )
+    }
     out["has_clip"], out["has_snapshot"] = bool(e["clip"]), bool(e["snapshot"])
     out["scores"] = e["scores"]
     return json.loads(json.dumps(out, allow_nan=False))
@@ -146,8 +181,11 @@ def create_app(server) -> Starlette:
             if not authorised(request):
                 if request.url.path.startswith("/api/") or request.method != "GET":
                     return JSONResponse({"error": "unauthorised"}, status_code=401)
-                return RedirectResponse(f"/login?{urlencode({'next': request.url.path})}", status_code=303)
+                return RedirectResponse(
+                    f"/login?{urlencode({'next': request.url.path})}", status_code=303
+                )
             return await handler(request)
+
         return wrapped
 
     async def login(request: Request) -> Response:
@@ -195,7 +233,11 @@ def create_app(server) -> Starlette:
 
     async def index(request: Request) -> Response:
         q = request.query_params
-        camera, label, review = q.get("camera") or None, q.get("label") or None, q.get("review") or None
+        camera, label, review = (
+            q.get("camera") or None,
+            q.get("label") or None,
+            q.get("review") or None,
+        )
         cams = server.camera_status()
         events = server.store.list(camera=camera, label=label, review=review, limit=200)
 
@@ -203,20 +245,27 @@ def create_app(server) -> Starlette:
             texts = texts or {}
             return "<option value=''>all</option>" + "".join(
                 f"<option value='{_e(v)}'{' selected' if v == current else ''}>{_e(texts.get(v, v))}</option>"
-                for v in values)
+                for v in values
+            )
 
         rows = []
         for e in events:
-            thumb = (f"<img class='thumb' src='/events/{_e(e['id'])}/snapshot.jpg' alt='snapshot'>"
-                     if e["snapshot"] else "<span class='thumb'>no snapshot</span>")
-            duration = "open" if e["end_time"] is None else f"{e['end_time'] - e['start_time']:.0f} s"
+            thumb = (
+                f"<img class='thumb' src='/events/{_e(e['id'])}/snapshot.jpg' alt='snapshot'>"
+                if e["snapshot"]
+                else "<span class='thumb'>no snapshot</span>"
+            )
+            duration = (
+                "open" if e["end_time"] is None else f"{e['end_time'] - e['start_time']:.0f} s"
+            )
             rows.append(
                 f"<tr class='event' data-id='{_e(e['id'])}'><td><a href='/events/{_e(e['id'])}'>{thumb}</a></td>"
                 f"<td>{_e(e['camera'])}</td><td><a href='/events/{_e(e['id'])}'>{_e(e['final_label'])}</a></td>"
                 f"<td>{_when(e['start_time'])}</td>"
                 f"<td>{duration}</td>"
                 f"<td>{e['peak_score']:.2f}</td>"
-                f"<td class='review-{_e(e['review'])}'>{_e(REVIEW_TEXT[e['review']])}</td></tr>")
+                f"<td class='review-{_e(e['review'])}'>{_e(REVIEW_TEXT[e['review']])}</td></tr>"
+            )
         body = (
             f"<div class='cams' id='cams'>{''.join(camera_card(c) for c in cams)}</div>"
             f"<form class='filters' method='get' action='/'>camera <select name='camera'>"
@@ -245,11 +294,16 @@ setInterval(tick,1000);"""
         if e is None:
             return _page("not found", "<p>no such event</p>")
         threshold = server.threshold(e["camera"])
-        clip = (f"<video id='clip' controls muted preload='metadata' src='/events/{_e(e['id'])}/clip.mp4'></video>"
-                if e["clip"] else f"<p>{'clip removed by retention' if e['clip_pruned'] else 'no clip (yet)'}</p>")
+        clip = (
+            f"<video id='clip' controls muted preload='metadata' src='/events/{_e(e['id'])}/clip.mp4'></video>"
+            if e["clip"]
+            else f"<p>{'clip removed by retention' if e['clip_pruned'] else 'no clip (yet)'}</p>"
+        )
         classes = server.classes(e["camera"])
-        opts = "".join(f"<option value='{_e(c)}'{' selected' if c == e['final_label'] else ''}>{_e(c)}</option>"
-                       for c in classes)
+        opts = "".join(
+            f"<option value='{_e(c)}'{' selected' if c == e['final_label'] else ''}>{_e(c)}</option>"
+            for c in classes
+        )
         body = (
             f"<h2>{_e(e['final_label'])} on {_e(e['camera'])}</h2>"
             f"<p>{_when(e['start_time'])} - {_when(e['end_time']) or 'open'}; peak {e['peak_score']:.2f} at "
@@ -262,8 +316,11 @@ setInterval(tick,1000);"""
             f"<form method='post' action='/events/{_e(e['id'])}/review' style='margin-top:8px'>"
             f"<select name='label' id='label'>{opts}</select> <button id='correct' name='review' value='true'>"
             f"correct class (true alarm)</button></form>"
-            + (f"<p><img src='/events/{_e(e['id'])}/snapshot.jpg' style='max-width:360px' alt='snapshot'></p>"
-               if e["snapshot"] else "")
+            + (
+                f"<p><img src='/events/{_e(e['id'])}/snapshot.jpg' style='max-width:360px' alt='snapshot'></p>"
+                if e["snapshot"]
+                else ""
+            )
         )
         script = """
 const v=document.getElementById('clip'),c=document.getElementById('curve');
@@ -285,7 +342,9 @@ const l=document.getElementById('cursor');l.setAttribute('x1',x);l.setAttribute(
     async def review_api(request: Request) -> Response:
         try:
             body = await request.json()
-            event = server.review(request.path_params["event_id"], body.get("review"), body.get("label"))
+            event = server.review(
+                request.path_params["event_id"], body.get("review"), body.get("label")
+            )
         except (KeyError, ValueError, json.JSONDecodeError, AttributeError) as err:
             return JSONResponse({"error": str(err)}, status_code=400)
         return JSONResponse(event_json(event))
@@ -298,6 +357,7 @@ const l=document.getElementById('cursor');l.setAttribute('x1',x);l.setAttribute(
             if path is None or not path.is_file():
                 return Response("not found", status_code=404)
             return FileResponse(path, media_type="video/mp4" if kind == "clip" else "image/jpeg")
+
         return serve
 
     async def not_found(request: Request) -> Response:
@@ -309,12 +369,18 @@ const l=document.getElementById('cursor');l.setAttribute('x1',x);l.setAttribute(
             limit = max(1, min(1000, int(q.get("limit", "200"))))
         except ValueError:
             return JSONResponse({"error": "limit must be an integer"}, status_code=400)
-        events = server.store.list(q.get("camera") or None, q.get("label") or None, q.get("review") or None, limit)
+        events = server.store.list(
+            q.get("camera") or None, q.get("label") or None, q.get("review") or None, limit
+        )
         return JSONResponse([event_json(e) for e in events])
 
     async def api_event(request: Request) -> Response:
         e = server.store.get(request.path_params["event_id"])
-        return JSONResponse(event_json(e)) if e else JSONResponse({"error": "not found"}, status_code=404)
+        return (
+            JSONResponse(event_json(e))
+            if e
+            else JSONResponse({"error": "not found"}, status_code=404)
+        )
 
     async def api_cameras(request: Request) -> Response:
         return JSONResponse(server.camera_status())
