@@ -802,13 +802,16 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_models(a: argparse.Namespace) -> int:
-    from .config import ModelConfig
+    from .config import ModelConfig, TrainConfig
     from .models import count_parameters, create_model, list_models
+    from .train import mtcn_layers_for
 
+    L = TrainConfig().seq_len
     for name in list_models():
-        print(
-            f"{name:12s} {count_parameters(create_model(ModelConfig(name=name))):>10,d} parameters (default sizes)"
-        )
+        cfg = ModelConfig(name=name)
+        if name == "mtcn":  # as `train` builds it: depth follows the window
+            cfg = cfg.replace(layers=mtcn_layers_for(L))
+        print(f"{name:12s} {count_parameters(create_model(cfg)):>10,d} parameters (default sizes, L = {L})")
     return EXIT_OK
 
 
