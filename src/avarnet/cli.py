@@ -811,7 +811,9 @@ def cmd_models(a: argparse.Namespace) -> int:
         cfg = ModelConfig(name=name)
         if name == "mtcn":  # as `train` builds it: depth follows the window
             cfg = cfg.replace(layers=mtcn_layers_for(L))
-        print(f"{name:12s} {count_parameters(create_model(cfg)):>10,d} parameters (default sizes, L = {L})")
+        print(
+            f"{name:12s} {count_parameters(create_model(cfg)):>10,d} parameters (default sizes, L = {L})"
+        )
     return EXIT_OK
 
 
