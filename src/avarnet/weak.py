@@ -503,6 +503,11 @@ def train_snippet_scorer(
         if val_loss < best - 1e-6:
             best = val_loss
             best_state = {k: v.detach().clone() for k, v in scorer.state_dict().items()}
+    if best_state is None:
+        raise TrainError(
+            f"the snippet scorer reached no finite validation loss (last {history[-1]['val_loss']}); "
+            "no checkpoint written"
+        )
     scorer.load_state_dict(best_state)
     return scorer.eval(), history
 
