@@ -42,6 +42,32 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return root
 
 
+def untrained_checkpoint(
+    spec,
+    classes=("crash", "normal", "pain"),
+    seq_len: int = 4,
+    std: float = 0.5,
+    centred: bool = False,
+):
+    """A seeded, untrained MTCN over features made as ``spec`` says (L = ``seq_len``): for tests
+    that need a checkpoint to run, not a good one. ``std`` scales the normaliser (a small one
+    magnifies feature changes); ``centred`` uses a zero mean instead of a seeded random one."""
+    from avarnet.checkpoint import Checkpoint
+    from avarnet.config import ModelConfig, TrainConfig
+    from avarnet.data import Normalizer
+    from avarnet.models import create_model
+
+    cfg = ModelConfig(input_dim=spec.video_dim + spec.audio_dim, num_classes=len(classes), hidden=16,
+                      stages=2, layers=3, heads=2, dropout=0.0)  # fmt: skip
+    torch.manual_seed(0)
+    model = create_model(cfg).eval()
+    mean = np.random.default_rng(0).normal(0, 0.1, cfg.input_dim).astype(np.float32)
+    norm = Normalizer(
+        np.zeros_like(mean) if centred else mean, np.full(cfg.input_dim, std, np.float32)
+    )
+    return Checkpoint(model, cfg, TrainConfig(seq_len=seq_len), list(classes), spec, norm, None, {})
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models run fastest on one thread; a command's --threads must not leak into other tests."""

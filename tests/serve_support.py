@@ -18,15 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
-import torch
 import yaml
 
-from avarnet.checkpoint import Checkpoint, save_checkpoint
-from avarnet.config import ModelConfig, TrainConfig
-from avarnet.data import Normalizer
+from avarnet.checkpoint import save_checkpoint
 from avarnet.encoders import AudioEncoder, VideoEncoder
 from avarnet.extract import build_spec
-from avarnet.models import create_model
 from avarnet.synth import write_av
 
 CLASSES = ["crash", "normal", "scream"]
@@ -37,25 +33,13 @@ MOSQUITTO = "/usr/sbin/mosquitto"
 def tiny_checkpoint(tiny_backbones, path: Path, std: float = 1.0) -> Path:
     """An untrained (seeded) model over the tiny backbones' features, L = 4; a small ``std``
     magnifies feature changes, so scores move with the content."""
+    from conftest import untrained_checkpoint
+
     vdir, adir = tiny_backbones
     v = VideoEncoder.load(str(vdir), device="cpu")
     a = AudioEncoder.load(str(adir), device="cpu")
     spec = build_spec(v, a, "pretrained", 0, 1.0, 1)
-    cfg = ModelConfig(
-        input_dim=spec.video_dim + spec.audio_dim,
-        num_classes=len(CLASSES),
-        hidden=16,
-        stages=2,
-        layers=3,
-        heads=2,
-        dropout=0.0,
-    )
-    torch.manual_seed(0)
-    model = create_model(cfg).eval()
-    norm = Normalizer(np.zeros(cfg.input_dim, np.float32), np.full(cfg.input_dim, std, np.float32))
-    save_checkpoint(
-        path, Checkpoint(model, cfg, TrainConfig(seq_len=4), CLASSES, spec, norm, None, {})
-    )
+    save_checkpoint(path, untrained_checkpoint(spec, CLASSES, 4, std=std, centred=True))
     return path
 
 

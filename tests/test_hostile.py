@@ -27,6 +27,7 @@ import media_factory as mf
 import numpy as np
 import pytest
 import torch
+from conftest import untrained_checkpoint
 from safetensors import safe_open
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file
@@ -35,12 +36,11 @@ from avarnet import io, media
 from avarnet.alerts import AlertRule, AlertTracker, WebhookPoster, redact_url
 from avarnet.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from avarnet.cli import main
-from avarnet.config import ModelConfig, TrainConfig
-from avarnet.data import Normalizer, read_splits_csv, scan_dataset
+from avarnet.config import TrainConfig
+from avarnet.data import read_splits_csv, scan_dataset
 from avarnet.encoders import AudioEncoder, VideoEncoder
 from avarnet.errors import NonFiniteError
 from avarnet.extract import build_spec
-from avarnet.models import create_model
 from avarnet.store import INDEX_FILE, Entry, FeatureStore
 
 MEMORY_CAP = 3 * 1024**3  # address space of every CLI subprocess here
@@ -210,32 +210,8 @@ def no_crash(stderr: str) -> None:
 
 def tiny_checkpoint(tiny_backbones) -> Checkpoint:
     vdir, adir = tiny_backbones
-    spec = build_spec(
-        VideoEncoder.load(str(vdir), device="cpu"),
-        AudioEncoder.load(str(adir), device="cpu"),
-        "pretrained",
-        0,
-        1.0,
-        1,
-    )
-    cfg = ModelConfig(
-        input_dim=spec.video_dim + spec.audio_dim,
-        num_classes=len(CLASSES),
-        hidden=16,
-        stages=2,
-        layers=3,
-        heads=2,
-        dropout=0.0,
-    )
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    norm = Normalizer(
-        rng.normal(0, 0.1, cfg.input_dim).astype(np.float32),
-        np.full(cfg.input_dim, 0.5, np.float32),
-    )
-    return Checkpoint(
-        create_model(cfg).eval(), cfg, TrainConfig(seq_len=SEQ_LEN), CLASSES, spec, norm, None, {}
-    )
+    v, a = VideoEncoder.load(str(vdir), device="cpu"), AudioEncoder.load(str(adir), device="cpu")
+    return untrained_checkpoint(build_spec(v, a, "pretrained", 0, 1.0, 1), CLASSES, SEQ_LEN)
 
 
 def rewrite_checkpoint(

@@ -16,15 +16,14 @@ import media_factory as mf
 import numpy as np
 import pytest
 import torch
+from conftest import untrained_checkpoint
 
 from avarnet import media
 from avarnet.checkpoint import Checkpoint, save_checkpoint
 from avarnet.cli import main
-from avarnet.config import FeatureSpec, ModelConfig, TrainConfig
-from avarnet.data import Normalizer
+from avarnet.config import FeatureSpec
 from avarnet.encoders import AudioEncoder, VideoEncoder
 from avarnet.extract import Extractor, build_spec, segment_times
-from avarnet.models import create_model
 from avarnet.predict import model_input, step_probabilities
 from avarnet.stream import (
     LiveView,
@@ -51,24 +50,7 @@ def tiny_extractor(tiny_backbones, segment_seconds: float = 1.0) -> Extractor:
 
 def tiny_checkpoint(extractor: Extractor) -> Checkpoint:
     """An untrained (seeded) temporal model over the tiny backbones' features; L = 4."""
-    spec = extractor.spec
-    cfg = ModelConfig(
-        input_dim=spec.video_dim + spec.audio_dim,
-        num_classes=len(CLASSES),
-        hidden=16,
-        stages=2,
-        layers=3,
-        heads=2,
-        dropout=0.0,
-    )
-    torch.manual_seed(0)
-    model = create_model(cfg).eval()
-    rng = np.random.default_rng(0)
-    norm = Normalizer(
-        rng.normal(0, 0.1, cfg.input_dim).astype(np.float32),
-        np.full(cfg.input_dim, 0.5, np.float32),
-    )
-    return Checkpoint(model, cfg, TrainConfig(seq_len=SEQ_LEN), CLASSES, spec, norm, None, {})
+    return untrained_checkpoint(extractor.spec, CLASSES, SEQ_LEN)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread

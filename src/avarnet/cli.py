@@ -1105,28 +1105,30 @@ def cmd_ablate(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_serve(a: argparse.Namespace) -> int:
-    from .serve.app import run_server
+def _serve_config(a: argparse.Namespace):
+    """The server's validated config, or None after printing one line per mistake."""
     from .serve.config import ConfigError, load_config
 
     try:
-        config = load_config(a.config)
+        return load_config(a.config)
     except ConfigError as e:
         for line in e.lines:
-            print(f"avarnet serve: {line}", file=sys.stderr)
-        return EXIT_USAGE
-    return run_server(config)
+            print(f"avarnet {a.command}: {line}", file=sys.stderr)
+        return None
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from .serve.app import run_server
+
+    config = _serve_config(a)
+    return EXIT_USAGE if config is None else run_server(config)
 
 
 def cmd_export_reviewed(a: argparse.Namespace) -> int:
     from .serve.app import export_reviewed
-    from .serve.config import ConfigError, load_config
 
-    try:
-        config = load_config(a.config)
-    except ConfigError as e:
-        for line in e.lines:
-            print(f"avarnet export-reviewed: {line}", file=sys.stderr)
+    config = _serve_config(a)
+    if config is None:
         return EXIT_USAGE
     if not config.storage.db.is_file():
         print(f"avarnet export-reviewed: no event database at {config.storage.db}", file=sys.stderr)
