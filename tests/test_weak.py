@@ -448,6 +448,25 @@ def test_flank_check_flags_a_hand_made_flank_firing_curve():
     assert whole["flank_firing"] is None and flank_warning(whole) is None
 
 
+OLD_DEFAULTS_SCORES = Path(__file__).parent / "data" / "weak_old_defaults_scores.npz"
+
+
+def test_flank_check_fires_on_the_former_defaults_output():
+    """Snippet scores that MTCN trained with the former defaults (MIL + smoothness 0.1 + sparsity
+    0.1 + reversal 1.0, seed 0, 12 epochs) gave on ``covering_store``'s test videos: the event
+    scored near 0 with a plateau on each side. The check must flag them; the scores are recorded
+    because a run on another CPU may land elsewhere."""
+    rec = np.load(OLD_DEFAULTS_SCORES)
+    bounds = np.cumsum(rec["lengths"])[:-1]
+    videos = [_scored(s, y) for s, y in zip(np.split(rec["scores"], bounds),
+                                            np.split(rec["truth"], bounds), strict=True)]  # fmt: skip
+    check = flank_check(videos, 2 / 3)
+    assert len(videos) == 10  # five of them violent
+    assert check["flank_firing"] is True and check["videos_flank_firing"] == check["videos"] == 5
+    assert check["margin_mean"] > check["inside_mean"] + 0.3
+    assert "fires next to the evidence" in flank_warning(check)
+
+
 def test_bad_objective_settings_are_refused(xd_store, tmp_path):
     for bad in ({"objective": "nope"}, {"layers": -1}, {"local_epochs": 0}):
         with pytest.raises(TrainError):
