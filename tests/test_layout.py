@@ -9,7 +9,18 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "avarnet"
-APPS = ("ablate", "bench", "xdv", "weak", "demo", "serve", "cli", "extract_ray", "export")
+APPS = (
+    "ablate",
+    "bench",
+    "xdv",
+    "weak",
+    "demo",
+    "serve",
+    "cli",
+    "cli_stream",
+    "extract_ray",
+    "export",
+)
 CORE = (
     "errors",
     "config",
@@ -132,3 +143,22 @@ def test_core_never_imports_applications():
             if len(t) > 1 and t[1] in APPS:
                 bad.append(f"{mod} imports {'.'.join(t)}")
     assert not bad, "\n".join(sorted(bad))
+
+
+def test_live_library_leaves_presentation_to_the_command_line():
+    """The stream package prints nothing and installs no signal handler (cli_stream does both)."""
+    bad = []
+    for path in sorted((PKG / "stream").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                if node.func.id in ("print", "input"):
+                    bad.append(f"{path.name}:{node.lineno} calls {node.func.id}()")
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if "signal" in names or "sys" in names:
+                    bad.append(f"{path.name}:{node.lineno} imports signal/sys")
+    assert not bad, "\n".join(bad)
+    presentation = ast.parse((PKG / "cli_stream.py").read_text())
+    defined = {n.name for n in presentation.body if isinstance(n, ast.ClassDef | ast.FunctionDef)}
+    assert {"LiveView", "StreamOutput", "stop_on_sigint", "summary_text"} <= defined

@@ -920,20 +920,17 @@ def cmd_stream(a: argparse.Namespace) -> int:
     import threading
 
     from .alerts import AlertRule, WebhookPoster
+    from .cli_stream import LiveView, StreamOutput, stop_on_sigint, summary_text
     from .encoders import resolve_device
     from .runtime import configure_cpu
     from .stream import (
-        LiveView,
         StreamOptions,
-        StreamOutput,
         autocast_dtype,
         check_live_features,
         live_spec,
         open_source,
         run_stream,
-        stop_on_sigint,
         stream_extractor,
-        summary_text,
     )
 
     if a.runtime == "onnx" and a.precision not in ("fp32", "int8"):
