@@ -122,7 +122,7 @@ DRIFT_SECONDS = 60.0  # media compared with the trained-on features when they di
 
 
 class FeatureMismatchError(AvarnetError):
-    """``--strict``: the checkpoint was trained on features a live stream cannot compute."""
+    """Under ``strict``: the checkpoint was trained on features a live stream cannot compute."""
 
 
 def feature_mismatch(trained: FeatureSpec, live: FeatureSpec) -> str | None:
@@ -145,11 +145,11 @@ def check_live_features(ckpt: Checkpoint, live: FeatureSpec, strict: bool = Fals
     if problem is None:
         return None
     fix = (
-        f"extract with --audio-features causal --audio-context "
-        f"{live.audio_context_seconds:g} and retrain to score live as evaluated"
+        f"extract causal audio features with a look-back of {live.audio_context_seconds:g} s "
+        f"and retrain to score live as evaluated"
     )
     if strict:
-        raise FeatureMismatchError(f"{problem} (--strict); {fix}")
+        raise FeatureMismatchError(f"{problem} (strict); {fix}")
     log.warning(
         "LIVE FEATURES DIFFER: %s; the first minute is measured against them; %s", problem, fix
     )
