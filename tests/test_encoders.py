@@ -168,11 +168,11 @@ def test_audio_from_local_folder(audio_dir: Path, audio: AudioEncoder) -> None:
 
 
 @pytest.mark.parametrize(
-    ("encoder_cls", "flag"),
-    [(VideoEncoder, "--video-backbone"), (AudioEncoder, "--audio-backbone")],
+    ("encoder_cls", "setting"),
+    [(VideoEncoder, "video_backbone"), (AudioEncoder, "audio_backbone")],
 )
 def test_unreachable_hub_id_names_both_remedies(
-    monkeypatch: pytest.MonkeyPatch, encoder_cls: type, flag: str
+    monkeypatch: pytest.MonkeyPatch, encoder_cls: type, setting: str
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(EncoderLoadError) as info:
@@ -180,8 +180,9 @@ def test_unreachable_hub_id_names_both_remedies(
     message = str(info.value)
     assert "\n" not in message
     assert "no-such-org/no-such-model" in message and "pretrained weights" in message
-    assert "--weights random" in message
-    assert f"{flag} DIR" in message and "local folder" in message
+    assert "random weights" in message and "--weights" not in message
+    assert f"local folder DIR as the {setting.replace('_', ' ')}" in message
+    assert info.value.remedies == (f"{setting}=DIR", "weights=random")
     assert info.value.__cause__ is not None
 
 

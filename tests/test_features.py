@@ -16,11 +16,12 @@ from test_stream import CLASSES, cli, read_jsonl, tiny_checkpoint, tiny_extracto
 from avarnet import features
 from avarnet.checkpoint import save_checkpoint
 from avarnet.cli import main
+from avarnet.cli_stream import LiveView
 from avarnet.config import FeatureSpec
 from avarnet.features import SegmentEncoder, live_spec
 from avarnet.media import SegmentSource
 from avarnet.store import FeatureStore
-from avarnet.stream import BoundedStats, LiveView, StreamSummary
+from avarnet.stream import BoundedStats, StreamSummary
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
 

@@ -4,12 +4,24 @@ and the core pipeline never imports the applications built on it."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "avarnet"
-APPS = ("ablate", "bench", "xdv", "weak", "demo", "serve", "cli", "extract_ray", "export")
+APPS = (
+    "ablate",
+    "bench",
+    "xdv",
+    "weak",
+    "demo",
+    "serve",
+    "cli",
+    "cli_stream",
+    "extract_ray",
+    "export",
+)
 CORE = (
     "errors",
     "config",
@@ -132,3 +144,66 @@ def test_core_never_imports_applications():
             if len(t) > 1 and t[1] in APPS:
                 bad.append(f"{mod} imports {'.'.join(t)}")
     assert not bad, "\n".join(sorted(bad))
+
+
+def test_live_library_leaves_presentation_to_the_command_line():
+    """The stream package prints nothing and installs no signal handler (cli_stream does both)."""
+    bad = []
+    for path in sorted((PKG / "stream").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                if node.func.id in ("print", "input"):
+                    bad.append(f"{path.name}:{node.lineno} calls {node.func.id}()")
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if "signal" in names or "sys" in names:
+                    bad.append(f"{path.name}:{node.lineno} imports signal/sys")
+    assert not bad, "\n".join(bad)
+    presentation = ast.parse((PKG / "cli_stream.py").read_text())
+    defined = {n.name for n in presentation.body if isinstance(n, ast.ClassDef | ast.FunctionDef)}
+    assert {"LiveView", "StreamOutput", "stop_on_sigint", "summary_text"} <= defined
+
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+# Messages still naming options, in modules that own them (each listed exactly).
+NAMED_OPTIONS = {
+    ("train.py", "late fusion needs both senses: use --modality fused with --fusion late"),
+    ("xdv.py", "give both --test-rgb-list and --test-audio-list, or neither"),
+    ("xdv.py", "ground truth needs the test lists (--test-rgb-list, --test-audio-list)"),
+}
+
+
+def library_strings(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every string literal that is not a docstring; f-string holes read {}."""
+    tree = ast.parse(path.read_text(), str(path))
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            skip.add(id(body[0].value))
+        if isinstance(node, ast.JoinedStr):
+            skip |= {id(v) for v in node.values}
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            out.append((node.lineno, node.value))
+        elif isinstance(node, ast.JoinedStr):
+            text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+            out.append((node.lineno, text))
+    return out
+
+
+def test_library_messages_name_no_command_line_option():
+    """Only the command line names its options; a command quoted in backticks may have flags."""
+    bad = []
+    for path in sorted(PKG.rglob("*.py")):
+        if path.name.startswith("cli"):
+            continue
+        for line, text in library_strings(path):
+            plain = re.sub(r"`[^`]*`", "", text)
+            if FLAG.search(plain) and (path.name, text) not in NAMED_OPTIONS:
+                bad.append(f"{path.relative_to(PKG)}:{line}: {text[:80]!r}")
+    assert not bad, "\n".join(bad)

@@ -21,12 +21,12 @@ from conftest import untrained_checkpoint
 from avarnet import media
 from avarnet.checkpoint import Checkpoint, save_checkpoint
 from avarnet.cli import main
+from avarnet.cli_stream import LiveView
 from avarnet.config import FeatureSpec
 from avarnet.encoders import AudioEncoder, VideoEncoder
 from avarnet.extract import Extractor, build_spec, segment_times
 from avarnet.predict import model_input, step_probabilities
 from avarnet.stream import (
-    LiveView,
     SegmentEncoder,
     SegmentQueue,
     SegmentSource,

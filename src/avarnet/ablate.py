@@ -59,7 +59,7 @@ RESULTS_MD = "results.md"
 RESULTS_PNG = "results.png"
 RESULTS_HTML = "results.html"
 
-DEFAULT_MODALITIES: tuple[str, ...] = ("fused", "audio", "video")
+DEFAULT_MODALITIES: tuple[str, ...] = MODALITIES
 DEFAULT_FUSIONS: tuple[str, ...] = ("early",)
 DEFAULT_SEQ_LENS: tuple[int, ...] = (TrainConfig().seq_len,)
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)

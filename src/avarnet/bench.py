@@ -40,6 +40,8 @@ from .checkpoint import Checkpoint
 from .config import (
     DEFAULT_AUDIO_BACKBONE,
     DEFAULT_AUDIO_CONTEXT_S,
+    ONNX_PRECISIONS,
+    RUNTIMES,
     VAAR_CLASSES,
     FeatureSpec,
     ModelConfig,
@@ -77,8 +79,6 @@ MIN_TIMED_S = 2.0  # each throughput figure times at least this long (after one 
 AUDIO_CONTEXT_SECONDS = 1.0  # the component rows' per-segment Wav2Vec2 look-back
 CLIP_SAMPLE_RATE = 48_000
 AGREEMENT_SEGMENTS = 12  # segments whose features each row compares with torch fp32
-RUNTIMES = ("torch", "onnx")
-ONNX_PRECISIONS = ("fp32", "int8")
 # bf16 is measured only where the CPU has bf16 instructions (elsewhere it is slower than fp32)
 DEFAULT_PRECISIONS = (
     ("fp32", "int8", "bf16") if cpu_has_bf16() else ("fp32", "int8")
@@ -99,7 +99,7 @@ class BenchOptions:
     video_backbones: tuple[str, ...] = MOBILEVIT_VARIANTS
     audio_backbone: str = DEFAULT_AUDIO_BACKBONE
     precisions: tuple[str, ...] = DEFAULT_PRECISIONS  # CPU; a GPU adds fp32 and fp16
-    runtimes: tuple[str, ...] = ("torch", "onnx")
+    runtimes: tuple[str, ...] = RUNTIMES
     audio_contexts: tuple[float, ...] = (DEFAULT_AUDIO_CONTEXT_S,)  # causal look-backs (s)
     cpu: bool = True  # False: GPU rows only (with device cuda)
     model: str = "mtcn"

@@ -12,7 +12,26 @@ import os
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_AUDIO_BACKBONE, DEFAULT_VIDEO_BACKBONE, TrainConfig
+from .alerts import AlertRule
+from .config import (
+    AUDIO_MODES,
+    DEFAULT_AUDIO_BACKBONE,
+    DEFAULT_VIDEO_BACKBONE,
+    DEVICES,
+    ENCODER_PRECISIONS,
+    EXTRACT_ENGINES,
+    FUSIONS,
+    MODALITIES,
+    ONNX_PRECISIONS,
+    PRECISIONS,
+    RUNTIMES,
+    SENSES,
+    SPLITS,
+    WEAK_OBJECTIVES,
+    WEIGHTS,
+    FeatureSpec,
+    TrainConfig,
+)
 from .errors import InvalidArgumentError
 
 log = logging.getLogger("avarnet")
@@ -21,6 +40,12 @@ EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
 MIN_SEGMENT_SECONDS = 0.02  # one Wav2Vec2 frame (20 ms); shorter segments could hold no audio frame
 MAX_SEQ_LEN = 100_000  # segments per window (about 28 h of 1-s segments)
 MAX_FRAMES_PER_SEGMENT = 64
+# Choices come from the configuration's lists (config.py) and defaults from its dataclasses;
+# tests/test_cli.py checks every option against them.
+DEVICE = TrainConfig().device
+SPEC = FeatureSpec()
+RULE = AlertRule()
+BENCH_PRECISIONS = tuple(p for p in PRECISIONS if p != "fp16")  # CPU rows; a GPU adds fp16
 
 
 def _number(
@@ -90,8 +115,8 @@ def _frame_size(text: str) -> str:
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights",
-        choices=["pretrained", "random"],
-        default="pretrained",
+        choices=WEIGHTS,
+        default=SPEC.weights,
         help="pretrained backbones (hub id or local folder) or the same architectures with random weights (offline)",
     )
     p.add_argument(
@@ -100,7 +125,7 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--audio-backbone", default=DEFAULT_AUDIO_BACKBONE, help="Wav2Vec2 hub id or local folder"
     )
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=DEVICES, default=DEVICE)
 
 
 def _add_backbone_overrides(p: argparse.ArgumentParser) -> None:
@@ -145,8 +170,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default=d.model, type=_model_name, help="temporal model (see `avarnet models`)"
     )
-    p.add_argument("--modality", choices=["fused", "audio", "video"], default=d.modality)
-    p.add_argument("--fusion", choices=["early", "late"], default=d.fusion)
+    p.add_argument("--modality", choices=MODALITIES, default=d.modality)
+    p.add_argument("--fusion", choices=FUSIONS, default=d.fusion)
     p.add_argument("--seq-len", type=SEQ_LEN, default=d.seq_len, help="segments per window (L)")
     p.add_argument("--epochs", type=POSITIVE_INT, default=d.epochs)
     p.add_argument("--batch-size", type=POSITIVE_INT, default=d.batch_size)
@@ -158,7 +183,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         help="probability of blanking one sense per training window",
     )
     p.add_argument("--seed", type=SEED, default=d.seed)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=DEVICES, default=DEVICE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,12 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path)
     p.add_argument("--out", type=Path, required=True)
     _add_backbone_args(p)
-    p.add_argument("--segment-seconds", type=SEGMENT_SECONDS, default=1.0)
-    p.add_argument("--frames-per-segment", type=FRAMES_PER_SEGMENT, default=1)
+    p.add_argument("--segment-seconds", type=SEGMENT_SECONDS, default=SPEC.segment_seconds)
+    p.add_argument(
+        "--frames-per-segment", type=FRAMES_PER_SEGMENT, default=SPEC.frames_per_segment
+    )
     p.add_argument(
         "--audio-features",
-        choices=["chunked", "causal"],
-        default="chunked",
+        choices=AUDIO_MODES,
+        default=SPEC.audio_mode,
         help="chunked: Wav2Vec2 over 10-s chunks (sees ahead); causal: per segment with --audio-context "
         "of look-back, exactly what `stream` computes (docs/live.md)",
     )
@@ -198,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="causal audio look-back in seconds (0 allowed; default 0)",
     )
-    p.add_argument("--seed", type=SEED, default=0, help="split seed and random-weight seed")
+    p.add_argument(
+        "--seed", type=SEED, default=SPEC.seed, help="split seed and random-weight seed"
+    )
     p.add_argument(
         "--workers",
         type=WORKERS,
@@ -206,14 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        default="fp32",
+        choices=ENCODER_PRECISIONS,
+        default=SPEC.precision,
         help="encoder precision (bf16: GPUs and CPUs with bf16 instructions; fp16: GPUs)",
     )
     p.add_argument(
         "--engine",
-        choices=["local", "ray"],
-        default="local",
+        choices=EXTRACT_ENGINES,
+        default=EXTRACT_ENGINES[0],
         help="ray: a Ray Data pipeline (pip install avarnet[ray])",
     )
     p.add_argument(
@@ -228,10 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics.json and plots for a split of a feature store")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("feats", type=Path)
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--drop", choices=["audio", "video"], help="evaluate with one sense blanked")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--drop", choices=SENSES, help="evaluate with one sense blanked")
+    p.add_argument("--device", choices=DEVICES, default=DEVICE)
     p.add_argument(
         "--no-report", action="store_true", help="skip report.html (figures, t-SNE, frame strips)"
     )
@@ -252,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="with --causal: audio look-back in seconds (default: the checkpoint's, else 0)",
     )
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=DEVICES, default=DEVICE)
 
     p = sub.add_parser(
         "demo", help="synth -> extract -> train -> evaluate -> predict, in one folder"
@@ -260,9 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--clips-per-class", type=POSITIVE_INT, default=10)
     p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--weights", choices=["pretrained", "random"], default="pretrained")
+    p.add_argument("--weights", choices=WEIGHTS, default=SPEC.weights)
     p.add_argument("--epochs", type=POSITIVE_INT, default=50)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=DEVICES, default=DEVICE)
 
     sub.add_parser("models", help="list the registered temporal models")
 
@@ -277,14 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--modalities",
         nargs="+",
-        choices=["fused", "audio", "video"],
-        default=["fused", "audio", "video"],
+        choices=MODALITIES,
+        default=list(MODALITIES),
     )
     p.add_argument(
         "--fusions",
         nargs="+",
-        choices=["early", "late"],
-        default=["early"],
+        choices=FUSIONS,
+        default=[TrainConfig().fusion],
         help="with late: an early-vs-late table on fused input",
     )
     p.add_argument(
@@ -301,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=TrainConfig().epochs,
         help="epochs per run (early stopping may end it sooner)",
     )
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--batch-size", type=POSITIVE_INT, default=TrainConfig().batch_size)
     p.add_argument("--lr", type=POSITIVE_FLOAT, default=TrainConfig().lr)
     p.add_argument(
@@ -319,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="torch CPU threads per run (small models: 1 is fastest)",
     )
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=DEVICES, default=DEVICE)
 
     p = sub.add_parser(
         "xdv",
@@ -383,11 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("checkpoint", type=Path)
     q.add_argument("feats", type=Path)
-    q.add_argument("--split", default="test", choices=["train", "val", "test"])
+    q.add_argument("--split", default="test", choices=SPLITS)
     q.add_argument("--out", type=Path, required=True)
-    q.add_argument("--drop", choices=["audio", "video"], help="evaluate with one sense blanked")
+    q.add_argument("--drop", choices=SENSES, help="evaluate with one sense blanked")
     q.add_argument("--plots", type=COUNT, default=12, help="per-video score curves to draw")
-    q.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    q.add_argument("--device", choices=DEVICES, default=DEVICE)
 
     p = sub.add_parser(
         "stream",
@@ -404,31 +433,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--jsonl", type=Path, help="write the JSON lines here instead of stdout")
     p.add_argument(
-        "--threshold", type=PROBABILITY, default=0.5, help="anomaly score that counts as high"
+        "--threshold", type=PROBABILITY, default=RULE.threshold, help="anomaly score that counts as high"
     )
     p.add_argument(
         "--min-segments",
         type=POSITIVE_INT,
-        default=3,
+        default=RULE.min_segments,
         help="consecutive high segments that open an event",
     )
     p.add_argument(
         "--hysteresis",
         type=NON_NEGATIVE_FLOAT,
-        default=0.1,
+        default=RULE.hysteresis,
         help="an open event stays open while score >= threshold - this",
     )
     p.add_argument(
         "--close-segments",
         type=POSITIVE_INT,
-        default=2,
+        default=RULE.close_segments,
         help="consecutive segments below that level that close it",
     )
     p.add_argument("--webhook", help="POST each event record (JSON) to this http(s) URL")
     p.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "fp16", "int8"],
-        default="fp32",
+        choices=PRECISIONS,
+        default=SPEC.precision,
         help="encoder arithmetic: bf16 (CPU with bf16 instructions, GPU), fp16 (GPU), int8 Wav2Vec2 (CPU);"
         " faster, features shift slightly (fp32 equals predict --causal)",
     )
@@ -448,8 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--runtime",
-        choices=["torch", "onnx"],
-        default="torch",
+        choices=RUNTIMES,
+        default=RUNTIMES[0],
         help="onnx: ONNX Runtime on a folder written by `avarnet export` (give it as --checkpoint)",
     )
     p.add_argument(
@@ -471,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="no live terminal view even when stdout is a terminal",
     )
     _add_backbone_overrides(p)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=DEVICES, default=DEVICE)
 
     p = sub.add_parser(
         "export", help="ONNX encoders + temporal model + manifest for `stream --runtime onnx`"
@@ -532,14 +561,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precisions",
         nargs="+",
-        choices=["fp32", "bf16", "int8"],
+        choices=BENCH_PRECISIONS,
         help="CPU precisions to measure (default: fp32, int8, and bf16 where the CPU has it); a GPU adds fp16",
     )
     p.add_argument(
         "--runtimes",
         nargs="+",
-        choices=["torch", "onnx"],
-        default=["torch", "onnx"],
+        choices=RUNTIMES,
+        default=list(RUNTIMES),
         help="inference runtimes of the end-to-end rows (onnx: fp32 and int8)",
     )
     p.add_argument(
@@ -551,8 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--device",
-        choices=["auto", "cpu", "cuda"],
-        default="auto",
+        choices=DEVICES,
+        default=DEVICE,
         help="GPU rows are added on cuda",
     )
     p.add_argument("--gpu-only", action="store_true", help="with a GPU: skip the CPU rows")
@@ -564,8 +593,8 @@ def _weak_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", type=_model_name, help="temporal model (see `avarnet models`; default mtcn)"
     )
-    p.add_argument("--modality", choices=["fused", "audio", "video"])
-    p.add_argument("--fusion", choices=["early", "late"])
+    p.add_argument("--modality", choices=MODALITIES)
+    p.add_argument("--fusion", choices=FUSIONS)
     p.add_argument("--epochs", type=POSITIVE_INT)
     p.add_argument("--batch-size", type=POSITIVE_INT)
     p.add_argument("--lr", type=POSITIVE_FLOAT)
@@ -587,7 +616,7 @@ def _weak_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--objective",
-        choices=["refine", "mil"],
+        choices=WEAK_OBJECTIVES,
         help="refine (default): per-snippet MIL scorer, then the model trained on its pseudo-labels; "
         "mil: the model trained by MIL directly (the reference)",
     )
@@ -607,7 +636,7 @@ def _weak_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--centre-crop-only", action="store_true", help="train on the centre crop only")
     p.add_argument("--seed", type=SEED)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", choices=DEVICES)
 
 
 _WEAK_FIELDS = (
@@ -919,25 +948,23 @@ def cmd_stream(a: argparse.Namespace) -> int:
     )  # before torch loads: idle threads sleep, not spin
     import threading
 
-    from .alerts import AlertRule, WebhookPoster
+    from .alerts import WebhookPoster
+    from .cli_stream import LiveView, StreamOutput, stop_on_sigint, summary_text
     from .encoders import resolve_device
     from .runtime import configure_cpu
     from .stream import (
-        LiveView,
+        FeatureMismatchError,
         StreamOptions,
-        StreamOutput,
         autocast_dtype,
         check_live_features,
         live_spec,
         open_source,
         run_stream,
-        stop_on_sigint,
         stream_extractor,
-        summary_text,
     )
 
-    if a.runtime == "onnx" and a.precision not in ("fp32", "int8"):
-        raise InvalidArgumentError("--runtime onnx runs fp32 or int8")
+    if a.runtime == "onnx" and a.precision not in ONNX_PRECISIONS:
+        raise InvalidArgumentError(f"--runtime onnx runs {' or '.join(ONNX_PRECISIONS)}")
     rule = AlertRule(
         threshold=a.threshold,
         min_segments=a.min_segments,
@@ -967,7 +994,13 @@ def cmd_stream(a: argparse.Namespace) -> int:
         ckpt = _checkpoint_with_backbones(a)
         context = a.audio_context
     live = live_spec(ckpt.spec, context)
-    check_live_features(ckpt, live, strict=a.strict)  # --strict refuses before anything loads
+    try:  # --strict refuses before anything loads
+        check_live_features(ckpt, live, strict=a.strict)
+    except FeatureMismatchError as e:
+        raise FeatureMismatchError(
+            f"{e} [--strict; extract --audio-features causal --audio-context "
+            f"{live.audio_context_seconds:g}]"
+        ) from None
     options = StreamOptions(
         realtime=a.realtime,
         rule=rule,
@@ -1160,12 +1193,22 @@ COMMANDS = {
 }
 
 
+def _remedy_options(e: BaseException) -> str:
+    """The options for an error's remedies (library settings), e.g. `` [--weights random]``."""
+    flags = []
+    for remedy in getattr(e, "remedies", ()):
+        name, _, value = remedy.partition("=")
+        flag = "--" + name.replace("_", "-")
+        flags.append(f"{flag} {value}" if value else flag)
+    return f" [{' | '.join(flags)}]" if flags else ""
+
+
 def _error_line(e: BaseException) -> tuple[str, int] | None:
     """(one line, exit code) for an error the user can act on; None for a defect of avarnet."""
     from .errors import AvarnetError, environment_error_line
 
     if isinstance(e, AvarnetError):
-        return str(e), EXIT_USAGE
+        return str(e) + _remedy_options(e), EXIT_USAGE
     if isinstance(e, OSError):
         line = environment_error_line(e)
         return (line, EXIT_USAGE) if line else None

@@ -32,6 +32,39 @@ DEFAULT_AUDIO_BACKBONE = "facebook/wav2vec2-base"  # hidden size: 768-d
 AUDIO_MODES = ("chunked", "causal")  # how audio features are made (FeatureSpec.audio_mode)
 DEFAULT_AUDIO_CONTEXT_S = 0.0  # causal audio look-back by default (docs/live.md: why 0)
 
+# Allowed values of configuration fields, checked by the dataclasses below and offered as the
+# command line's choices (one list each, tested against the parser in tests/test_cli.py).
+WEIGHTS = ("pretrained", "random")  # FeatureSpec.weights: pretrained backbones or random init
+ENCODER_PRECISIONS = ("fp32", "bf16", "fp16")  # FeatureSpec.precision: encoders under autocast
+PRECISIONS = ENCODER_PRECISIONS + ("int8",)  # live encoders; int8: dynamically quantised (CPU)
+ONNX_PRECISIONS = ("fp32", "int8")  # what an ONNX export runs
+RUNTIMES = ("torch", "onnx")  # live inference: PyTorch, or ONNX Runtime on an export
+EXTRACT_ENGINES = ("local", "ray")  # extraction in this process's pool, or a Ray Data pipeline
+MODALITIES = ("fused", "audio", "video")  # TrainConfig.modality: the senses a model sees
+FUSIONS = ("early", "late")  # TrainConfig.fusion, ModelConfig.fusion
+LATE_COMBINES = ("mean", "learned")  # ModelConfig.late_combine (late fusion only)
+DEVICES = ("auto", "cpu", "cuda")  # TrainConfig.device; auto: cuda when available
+SPLITS = ("train", "val", "test")
+SENSES = ("audio", "video")  # a sense that can be blanked (modality dropout, evaluation)
+WEAK_OBJECTIVES = ("refine", "mil")  # weak.WeakConfig.objective
+
+
+def check_choice(owner: str, name: str, value: Any, allowed: tuple) -> None:
+    """Raise InvalidArgumentError when ``value`` is not one of ``allowed``."""
+    if value not in allowed:
+        raise InvalidArgumentError(
+            f"{owner}.{name} must be one of {', '.join(map(str, allowed))}, got {value!r}"
+        )
+
+
+def check_device(owner: str, device: str) -> None:
+    """A device name: one of DEVICES, or an indexed GPU such as ``cuda:1``."""
+    kind, _, index = str(device).partition(":")
+    if device not in DEVICES and not (kind == "cuda" and index.isdigit()):
+        raise InvalidArgumentError(
+            f"{owner}.device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}"
+        )
+
 
 class DictMixin:
     """to_dict / from_dict / YAML for flat dataclasses; unknown keys are rejected."""
@@ -95,6 +128,7 @@ class FeatureSpec(DictMixin):
             raise InvalidArgumentError(
                 f"audio_mode must be one of {AUDIO_MODES}, got {self.audio_mode!r}"
             )
+        check_choice("FeatureSpec", "precision", self.precision, ENCODER_PRECISIONS)
         if not self.audio_context_seconds >= 0:
             raise InvalidArgumentError(
                 f"audio_context_seconds must be >= 0, got {self.audio_context_seconds}"
@@ -159,7 +193,7 @@ def spec_problem(spec: FeatureSpec) -> str | None:
             or not low <= value <= high
         ):
             return f"feature spec {name} = {value!r} is outside [{low}, {high}]"
-    if spec.weights not in ("pretrained", "random"):
+    if spec.weights not in WEIGHTS:
         return f"feature spec weights = {spec.weights!r} is neither 'pretrained' nor 'random'"
     return None
 
@@ -191,6 +225,10 @@ class ModelConfig(DictMixin):
     video_dim: int = 640  # split point of the fused input (late fusion)
     audio_dim: int = 768
 
+    def __post_init__(self) -> None:
+        check_choice("ModelConfig", "fusion", self.fusion, FUSIONS)
+        check_choice("ModelConfig", "late_combine", self.late_combine, LATE_COMBINES)
+
 
 @dataclass(frozen=True)
 class TrainConfig(DictMixin):
@@ -214,3 +252,8 @@ class TrainConfig(DictMixin):
     seed: int = 0
     device: str = "auto"
     num_threads: int = 0  # 0: torch's default
+
+    def __post_init__(self) -> None:
+        check_choice("TrainConfig", "modality", self.modality, MODALITIES)
+        check_choice("TrainConfig", "fusion", self.fusion, FUSIONS)
+        check_device("TrainConfig", self.device)

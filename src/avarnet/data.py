@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .config import MODALITIES, SPLITS
 from .errors import AvarnetError
 from .store import Entry, FeatureStore
 
@@ -22,9 +23,7 @@ log = logging.getLogger("avarnet")
 MEDIA_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .ts .flv .wmv .3gp .ogv .m4a .mp3 .wav .aac .ogg .flac".split()
 )
-SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)  # train / val / test
-MODALITIES = ("fused", "audio", "video")
 IGNORE_INDEX = -100  # label of padded steps (torch cross-entropy's ignore_index)
 
 

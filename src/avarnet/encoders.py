@@ -35,15 +35,13 @@ from transformers import (
     Wav2Vec2Model,
 )
 
-from avarnet.config import DEFAULT_AUDIO_BACKBONE, DEFAULT_VIDEO_BACKBONE, SAMPLE_RATE
+from avarnet.config import DEFAULT_AUDIO_BACKBONE, DEFAULT_VIDEO_BACKBONE, SAMPLE_RATE, WEIGHTS
 from avarnet.errors import AvarnetError, InvalidArgumentError
 
 logger = logging.getLogger("avarnet")
 
-WEIGHT_CHOICES = ("pretrained", "random")
+WEIGHT_CHOICES = WEIGHTS
 PREPROCESSOR_FILE = "preprocessor_config.json"
-VIDEO_FLAG = "--video-backbone"
-AUDIO_FLAG = "--audio-backbone"
 
 # apple/mobilevit-small's image processor, used when a source has none.
 DEFAULT_SHORTEST_EDGE = 288
@@ -116,13 +114,15 @@ def _one_line(err: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _pretrained_error(source: str, flag: str, cause: BaseException) -> EncoderLoadError:
+def _pretrained_error(source: str, parameter: str, cause: BaseException) -> EncoderLoadError:
+    """``parameter``: the setting that names this backbone (video_backbone or audio_backbone)."""
     hub_id = "ID" if _looks_like_path(source) else source
     return EncoderLoadError(
         f"could not load pretrained weights from {source!r} ({_one_line(cause)}); "
         f"download them once (e.g. `hf download {hub_id} --local-dir DIR`, or from_pretrained "
-        f"with network) and pass the local folder with {flag} DIR, "
-        f"or run offline with --weights random"
+        f"with network) and pass the local folder DIR as the {parameter.replace('_', ' ')}, "
+        f"or run offline with random weights",
+        remedies=(f"{parameter}=DIR", "weights=random"),
     )
 
 
@@ -185,7 +185,7 @@ def _check_model_type(config: PretrainedConfig, model_type: str, source: str) ->
 
 
 def _load_pretrained(
-    model_cls: type[_ModelT], model_type: str, source: str, flag: str
+    model_cls: type[_ModelT], model_type: str, source: str, parameter: str
 ) -> tuple[_ModelT, dict[str, Any]]:
     """``model_cls.from_pretrained(source)`` and the source's preprocessor config ({} if none)."""
 
@@ -208,7 +208,7 @@ def _load_pretrained(
     try:
         model, local_only = _cache_then_hub(source, fetch)
     except Exception as err:  # any failure means no usable pretrained weights
-        raise _pretrained_error(source, flag, err) from err
+        raise _pretrained_error(source, parameter, err) from err
     return model, _read_preprocessor(source, local_only)
 
 
@@ -388,7 +388,7 @@ class VideoEncoder:
         _validate_weights(weights)
         torch_device = resolve_device(device)
         if weights == "pretrained":
-            model, prep = _load_pretrained(MobileViTModel, "mobilevit", source, VIDEO_FLAG)
+            model, prep = _load_pretrained(MobileViTModel, "mobilevit", source, "video_backbone")
         else:
             config = _random_config(MobileViTConfig, "mobilevit", source, MOBILEVIT_KNOWN_CONFIGS)
             model = _build_random(MobileViTModel, config, seed)
@@ -593,7 +593,7 @@ class AudioEncoder:
         _validate_weights(weights)
         torch_device = resolve_device(device)
         if weights == "pretrained":
-            model, prep = _load_pretrained(Wav2Vec2Model, "wav2vec2", source, AUDIO_FLAG)
+            model, prep = _load_pretrained(Wav2Vec2Model, "wav2vec2", source, "audio_backbone")
         else:
             config = _random_config(Wav2Vec2Config, "wav2vec2", source, WAV2VEC2_KNOWN_CONFIGS)
             model = _build_random(Wav2Vec2Model, config, seed)

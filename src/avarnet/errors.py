@@ -12,7 +12,16 @@ import errno
 
 
 class AvarnetError(Exception):
-    """Base of the errors caused by input, options or the environment; ``str(e)`` is one line."""
+    """Base of the errors caused by input, options or the environment; ``str(e)`` is one line.
+
+    ``remedies``: settings that would each avoid the error, as ``"name=value"`` in the library's
+    parameter names (e.g. ``"weights=random"``); the message says it in words, and the command
+    line names its options for them. Messages never name command-line options themselves.
+    """
+
+    def __init__(self, *args: object, remedies: tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        self.remedies = tuple(remedies)
 
     def __str__(self) -> str:
         return " ".join(super().__str__().split())

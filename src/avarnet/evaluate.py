@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import Checkpoint, load_checkpoint
+from .config import SENSES
 from .encoders import resolve_device
 from .errors import AvarnetError
 from .inference import clip_probabilities, model_input, step_probabilities
@@ -19,7 +20,6 @@ from .store import FeatureStore, StoreError
 
 log = logging.getLogger("avarnet")
 
-SENSES = ("audio", "video")
 
 
 class EvaluateError(AvarnetError):
@@ -32,7 +32,7 @@ def blank_sense(x: np.ndarray, sense: str, ckpt: Checkpoint) -> np.ndarray:
     x = x.copy()
     if ckpt.modality != "fused":
         raise EvaluateError(
-            f"--drop needs a fused model; this checkpoint uses {ckpt.modality} only"
+            f"blanking a sense needs a fused model; this checkpoint uses {ckpt.modality} only"
         )
     if sense == "video":
         x[:, :vd] = 0.0

@@ -30,7 +30,7 @@ import torch
 from transformers import Wav2Vec2Config
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .config import FeatureSpec, ModelConfig, TrainConfig
+from .config import ONNX_PRECISIONS, FeatureSpec, ModelConfig, TrainConfig
 from .data import Normalizer
 from .encoders import AudioEncoder, VideoEncoder, conv_geometry
 from .errors import AvarnetError
@@ -43,7 +43,6 @@ MANIFEST = "manifest.json"
 OPSET = 17
 FILES = {"video": "video.onnx", "audio": "audio.onnx", "temporal": "temporal.onnx"}
 INT8_FILES = {"video": "video.int8.onnx", "audio": "audio.int8.onnx"}
-ONNX_PRECISIONS = ("fp32", "int8")
 QUANTISED_OPS = ["MatMul"]  # ConvInteger is slower than fp32 Conv in ONNX Runtime's CPU kernels
 
 
@@ -311,7 +310,7 @@ def load_onnx(folder: str | Path, precision: str = "fp32", threads: int = 0) -> 
     for key in ("video", "audio"):
         if f"{key}{suffix}" not in files:
             raise ExportError(
-                f"{folder}: exported without int8 models (run export without --no-int8)"
+                f"{folder}: exported without int8 models (export it again with the int8 models)"
             )
     paths = {key: folder / files[f"{key}{suffix}"] for key in ("video", "audio")}
     paths["temporal"] = folder / files["temporal"]

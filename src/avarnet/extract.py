@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from . import media
-from .config import DEFAULT_AUDIO_CONTEXT_S, FeatureSpec
+from .config import DEFAULT_AUDIO_CONTEXT_S, ENCODER_PRECISIONS, FeatureSpec
 from .data import VideoItem, scan_dataset
 from .decode import DecodePlan, decode_worker
 from .encoders import (
@@ -48,7 +48,6 @@ PARALLEL_FRAME_BATCH = 32  # frames per forward pass of the parallel engine (acr
 AUDIO_BATCH = 8  # equal-length audio chunks per Wav2Vec2 forward pass (across videos)
 QUEUE_PER_WORKER = 4  # decoded pieces (<= 16 frames or one audio chunk) waiting per worker
 TASKS_PER_WORKER = 2  # videos handed to a decoding worker ahead of time
-PRECISIONS = ("fp32", "bf16", "fp16")
 CALIBRATION_VIDEOS = 24  # random weights: BatchNorm statistics come from frames of this many videos
 CALIBRATION_FRAMES_PER_VIDEO = 4
 
@@ -67,23 +66,23 @@ def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
     bf16 needs a GPU or a CPU with bf16 instructions (AVX-512 BF16 / AMX); fp16 needs a GPU.
     """
-    if precision not in PRECISIONS:
+    if precision not in ENCODER_PRECISIONS:
         raise InvalidArgumentError(
-            f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+            f"precision must be one of {', '.join(ENCODER_PRECISIONS)}, got {precision!r}"
         )
     if precision == "fp16" and device.type != "cuda":
         raise InvalidArgumentError(
-            "--precision fp16 needs a GPU; on a CPU use bf16 (where supported) or fp32"
+            "precision fp16 needs a GPU; on a CPU use bf16 (where supported) or fp32"
         )
     if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        raise InvalidArgumentError("--precision bf16: this CPU has no bf16 instructions; use fp32")
+        raise InvalidArgumentError("precision bf16: this CPU has no bf16 instructions; use fp32")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
 def supported_precisions(device: torch.device) -> list[str]:
     """The precisions :func:`precision_dtype` accepts on ``device``."""
     if device.type == "cuda":
-        return list(PRECISIONS)
+        return list(ENCODER_PRECISIONS)
     return ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
 
 
@@ -191,12 +190,12 @@ def _prepare_store_locked(
         existing = FeatureStore.open(out)
         if not existing.spec.same_features(spec):
             raise StoreError(
-                f"{out} holds features made with a different spec; use a new --out folder"
+                f"{out} holds features made with a different spec; use a new output folder"
             )
         if spec.weights == "random":
             state = existing.load_encoder_state()
             if state is None:
-                raise StoreError(f"{out} lacks its encoder state; use a new --out folder")
+                raise StoreError(f"{out} lacks its encoder state; use a new output folder")
             video.load_bn_state(state)
         return existing
     if spec.weights == "random":
@@ -236,7 +235,7 @@ def extract_dataset(
     :func:`avarnet.extract_ray.extract_dataset_ray`, takes the same arguments.
     """
     if workers is not None and workers < 0:
-        raise InvalidArgumentError(f"--workers must be >= 0, got {workers}")
+        raise InvalidArgumentError(f"workers must be >= 0, got {workers}")
     data, out = Path(data), Path(out)
     scan = scan_dataset(data, seed=seed)
     items, classes = scan.items, scan.classes
@@ -272,7 +271,7 @@ def extract_dataset(
         store.spec.audio_mode == "causal" and workers
     ):  # causal audio is made per segment, in process
         log.info(
-            "causal audio features: extracting in this process (--workers applies to chunked audio)"
+            "causal audio features: extracting in this process (worker processes decode for chunked audio only)"
         )
         workers = 0
     claims = ClaimQueue(store, items, result, bar)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .config import FeatureSpec
+from .config import DEVICES, FeatureSpec
 from .data import discover_dataset
 from .decode import DecodePlan, decode_video, failure_reason
 from .encoders import AudioEncoder, VideoEncoder
@@ -70,7 +70,7 @@ def require_ray():
         import ray.data  # noqa: F401
     except ImportError:
         raise InvalidArgumentError(
-            f"--engine ray needs Ray Data, which is not installed: {RAY_EXTRA}"
+            f"the Ray engine needs Ray Data, which is not installed: {RAY_EXTRA}"
         ) from None
     return ray
 
@@ -269,7 +269,7 @@ def _resources(ray, device: str, opts: RayOptions) -> dict[str, Any]:
     total = ray.cluster_resources()
     cpus, gpus = float(total.get("CPU", 1)), int(total.get("GPU", 0))
     if device == "cuda" and gpus == 0:
-        raise ValueError("--device cuda: the Ray cluster has no GPU")
+        raise InvalidArgumentError("device cuda: the Ray cluster has no GPU")
     use_gpu = gpus > 0 and device != "cpu"
     small = cpus < 4
     if use_gpu:
@@ -315,8 +315,8 @@ def extract_dataset_ray(
     ray = require_ray()
     data, out = Path(data).resolve(), Path(out).resolve()
     items, classes = discover_dataset(data, seed=seed)
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device not in DEVICES:
+        raise InvalidArgumentError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     # The driver only builds the spec (and calibrates random weights): always on its CPU.
     video = VideoEncoder.load(video_backbone, weights=weights, seed=seed, device="cpu")
     audio = AudioEncoder.load(audio_backbone, weights=weights, seed=seed, device="cpu")

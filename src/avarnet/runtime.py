@@ -11,6 +11,8 @@ import warnings
 
 import torch
 
+from .config import PRECISIONS
+
 logger = logging.getLogger("avarnet")
 
 # glibc mallopt() parameters (malloc.h).
@@ -48,7 +50,6 @@ def _keep_freed_memory() -> bool:
     return trim_ok and mmap_ok
 
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # int8: linear layers dynamically quantised (CPU)
 
 
 def cpu_has_bf16() -> bool:

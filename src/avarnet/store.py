@@ -183,7 +183,7 @@ class FeatureStore:
             store = cls.open(root)
             if store.spec.to_dict() != spec.to_dict():
                 raise StoreError(
-                    f"{root} holds features made with a different spec; use a new --out folder "
+                    f"{root} holds features made with a different spec; use a new output folder "
                     f"(existing: {store.spec.to_dict()}, requested: {spec.to_dict()})"
                 )
             return store

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .config import NORMAL_CLASS, DictMixin, TrainConfig
+from .config import NORMAL_CLASS, WEAK_OBJECTIVES, DictMixin, TrainConfig
 from .data import MODALITIES, Normalizer, drop_modality, missing_mask, select_inputs
 from .encoders import resolve_device
 from .inference import anomaly_scores, model_input, step_probabilities
@@ -64,7 +64,7 @@ DEFAULT_PLOTS = 12  # per-video score curves written by evaluate_weak
 METRICS_FILE = "metrics.json"
 CURVES_DIR = "curves"
 FLANK_MARGIN = 4  # snippets around each annotated event compared with the event by flank_check
-OBJECTIVES = ("refine", "mil")
+OBJECTIVES = WEAK_OBJECTIVES
 SCORER_HISTORY_FILE = "snippet_scorer_history.json"  # first stage of "refine"
 SCORER_LR = 1e-3  # learning rate of the per-snippet scorer
 AP_DEFINITIONS = {

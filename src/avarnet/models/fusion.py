@@ -7,7 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-LATE_COMBINES: tuple[str, ...] = ("mean", "learned")
+from avarnet.config import LATE_COMBINES
+
 NUM_MODALITIES = 2  # video, audio
 
 

@@ -10,12 +10,10 @@ from collections.abc import Callable
 
 from torch import nn
 
-from avarnet.config import ModelConfig
+from avarnet.config import FUSIONS, ModelConfig
 from avarnet.models.fusion import LATE_COMBINES, LateFusion
 
 ModelBuilder = Callable[[ModelConfig], nn.Module]
-
-FUSIONS: tuple[str, ...] = ("early", "late")
 
 _MODEL_BUILDERS: dict[str, ModelBuilder] = {}
 
