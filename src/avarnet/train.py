@@ -110,7 +110,7 @@ def model_config_for(
 ) -> ModelConfig:
     vd, ad = input_dims(store.spec.video_dim, store.spec.audio_dim, cfg.modality)
     if cfg.fusion == "late" and cfg.modality != "fused":
-        raise TrainError("late fusion needs both senses: use --modality fused with --fusion late")
+        raise TrainError("late fusion needs both senses: modality must be fused")
     mcfg = ModelConfig(
         name=cfg.model,
         input_dim=vd + ad,

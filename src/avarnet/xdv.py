@@ -574,7 +574,7 @@ def _read_official_lists(
 ) -> tuple[list[XdVideo], list[XdVideo]]:
     """(training videos, test videos) of the two list pairs, checked for overlap."""
     if (test_rgb_list is None) != (test_audio_list is None):
-        raise XdvError("give both --test-rgb-list and --test-audio-list, or neither")
+        raise XdvError("give both test lists (visual and audio), or neither")
     videos = pair_lists(rgb_list, audio_list, "train", features_root, keep_crops)
     tests = []
     if test_rgb_list is not None:
@@ -649,7 +649,7 @@ def import_official(
     does not grow with the list. Finished videos are skipped, so an interrupted import resumes.
     """
     if (gt is not None or annotations is not None) and test_rgb_list is None:
-        raise XdvError("ground truth needs the test lists (--test-rgb-list, --test-audio-list)")
+        raise XdvError("ground truth needs the test lists (visual and audio)")
     lists = (rgb_list, audio_list, test_rgb_list, test_audio_list)
     videos, tests = _read_official_lists(*lists, features_root, keep_crops)
     plans = _plan_all(videos + tests, max_mismatch, progress)
