@@ -58,29 +58,25 @@ def _require_onnx():
         raise ExportError("ONNX Runtime is not installed: pip install 'avarnet[onnx]'") from None
 
 
-class _Pooled(torch.nn.Module):
+class _Wrapped(torch.nn.Module):
+    """A model whose forward returns only the tensor the exported graph outputs."""
+
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
+
+class _Pooled(_Wrapped):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixels).pooler_output
 
 
-class _Hidden(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
+class _Hidden(_Wrapped):
     def forward(self, samples: torch.Tensor) -> torch.Tensor:
         return self.model(input_values=samples).last_hidden_state
 
 
-class _LastStage(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
+class _LastStage(_Wrapped):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.model(x, mask)[-1:]
 
