@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -80,3 +81,66 @@ def one_thread():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def strict_load(text: str):
+    """json.loads that refuses NaN / Infinity literals, as strict parsers do."""
+
+    def refuse(name: str):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def error_lines(stderr: str, command: str) -> list[str]:
+    """The lines of ``stderr`` that ``avarnet COMMAND`` reports an error with."""
+    return [line for line in stderr.splitlines() if line.startswith(f"avarnet {command}: ")]
+
+
+TINY_CLASSES = ("crash", "normal", "pain")
+TINY_SEQ_LEN = 4
+
+
+def make_tiny_extractor(tiny_backbones, segment_seconds: float = 1.0):
+    """An Extractor over the tiny backbones (1 frame per segment)."""
+    from avarnet.encoders import AudioEncoder, VideoEncoder
+    from avarnet.extract import build_spec
+    from avarnet.features import Extractor
+
+    vdir, adir = tiny_backbones
+    v = VideoEncoder.load(str(vdir), device="cpu")
+    a = AudioEncoder.load(str(adir), device="cpu")
+    return Extractor(build_spec(v, a, "pretrained", 0, segment_seconds, 1), v, a)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt_path(tiny_backbones, tmp_path_factory) -> Path:
+    """An untrained checkpoint over the tiny backbones' features (classes TINY_CLASSES, L = 4)."""
+    from avarnet.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    spec = make_tiny_extractor(tiny_backbones).spec
+    save_checkpoint(path, untrained_checkpoint(spec, TINY_CLASSES, TINY_SEQ_LEN))
+    return path
+
+
+FAST_TRAIN = dict(epochs=25, batch_size=16, seed=0, device="cpu", lr=3e-3)
+SMALL_MODEL = dict(hidden=16, stages=2, layers=3, heads=2)
+
+
+@pytest.fixture(scope="session")
+def factory_store(tmp_path_factory):
+    """feature_factory's store: 3 classes x 9 clips with a known signal in each sense."""
+    from feature_factory import make_store
+
+    return make_store(tmp_path_factory.mktemp("feats") / "s", per_class=9)
+
+
+@pytest.fixture(scope="session")
+def trained(factory_store, tmp_path_factory):
+    """A small MTCN trained on ``factory_store`` (FAST_TRAIN, SMALL_MODEL)."""
+    from avarnet.config import TrainConfig
+    from avarnet.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    return train(factory_store, out, TrainConfig(**FAST_TRAIN), SMALL_MODEL, progress=False)
