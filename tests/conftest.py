@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +146,42 @@ def trained(factory_store, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("run")
     return train(factory_store, out, TrainConfig(**FAST_TRAIN), SMALL_MODEL, progress=False)
+
+
+def rewrite_checkpoint(
+    src: Path,
+    dst: Path,
+    meta: dict | None = None,
+    tensors: dict | None = None,
+    drop: tuple[str, ...] = (),
+) -> Path:
+    """A copy of a checkpoint with metadata entries / tensors replaced or dropped."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        m = dict(f.metadata())
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    m.update(meta or {})
+    t.update(tensors or {})
+    for k in drop:
+        m.pop(k, None)
+        t.pop(k, None)
+    save_file(t, str(dst), metadata=m)
+    return dst
+
+
+MEMORY_CAP = 3 * 1024**3  # address space of every capped subprocess
+
+
+def _cap_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+
+def run_capped(
+    argv: list[str], cwd: Path | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """Run ``argv`` with its address space capped at MEMORY_CAP, on one thread."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.run(argv, capture_output=True, text=True, preexec_fn=_cap_memory, cwd=cwd,
+                          env=env, timeout=timeout)  # fmt: skip

@@ -363,19 +363,6 @@ def test_random_audio_from_config_folder(audio_dir: Path) -> None:
 # --------------------------------------------------------------------------- runtime
 
 
-def test_configure_cpu_is_idempotent() -> None:
-    threads = torch.get_num_threads()
-    try:
-        configure_cpu(1)
-        configure_cpu(1)
-        assert torch.get_num_threads() == 1
-        configure_cpu()  # 0 keeps the current thread count
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(threads)
-        torch.set_flush_denormal(False)
-
-
 def test_audio_encode_batch_equals_one_window_at_a_time(audio: AudioEncoder) -> None:
     rng = np.random.default_rng(5)
     windows = [rng.normal(0, 0.1, n).astype(np.float32) for n in (8_000, 0, 8_000, 250, 12_000)]

@@ -21,7 +21,6 @@ from avarnet.ablate import AblationGrid, run_ablation
 from avarnet.config import ModelConfig, TrainConfig
 from avarnet.evaluate import evaluate
 from avarnet.models import create_model
-from avarnet.plots import peak_indices
 from avarnet.predict import build_prediction, write_timeline
 from avarnet.report import write_detection_report
 from avarnet.train import train
@@ -256,13 +255,6 @@ def test_timeline_without_the_video_says_so(tmp_path):
     write_timeline(pred, tmp_path)
     html = (tmp_path / "timeline.html").read_text()
     assert "video not found" in html and (tmp_path / "timeline.png").exists()
-
-
-def test_peak_indices():
-    assert peak_indices(np.array([0.1, 0.2, 0.9, 0.3, 0.2, 0.8, 0.4, 0.1]), 3) == [2, 5]
-    assert peak_indices(np.linspace(0, 1, 10), 3) == [9]
-    assert peak_indices(np.array([0.5]), 3) == [0]
-    assert peak_indices(np.array([]), 3) == []
 
 
 # -- detection report (XD-Violence style) --------------------------------------------------
