@@ -22,7 +22,6 @@ from avarnet.encoders import (
     VideoEncoder,
     resolve_device,
 )
-from avarnet.runtime import configure_cpu
 
 TINY_IMAGE = 64
 TINY_SHORTEST_EDGE = 72
