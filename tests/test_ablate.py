@@ -102,18 +102,17 @@ def test_invalid_grids_are_refused(grid):
         grid.cells()
 
 
-def test_results_csv_has_one_row_per_run_with_the_columns(finished):
+def test_results_csv_has_one_row_per_run_with_the_columns(finished, store):
     rows = read_csv(finished.csv)
     assert tuple(rows[0]) == CSV_COLUMNS
     assert len(rows) == GRID_CELLS and not finished.reused
     keys = {(r["model"], r["modality"], r["fusion"], r["seq_len"], r["seed"]) for r in rows}
     assert len(keys) == GRID_CELLS
+    n_test = len(store.split("test"))
     for r in rows:
-        assert (
-            0.0 <= float(r["accuracy"]) <= 1.0
-            and int(r["params"]) > 0
-            and float(r["train_seconds"]) > 0
-        )
+        correct = float(r["accuracy"]) * n_test  # a fraction of the test clips
+        assert correct == pytest.approx(round(correct), abs=1e-6) and 0 <= round(correct) <= n_test
+        assert int(r["params"]) > 0 and float(r["train_seconds"]) > 0
         assert (r["accuracy_no_audio"] == "") == (r["modality"] != "fused")
         assert 1 <= int(r["epochs_run"]) <= EPOCHS
 

@@ -503,8 +503,6 @@ def test_faster_precisions_stay_close_to_fp32(extractor, tiny_backbones, event_c
     for name, predictor in (("int8", StreamingPredictor(ckpt, int8)), ("bf16", bf16)):
         scores = [predictor.push(s.frames, s.audio)["anomaly_score"] for s in segments]
         assert np.abs(np.array(scores) - reference).max() < 0.05, name
-    with pytest.raises(ValueError):
-        autocast_dtype("fp16", torch.device("cpu"))
 
 
 def test_stream_posts_event_records_to_a_flaky_webhook(extractor, event_clip):
