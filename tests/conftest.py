@@ -185,3 +185,24 @@ def run_capped(
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     return subprocess.run(argv, capture_output=True, text=True, preexec_fn=_cap_memory, cwd=cwd,
                           env=env, timeout=timeout)  # fmt: skip
+
+
+def backbone_args(tiny_backbones) -> list[str]:
+    """The CLI options that select the tiny backbones, on the CPU."""
+    vdir, adir = tiny_backbones
+    return ["--video-backbone", str(vdir), "--audio-backbone", str(adir), "--device", "cpu"]
+
+
+def extract_argv(tiny_backbones, data: Path, out: Path, *extra: str) -> list[str]:
+    """``avarnet -q extract DATA --out OUT`` with the tiny backbones."""
+    return ["-q", "extract", str(data), "--out", str(out), *backbone_args(tiny_backbones), *extra]
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_backbones, tiny_dataset, tmp_path_factory) -> Path:
+    """``tiny_dataset`` extracted in-process through the CLI with the tiny pretrained backbones."""
+    from avarnet.cli import main
+
+    feats = tmp_path_factory.mktemp("tiny_store") / "feats"
+    assert main(extract_argv(tiny_backbones, tiny_dataset, feats, "--workers", "0")) == 0
+    return feats

@@ -25,7 +25,7 @@ import media_factory as mf
 import numpy as np
 import pytest
 import torch
-from conftest import error_lines, rewrite_checkpoint, run_capped, strict_load
+from conftest import error_lines, extract_argv, rewrite_checkpoint, run_capped, strict_load
 from safetensors import safe_open
 from safetensors.numpy import save_file as save_numpy
 
@@ -218,21 +218,13 @@ def _store_with_nan_entry(root: Path) -> Path:
     return root
 
 
+def train_two_epochs(feats: Path, run: Path) -> int:
+    return main(["-q", "train", str(feats), "--out", str(run), "--epochs", "2", "--device", "cpu"])
+
+
 def test_train_on_non_finite_features_fails_with_one_line_and_no_success_claim(tmp_path, capsys):
     feats = _store_with_nan_entry(tmp_path / "feats")
-    code = main(
-        [
-            "-q",
-            "train",
-            str(feats),
-            "--out",
-            str(tmp_path / "run"),
-            "--epochs",
-            "2",
-            "--device",
-            "cpu",
-        ]
-    )
+    code = train_two_epochs(feats, tmp_path / "run")
     cap = capsys.readouterr()
     assert code == 2 and "best epoch" not in cap.out
     lines = error_lines(cap.err, "train")
@@ -247,19 +239,7 @@ def test_train_never_reports_success_without_a_checkpoint(tmp_path, monkeypatch,
 
     feats = make_store(tmp_path / "feats", per_class=3).root
     monkeypatch.setattr(train_module, "evaluate_loss", lambda *a, **k: (float("nan"), 0.0))
-    code = main(
-        [
-            "-q",
-            "train",
-            str(feats),
-            "--out",
-            str(tmp_path / "run"),
-            "--epochs",
-            "2",
-            "--device",
-            "cpu",
-        ]
-    )
+    code = train_two_epochs(feats, tmp_path / "run")
     cap = capsys.readouterr()
     assert code == 2 and "best epoch" not in cap.out and "no checkpoint written" in cap.err
     assert not (tmp_path / "run" / "best.ckpt").exists()
@@ -323,25 +303,6 @@ def test_scan_reports_a_folder_without_read_permission(tmp_path):
     assert scan.classes == ["crash", "pain"] and "pain" in dict(scan.problems)
 
 
-def _tiny_extract_args(tiny_backbones, data: Path, out: Path) -> list[str]:
-    vdir, adir = tiny_backbones
-    return [
-        "-q",
-        "extract",
-        str(data),
-        "--out",
-        str(out),
-        "--video-backbone",
-        str(vdir),
-        "--audio-backbone",
-        str(adir),
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-    ]
-
-
 def test_extract_lists_unscannable_folders_as_failures(
     tiny_backbones, tmp_path, capsys, monkeypatch
 ):
@@ -349,7 +310,7 @@ def test_extract_lists_unscannable_folders_as_failures(
     for c in ("crash", "pain"):
         clip(data / c / "a.mp4", seconds=1.0)
     (data / "crash" / "loop").symlink_to(data / "crash")
-    code = main(_tiny_extract_args(tiny_backbones, data, tmp_path / "feats"))
+    code = main(extract_argv(tiny_backbones, data, tmp_path / "feats", "--workers", "0"))
     out = capsys.readouterr().out
     assert code == 1 and "extracted 2" in out and "failed 1" in out
     assert "failed: crash/loop: symbolic link loop" in out
@@ -372,7 +333,7 @@ def test_extract_records_non_finite_features_as_a_failure(
         return tensors, info
 
     monkeypatch.setattr(Extractor, "__call__", overflowing)
-    assert main(_tiny_extract_args(tiny_backbones, data, tmp_path / "feats")) == 1
+    assert main(extract_argv(tiny_backbones, data, tmp_path / "feats", "--workers", "0")) == 1
     out = capsys.readouterr().out
     assert "extracted 2" in out and "failed: crash/b.mp4: features hold NaN or infinity" in out
     assert "crash/b.mp4" in {f["path"] for f in FeatureStore.open(tmp_path / "feats").failures}
@@ -384,10 +345,10 @@ def test_resume_after_adding_a_class_folder_is_refused_in_one_line(
     data = tmp_path / "data"
     for c in ("crash", "pain"):
         clip(data / c / "a.mp4", seconds=1.0)
-    assert main(_tiny_extract_args(tiny_backbones, data, tmp_path / "feats")) == 0
+    assert main(extract_argv(tiny_backbones, data, tmp_path / "feats", "--workers", "0")) == 0
     clip(data / "normal" / "a.mp4", seconds=1.0)
     capsys.readouterr()
-    assert main(_tiny_extract_args(tiny_backbones, data, tmp_path / "feats")) == 2
+    assert main(extract_argv(tiny_backbones, data, tmp_path / "feats", "--workers", "0")) == 2
     lines = error_lines(capsys.readouterr().err, "extract")
     assert len(lines) == 1 and "['normal']" in lines[0]
     store = FeatureStore.open(tmp_path / "feats")
@@ -726,19 +687,7 @@ def test_extract_over_the_hostile_corpus_under_a_memory_cap(corpus, tiny_backbon
     for path, _ in corpus.values():
         (data / "bad" / path.name).symlink_to(path, target_is_directory=path.is_dir())
     (data / "bad" / "loop").symlink_to(data / "bad")
-    vdir, adir = tiny_backbones
-    r = avarnet(
-        "extract",
-        str(data),
-        "--out",
-        str(tmp_path / "feats"),
-        "--video-backbone",
-        str(vdir),
-        "--audio-backbone",
-        str(adir),
-        "--device",
-        "cpu",
-    )
+    r = avarnet(*extract_argv(tiny_backbones, data, tmp_path / "feats")[1:])  # avarnet adds -q
     no_crash(r.stderr)
     assert r.returncode == 1, r.stdout + r.stderr
     failed = [line for line in r.stdout.splitlines() if line.strip().startswith("failed: ")]

@@ -16,14 +16,13 @@ import media_factory as mf
 import numpy as np
 import pytest
 import torch
-from conftest import untrained_checkpoint
+from conftest import make_tiny_extractor, untrained_checkpoint
 
 from avarnet import media
-from avarnet.checkpoint import Checkpoint, save_checkpoint
+from avarnet.checkpoint import Checkpoint
 from avarnet.cli import main
 from avarnet.config import FeatureSpec
-from avarnet.encoders import AudioEncoder, VideoEncoder
-from avarnet.extract import Extractor, build_spec, segment_times
+from avarnet.extract import Extractor, segment_times
 from avarnet.predict import model_input, step_probabilities
 from avarnet.stream import (
     LiveView,
@@ -41,11 +40,7 @@ SEQ_LEN = 4
 CLASSES = ["crash", "normal", "pain"]
 
 
-def tiny_extractor(tiny_backbones, segment_seconds: float = 1.0) -> Extractor:
-    vdir, adir = tiny_backbones
-    v = VideoEncoder.load(str(vdir), device="cpu")
-    a = AudioEncoder.load(str(adir), device="cpu")
-    return Extractor(build_spec(v, a, "pretrained", 0, segment_seconds, 1), v, a)
+tiny_extractor = make_tiny_extractor
 
 
 def tiny_checkpoint(extractor: Extractor) -> Checkpoint:
@@ -62,10 +57,8 @@ def extractor(tiny_backbones) -> Extractor:
 
 
 @pytest.fixture(scope="module")
-def ckpt_path(extractor, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    save_checkpoint(path, tiny_checkpoint(extractor))
-    return path
+def ckpt_path(tiny_ckpt_path) -> Path:
+    return tiny_ckpt_path  # the same untrained model as tiny_checkpoint(extractor)
 
 
 @pytest.fixture(scope="module")

@@ -28,11 +28,15 @@ def test_train_writes_history_and_self_describing_checkpoint(trained):
     assert not ck.model.training
 
 
-def test_training_is_reproducible(store, trained, tmp_path):
-    again = train(store, tmp_path, TrainConfig(**FAST), model_overrides=SMALL, progress=False)
-    assert [h["train_loss"] for h in again.history] == pytest.approx(
-        [h["train_loss"] for h in trained.history]
+def test_training_is_reproducible(store, tmp_path):
+    cfg = TrainConfig(**{**FAST, "epochs": 3})
+    a = train(store, tmp_path / "a", cfg, model_overrides=SMALL, progress=False)
+    b = train(store, tmp_path / "b", cfg, model_overrides=SMALL, progress=False)
+    assert [h["train_loss"] for h in a.history] == pytest.approx(
+        [h["train_loss"] for h in b.history]
     )
+    other = train(store, tmp_path / "c", cfg.replace(seed=1), SMALL, progress=False)
+    assert other.history[-1]["train_loss"] != pytest.approx(a.history[-1]["train_loss"])
 
 
 def test_single_modality_and_late_fusion_train(store, tmp_path):

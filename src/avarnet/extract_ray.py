@@ -369,22 +369,15 @@ def extract_dataset_ray(
         num_cpus=res["decode_cpus"],
         scheduling_strategy="SPREAD",
     )
-    ds = ds.map_batches(
-        VideoEncoderActor,
-        fn_constructor_kwargs=ctor,
-        batch_size=options.videos_per_batch,
-        batch_format="numpy",
-        compute=pool,
-        **res["actor"],
-    )
-    ds = ds.map_batches(
-        AudioEncoderActor,
-        fn_constructor_kwargs=ctor,
-        batch_size=options.videos_per_batch,
-        batch_format="numpy",
-        compute=pool,
-        **res["actor"],
-    )
+    for actor in (VideoEncoderActor, AudioEncoderActor):
+        ds = ds.map_batches(
+            actor,
+            fn_constructor_kwargs=ctor,
+            batch_size=options.videos_per_batch,
+            batch_format="numpy",
+            compute=pool,
+            **res["actor"],
+        )
     ds = ds.map_batches(
         write_rows,
         fn_kwargs={"store_root": str(out)},
