@@ -206,3 +206,28 @@ def tiny_store(tiny_backbones, tiny_dataset, tmp_path_factory) -> Path:
     feats = tmp_path_factory.mktemp("tiny_store") / "feats"
     assert main(extract_argv(tiny_backbones, tiny_dataset, feats, "--workers", "0")) == 0
     return feats
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; never `playwright install`
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through Playwright, for one test module's pages (module-scoped: a second
+    sync Playwright may not start while one runs)."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium (/usr/bin/chromium) is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -32,28 +32,7 @@ ARTIFACTS = (
     )
     / "report"
 )
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TINY = dict(hidden=8, stages=2, layers=2, heads=2)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium (/usr/bin/chromium) is not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def render(browser, html: Path, name: str):
@@ -324,3 +303,17 @@ def test_late_fusion_features_are_both_branches_side_by_side():
         h = model.features(x, mask)
         video = model.video_model.features(x[..., :4], mask)
     assert h.shape == (2, 5, 2 * TINY["hidden"]) and torch.equal(h[..., : TINY["hidden"]], video)
+
+
+def test_pipe_table_pads_columns_and_reads_back():
+    from avarnet.report.html import markdown_table, pipe_table
+
+    lines = pipe_table(["Model", "Acc"], [["GRU", "0.50"], ["Transformer", None]])
+    assert lines == [
+        "| Model       | Acc  |",
+        "|-------------|------|",
+        "| GRU         | 0.50 |",
+        "| Transformer | n/a  |",
+    ]
+    html = markdown_table(lines)
+    assert html.count("<tr>") == 3 and "<td>Transformer</td>" in html
