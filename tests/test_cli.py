@@ -7,11 +7,14 @@ import logging
 import subprocess
 import sys
 
+import pytest
+
 from avarnet.cli import main
 from avarnet.demo import DemoOptions, run_demo
 from avarnet.store import FeatureStore
 
 
+@pytest.mark.slow
 def test_demo_runs_every_stage_into_one_folder(tiny_backbones, tmp_path):
     vdir, adir = tiny_backbones
     opts = DemoOptions(

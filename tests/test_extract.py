@@ -108,6 +108,7 @@ def _finished(feats: Path) -> int:
     )
 
 
+@pytest.mark.slow
 def test_sigkill_mid_extraction_then_resume(tiny_backbones, tmp_path):
     data = tmp_path / "data"
     synthesize_dataset(

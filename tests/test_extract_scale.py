@@ -134,6 +134,7 @@ def test_precision_is_recorded_and_refused_where_missing(tiny_dataset, tiny_back
         extract_dataset(tiny_dataset, out, precision="fp32", workers=1, **backbones(tiny_backbones))
 
 
+@pytest.mark.slow
 def test_two_extract_processes_on_one_store(
     mixed_dataset, tiny_backbones, in_process_store, tmp_path
 ):

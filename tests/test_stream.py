@@ -394,6 +394,7 @@ def test_slow_consumer_on_a_live_pace_drops_instead_of_growing(tiny_backbones, t
     assert lags[-1] > lags[0]  # the consumer falls behind, and says so
 
 
+@pytest.mark.slow
 def test_ctrl_c_flushes_closes_events_and_summarises(ckpt_path, event_clip, tmp_path):
     out = tmp_path / "s.jsonl"
     cmd = [
