@@ -231,3 +231,12 @@ def browser():
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+def write_event_clip(path: Path, seconds: float) -> Path:
+    """The synthetic scene with a crash event (96 x 64, 10 fps, 16 kHz): scores change over time."""
+    from avarnet.synth import render_clip, write_av
+
+    frames, audio = render_clip("crash", np.random.default_rng(3), seconds, 10.0, (96, 64), 16_000)
+    write_av(path, frames, 10.0, audio, 16_000)
+    return path

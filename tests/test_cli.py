@@ -14,17 +14,15 @@ from avarnet.demo import DemoOptions, run_demo
 from avarnet.store import FeatureStore
 
 
+def tiny_demo(tiny_backbones, **changes) -> DemoOptions:
+    vdir, adir = tiny_backbones
+    return DemoOptions(clips_per_class=3, device="cpu", video_backbone=str(vdir),
+                       audio_backbone=str(adir), **changes)  # fmt: skip
+
+
 @pytest.mark.slow
 def test_demo_runs_every_stage_into_one_folder(tiny_backbones, tmp_path):
-    vdir, adir = tiny_backbones
-    opts = DemoOptions(
-        clips_per_class=3,
-        duration=(2.0, 3.0),
-        epochs=3,
-        device="cpu",
-        video_backbone=str(vdir),
-        audio_backbone=str(adir),
-    )
+    opts = tiny_demo(tiny_backbones, duration=(2.0, 3.0), epochs=3)
     s = run_demo(tmp_path / "demo", opts, progress=False)
     assert s["weights"] == "pretrained" and s["videos"] == 30 and s["extraction_failures"] == 0
     metrics = json.loads((tmp_path / "demo" / "eval" / "metrics.json").read_text())
@@ -43,18 +41,10 @@ def test_demo_falls_back_to_random_weights_with_a_warning(
     tiny_backbones, tmp_path, monkeypatch, caplog
 ):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    vdir, adir = tiny_backbones
     from avarnet import demo
 
     # the requested pretrained video backbone cannot be loaded; the random fallback uses the tiny configs
-    opts = DemoOptions(
-        clips_per_class=3,
-        duration=(2.0, 2.5),
-        epochs=1,
-        device="cpu",
-        video_backbone=str(vdir),
-        audio_backbone=str(adir),
-    )
+    opts = tiny_demo(tiny_backbones, duration=(2.0, 2.5), epochs=1)
     monkeypatch.setattr(
         demo, "choose_weights", lambda o: ("random", "no-such/model could not be loaded")
     )

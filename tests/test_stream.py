@@ -16,7 +16,7 @@ import media_factory as mf
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_extractor, untrained_checkpoint
+from conftest import make_tiny_extractor, untrained_checkpoint, write_event_clip
 
 from avarnet import media
 from avarnet.checkpoint import Checkpoint
@@ -34,7 +34,6 @@ from avarnet.stream import (
     causal_features,
     run_stream,
 )
-from avarnet.synth import render_clip, write_av
 
 SEQ_LEN = 4
 CLASSES = ["crash", "normal", "pain"]
@@ -63,11 +62,7 @@ def ckpt_path(tiny_ckpt_path) -> Path:
 
 @pytest.fixture(scope="module")
 def event_clip(tmp_path_factory) -> Path:
-    """7 s of the synthetic scene with a crash event: scores change over time."""
-    frames, audio = render_clip("crash", np.random.default_rng(3), 7.0, 10.0, (96, 64), 16_000)
-    path = tmp_path_factory.mktemp("clips") / "event.mp4"
-    write_av(path, frames, 10.0, audio, 16_000)
-    return path
+    return write_event_clip(tmp_path_factory.mktemp("clips") / "event.mp4", 7.0)
 
 
 def cli(*args: str) -> list[str]:
