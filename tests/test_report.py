@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import strict_load
 from feature_factory import make_store
 from media_factory import clip
 
@@ -56,13 +57,6 @@ def assert_all_figures_load(images, errors):
     assert not broken, f"broken images: {broken}"
     assert all(i["src"].startswith("data:image/") for i in images), "an image is not embedded"
     assert not errors, f"console errors: {errors}"
-
-
-def strict_loads(text: str):
-    def refuse(name):
-        raise ValueError(f"non-strict JSON constant {name}")
-
-    return json.loads(text, parse_constant=refuse)
 
 
 # -- evaluation report ---------------------------------------------------------------------
@@ -133,7 +127,7 @@ def test_evaluation_report_renders_every_figure(browser, evaluated):
 
 def test_evaluation_metrics_json_is_strict_with_weighted_metrics(evaluated):
     _, _, out, metrics = evaluated
-    doc = strict_loads((out / "metrics.json").read_text())
+    doc = strict_load((out / "metrics.json").read_text())
     for key in ("precision_weighted", "recall_weighted", "f1_weighted", "averaging"):
         assert key in doc
     assert doc["recall_weighted"] == pytest.approx(doc["accuracy"])
@@ -164,7 +158,7 @@ def test_strict_json_when_a_class_has_no_test_clips(evaluated, tmp_path):
         device="cpu",
         report=False,
     )
-    doc = strict_loads((tmp_path / "eval" / "metrics.json").read_text())
+    doc = strict_load((tmp_path / "eval" / "metrics.json").read_text())
     crash = doc["per_class"]["crash"]
     assert crash["support"] == 0 and crash["recall"] is None and crash["ap"] is None
     assert "no test clips" in doc["undefined"]["per_class.crash.recall"]
