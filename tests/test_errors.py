@@ -30,7 +30,10 @@ def test_error_kinds():
 @pytest.mark.parametrize(
     "err, line",
     [
-        (OSError(errno.ENOSPC, "No space left on device", "/out/x"), "/out/x: no space left on device"),
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/out/x"),
+            "/out/x: no space left on device",
+        ),
         (PermissionError(errno.EACCES, "Permission denied", "/data"), "/data: Permission denied"),
         (OSError(errno.EROFS, "Read-only file system"), "Read-only file system"),
         (OSError(errno.EBADF, "Bad file descriptor", "/x"), None),  # a defect, not the user's

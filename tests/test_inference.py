@@ -85,7 +85,9 @@ def test_build_prediction_record():
     assert [(s["start"], s["end"]) for s in pred["segments"]] == [(0, 1), (1, 2), (2, 2.5)]
     assert [s["label"] for s in pred["segments"]] == ["crash", "pain", "normal"]
     assert [s["anomaly_score"] for s in pred["segments"]] == pytest.approx([0.7, 0.9, 0.1])
-    assert pred["segments"][1]["probabilities"] == pytest.approx(dict(zip(CLASSES, steps[1], strict=True)))
+    assert pred["segments"][1]["probabilities"] == pytest.approx(
+        dict(zip(CLASSES, steps[1], strict=True))
+    )
 
 
 def test_model_input_normalises_and_keeps_missing_audio_at_zero():
