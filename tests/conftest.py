@@ -240,3 +240,18 @@ def write_event_clip(path: Path, seconds: float) -> Path:
     frames, audio = render_clip("crash", np.random.default_rng(3), seconds, 10.0, (96, 64), 16_000)
     write_av(path, frames, 10.0, audio, 16_000)
     return path
+
+
+def tiny_checkpoint(extractor):
+    """An untrained (seeded) temporal model over ``extractor``'s features (TINY_CLASSES, L = 4)."""
+    return untrained_checkpoint(extractor.spec, TINY_CLASSES, TINY_SEQ_LEN)
+
+
+def cli(*args: str) -> list[str]:
+    """CLI arguments for a quiet run on the CPU (``stream`` on one thread)."""
+    threads = ["--threads", "1"] if args[0] == "stream" else []
+    return ["-q", *args, "--device", "cpu", *threads]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]

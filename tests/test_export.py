@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_FIXTURES, write_event_clip
-from test_stream import cli, read_jsonl, tiny_checkpoint, tiny_extractor
+from conftest import SHARED_FIXTURES, cli, read_jsonl, tiny_checkpoint, write_event_clip
+from conftest import make_tiny_extractor as tiny_extractor
 
 from avarnet.checkpoint import save_checkpoint
 from avarnet.cli import main

@@ -16,10 +16,17 @@ import media_factory as mf
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_extractor, untrained_checkpoint, write_event_clip
+from conftest import (
+    TINY_CLASSES,
+    TINY_SEQ_LEN,
+    cli,
+    make_tiny_extractor,
+    read_jsonl,
+    tiny_checkpoint,
+    write_event_clip,
+)
 
 from avarnet import media
-from avarnet.checkpoint import Checkpoint
 from avarnet.cli import main
 from avarnet.config import FeatureSpec
 from avarnet.extract import Extractor, segment_times
@@ -35,16 +42,9 @@ from avarnet.stream import (
     run_stream,
 )
 
-SEQ_LEN = 4
-CLASSES = ["crash", "normal", "pain"]
-
-
+SEQ_LEN = TINY_SEQ_LEN
+CLASSES = list(TINY_CLASSES)
 tiny_extractor = make_tiny_extractor
-
-
-def tiny_checkpoint(extractor: Extractor) -> Checkpoint:
-    """An untrained (seeded) temporal model over the tiny backbones' features; L = 4."""
-    return untrained_checkpoint(extractor.spec, CLASSES, SEQ_LEN)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
@@ -63,15 +63,6 @@ def ckpt_path(tiny_ckpt_path) -> Path:
 @pytest.fixture(scope="module")
 def event_clip(tmp_path_factory) -> Path:
     return write_event_clip(tmp_path_factory.mktemp("clips") / "event.mp4", 7.0)
-
-
-def cli(*args: str) -> list[str]:
-    threads = ["--threads", "1"] if args[0] == "stream" else []
-    return ["-q", *args, "--device", "cpu", *threads]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 # ------------------------------------------------------------------------------ segment cutting
