@@ -255,3 +255,8 @@ def cli(*args: str) -> list[str]:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def predict_argv(video, checkpoint, out, *extra: str) -> list[str]:
+    """``avarnet -q predict VIDEO --checkpoint CKPT --out OUT``."""
+    return ["-q", "predict", str(video), "--checkpoint", str(checkpoint), "--out", str(out), *extra]

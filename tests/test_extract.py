@@ -12,7 +12,7 @@ from pathlib import Path
 import media_factory as mf
 import numpy as np
 import pytest
-from conftest import backbone_args, extract_argv
+from conftest import backbone_args, extract_argv, predict_argv
 
 from avarnet.cli import main
 from avarnet.extract import segment_times
@@ -172,17 +172,7 @@ def test_random_weights_extract_train_predict(tiny_backbones, tiny_dataset, tmp_
     video = Path(store.info["data_root"]) / store.split("test")[0].source
     assert (
         main(
-            [
-                "-q",
-                "predict",
-                str(video),
-                "--checkpoint",
-                str(run / "best.ckpt"),
-                "--out",
-                str(pred),
-                "--device",
-                "cpu",
-            ]
+            predict_argv(str(video), str(run / "best.ckpt"), str(pred), "--device", "cpu")
         )
         == 0
     )

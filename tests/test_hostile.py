@@ -25,7 +25,14 @@ import media_factory as mf
 import numpy as np
 import pytest
 import torch
-from conftest import error_lines, extract_argv, rewrite_checkpoint, run_capped, strict_load
+from conftest import (
+    error_lines,
+    extract_argv,
+    predict_argv,
+    rewrite_checkpoint,
+    run_capped,
+    strict_load,
+)
 from safetensors import safe_open
 from safetensors.numpy import save_file as save_numpy
 
@@ -497,15 +504,7 @@ def test_unwritable_out_is_one_line(ckpt_path, corpus, tmp_path, capsys):
     video = corpus["unicode"][0]
     assert (
         main(
-            [
-                "-q",
-                "predict",
-                str(video),
-                "--checkpoint",
-                str(ckpt_path),
-                "--out",
-                str(blocker / "sub"),
-            ]
+            predict_argv(str(video), str(ckpt_path), str(blocker / "sub"))
         )
         == 2
     )
@@ -609,17 +608,7 @@ def test_predict_and_stream_over_the_hostile_corpus_under_a_memory_cap(corpus, c
     for name in names:
         path = corpus[name][0]
         argvs.append(
-            [
-                "-q",
-                "predict",
-                str(path),
-                "--checkpoint",
-                str(ckpt_path),
-                "--out",
-                str(tmp_path / "p" / name),
-                "--device",
-                "cpu",
-            ]
+            predict_argv(str(path), str(ckpt_path), str(tmp_path / "p" / name), "--device", "cpu")
         )
         argvs.append(
             [
@@ -787,17 +776,7 @@ def test_predict_from_elsewhere_and_with_a_moved_backbone(
     monkeypatch.chdir(tmp_path)
     assert (
         main(
-            [
-                "-q",
-                "predict",
-                str(video),
-                "--checkpoint",
-                str(ckpt),
-                "--out",
-                "p1",
-                "--device",
-                "cpu",
-            ]
+            predict_argv(str(video), str(ckpt), "p1", "--device", "cpu")
         )
         == 0
     )

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import strict_load
+from conftest import predict_argv, strict_load
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
@@ -80,17 +80,7 @@ def pipeline(tiny_store, tiny_dataset, tmp_path_factory) -> Path:
     video = next(p for p in sorted(tiny_dataset.rglob("*.mp4")) if p.parent.name == "crash")
     assert (
         main(
-            [
-                "-q",
-                "predict",
-                str(video),
-                "--checkpoint",
-                ckpt,
-                "--out",
-                str(root / "pred"),
-                "--device",
-                "cpu",
-            ]
+            predict_argv(str(video), ckpt, str(root / "pred"), "--device", "cpu")
         )
         == 0
     )
