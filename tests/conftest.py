@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import resource
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +83,180 @@ def one_thread():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def strict_load(text: str):
+    """json.loads that refuses NaN / Infinity literals, as strict parsers do."""
+
+    def refuse(name: str):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def error_lines(stderr: str, command: str) -> list[str]:
+    """The lines of ``stderr`` that ``avarnet COMMAND`` reports an error with."""
+    return [line for line in stderr.splitlines() if line.startswith(f"avarnet {command}: ")]
+
+
+TINY_CLASSES = ("crash", "normal", "pain")
+TINY_SEQ_LEN = 4
+
+
+def make_tiny_extractor(tiny_backbones, segment_seconds: float = 1.0):
+    """An Extractor over the tiny backbones (1 frame per segment)."""
+    from avarnet.encoders import AudioEncoder, VideoEncoder
+    from avarnet.extract import build_spec
+    from avarnet.features import Extractor
+
+    vdir, adir = tiny_backbones
+    v = VideoEncoder.load(str(vdir), device="cpu")
+    a = AudioEncoder.load(str(adir), device="cpu")
+    return Extractor(build_spec(v, a, "pretrained", 0, segment_seconds, 1), v, a)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt_path(tiny_backbones, tmp_path_factory) -> Path:
+    """An untrained checkpoint over the tiny backbones' features (classes TINY_CLASSES, L = 4)."""
+    from avarnet.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    spec = make_tiny_extractor(tiny_backbones).spec
+    save_checkpoint(path, untrained_checkpoint(spec, TINY_CLASSES, TINY_SEQ_LEN))
+    return path
+
+
+FAST_TRAIN = dict(epochs=25, batch_size=16, seed=0, device="cpu", lr=3e-3)
+SMALL_MODEL = dict(hidden=16, stages=2, layers=3, heads=2)
+
+
+@pytest.fixture(scope="session")
+def factory_store(tmp_path_factory):
+    """feature_factory's store: 3 classes x 9 clips with a known signal in each sense."""
+    from feature_factory import make_store
+
+    return make_store(tmp_path_factory.mktemp("feats") / "s", per_class=9)
+
+
+@pytest.fixture(scope="session")
+def trained(factory_store, tmp_path_factory):
+    """A small MTCN trained on ``factory_store`` (FAST_TRAIN, SMALL_MODEL)."""
+    from avarnet.config import TrainConfig
+    from avarnet.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    return train(factory_store, out, TrainConfig(**FAST_TRAIN), SMALL_MODEL, progress=False)
+
+
+def rewrite_checkpoint(
+    src: Path,
+    dst: Path,
+    meta: dict | None = None,
+    tensors: dict | None = None,
+    drop: tuple[str, ...] = (),
+) -> Path:
+    """A copy of a checkpoint with metadata entries / tensors replaced or dropped."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        m = dict(f.metadata())
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    m.update(meta or {})
+    t.update(tensors or {})
+    for k in drop:
+        m.pop(k, None)
+        t.pop(k, None)
+    save_file(t, str(dst), metadata=m)
+    return dst
+
+
+MEMORY_CAP = 3 * 1024**3  # address space of every capped subprocess
+
+
+def _cap_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+
+def run_capped(
+    argv: list[str], cwd: Path | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """Run ``argv`` with its address space capped at MEMORY_CAP, on one thread."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.run(argv, capture_output=True, text=True, preexec_fn=_cap_memory, cwd=cwd,
+                          env=env, timeout=timeout)  # fmt: skip
+
+
+def backbone_args(tiny_backbones) -> list[str]:
+    """The CLI options that select the tiny backbones, on the CPU."""
+    vdir, adir = tiny_backbones
+    return ["--video-backbone", str(vdir), "--audio-backbone", str(adir), "--device", "cpu"]
+
+
+def extract_argv(tiny_backbones, data: Path, out: Path, *extra: str) -> list[str]:
+    """``avarnet -q extract DATA --out OUT`` with the tiny backbones."""
+    return ["-q", "extract", str(data), "--out", str(out), *backbone_args(tiny_backbones), *extra]
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_backbones, tiny_dataset, tmp_path_factory) -> Path:
+    """``tiny_dataset`` extracted in-process through the CLI with the tiny pretrained backbones."""
+    from avarnet.cli import main
+
+    feats = tmp_path_factory.mktemp("tiny_store") / "feats"
+    assert main(extract_argv(tiny_backbones, tiny_dataset, feats, "--workers", "0")) == 0
+    return feats
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; never `playwright install`
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through Playwright, for one test module's pages (module-scoped: a second
+    sync Playwright may not start while one runs)."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium (/usr/bin/chromium) is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def write_event_clip(path: Path, seconds: float) -> Path:
+    """The synthetic scene with a crash event (96 x 64, 10 fps, 16 kHz): scores change over time."""
+    from avarnet.synth import render_clip, write_av
+
+    frames, audio = render_clip("crash", np.random.default_rng(3), seconds, 10.0, (96, 64), 16_000)
+    write_av(path, frames, 10.0, audio, 16_000)
+    return path
+
+
+def tiny_checkpoint(extractor):
+    """An untrained (seeded) temporal model over ``extractor``'s features (TINY_CLASSES, L = 4)."""
+    return untrained_checkpoint(extractor.spec, TINY_CLASSES, TINY_SEQ_LEN)
+
+
+def cli(*args: str) -> list[str]:
+    """CLI arguments for a quiet run on the CPU (``stream`` on one thread)."""
+    threads = ["--threads", "1"] if args[0] == "stream" else []
+    return ["-q", *args, "--device", "cpu", *threads]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def predict_argv(video, checkpoint, out, *extra: str) -> list[str]:
+    """``avarnet -q predict VIDEO --checkpoint CKPT --out OUT``."""
+    return ["-q", "predict", str(video), "--checkpoint", str(checkpoint), "--out", str(out), *extra]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -29,21 +30,24 @@ from avarnet.config import (
     TrainConfig,
 )
 from avarnet.demo import DemoOptions, run_demo
+from avarnet.store import FeatureStore
 
 
-def test_demo_runs_every_stage_into_one_folder(tiny_backbones, tmp_path):
+def tiny_demo(tiny_backbones, **changes) -> DemoOptions:
     vdir, adir = tiny_backbones
-    opts = DemoOptions(
-        clips_per_class=3,
-        duration=(2.0, 3.0),
-        epochs=3,
-        device="cpu",
-        video_backbone=str(vdir),
-        audio_backbone=str(adir),
-    )
+    return DemoOptions(clips_per_class=3, device="cpu", video_backbone=str(vdir),
+                       audio_backbone=str(adir), **changes)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_into_one_folder(tiny_backbones, tmp_path):
+    opts = tiny_demo(tiny_backbones, duration=(2.0, 3.0), epochs=3)
     s = run_demo(tmp_path / "demo", opts, progress=False)
     assert s["weights"] == "pretrained" and s["videos"] == 30 and s["extraction_failures"] == 0
-    assert 0.0 <= s["test_accuracy"] <= 1.0 and s["test_clips"] == 10
+    metrics = json.loads((tmp_path / "demo" / "eval" / "metrics.json").read_text())
+    cm = metrics["confusion_matrix"]
+    assert s["test_clips"] == metrics["n"] == sum(map(sum, cm)) == 10
+    assert s["test_accuracy"] == metrics["accuracy"] == sum(cm[i][i] for i in range(len(cm))) / 10
     for key in ("report", "confusion_matrix", "timeline"):
         assert (tmp_path / "demo").joinpath(s[key].split("demo/", 1)[1]).exists()
     assert (
@@ -56,25 +60,21 @@ def test_demo_falls_back_to_random_weights_with_a_warning(
     tiny_backbones, tmp_path, monkeypatch, caplog
 ):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    vdir, adir = tiny_backbones
     from avarnet import demo
 
     # the requested pretrained video backbone cannot be loaded; the random fallback uses the tiny configs
-    opts = DemoOptions(
-        clips_per_class=3,
-        duration=(2.0, 2.5),
-        epochs=1,
-        device="cpu",
-        video_backbone=str(vdir),
-        audio_backbone=str(adir),
-    )
+    opts = tiny_demo(tiny_backbones, duration=(2.0, 2.5), epochs=1)
     monkeypatch.setattr(
         demo, "choose_weights", lambda o: ("random", "no-such/model could not be loaded")
     )
-    s = run_demo(tmp_path / "demo", opts, progress=False)
-    assert s["weights"] == "random" and s["weights_note"].startswith("RANDOM WEIGHTS")
+    with caplog.at_level(logging.WARNING, logger="avarnet"):
+        s = run_demo(tmp_path / "demo", opts, progress=False)
+    assert s["weights_note"] == "RANDOM WEIGHTS (offline fallback): no-such/model could not be loaded"
+    assert any("falling back to --weights random" in r.getMessage() for r in caplog.records)
     metrics = json.loads((tmp_path / "demo" / "eval" / "metrics.json").read_text())
-    assert metrics["weights"] == "random"
+    store = FeatureStore.open(metrics["features"])  # the features really come from random weights
+    assert metrics["weights"] == store.spec.weights == "random" and store.spec.random_init
+    assert store.load_encoder_state() is not None  # BatchNorm calibrated on the demo's frames
 
 
 def test_choose_weights_reports_why(monkeypatch):

@@ -22,7 +22,6 @@ from avarnet.encoders import (
     VideoEncoder,
     resolve_device,
 )
-from avarnet.runtime import configure_cpu
 
 TINY_IMAGE = 64
 TINY_SHORTEST_EDGE = 72
@@ -362,19 +361,6 @@ def test_random_audio_from_config_folder(audio_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------- runtime
-
-
-def test_configure_cpu_is_idempotent() -> None:
-    threads = torch.get_num_threads()
-    try:
-        configure_cpu(1)
-        configure_cpu(1)
-        assert torch.get_num_threads() == 1
-        configure_cpu()  # 0 keeps the current thread count
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(threads)
-        torch.set_flush_denormal(False)
 
 
 def test_audio_encode_batch_equals_one_window_at_a_time(audio: AudioEncoder) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_FIXTURES
-from test_stream import cli, read_jsonl, tiny_checkpoint, tiny_extractor
+from conftest import SHARED_FIXTURES, cli, read_jsonl, tiny_checkpoint, write_event_clip
+from conftest import make_tiny_extractor as tiny_extractor
 
 from avarnet.checkpoint import save_checkpoint
 from avarnet.cli import main
@@ -95,9 +95,4 @@ def test_not_an_export_folder_is_one_line(tmp_path, capsys, event_clip_path):
 
 @pytest.fixture(scope="module")
 def event_clip_path(tmp_path_factory) -> Path:
-    from avarnet.synth import render_clip, write_av
-
-    frames, audio = render_clip("crash", np.random.default_rng(3), 4.0, 10.0, (96, 64), 16_000)
-    path = tmp_path_factory.mktemp("clips") / "event.mp4"
-    write_av(path, frames, 10.0, audio, 16_000)
-    return path
+    return write_event_clip(tmp_path_factory.mktemp("clips") / "event.mp4", 4.0)

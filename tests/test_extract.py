@@ -12,16 +12,12 @@ from pathlib import Path
 import media_factory as mf
 import numpy as np
 import pytest
+from conftest import backbone_args, extract_argv, predict_argv
 
 from avarnet.cli import main
 from avarnet.extract import segment_times
 from avarnet.store import FeatureStore
 from avarnet.synth import synthesize_dataset
-
-
-def backbone_args(tiny_backbones) -> list[str]:
-    vdir, adir = tiny_backbones
-    return ["--video-backbone", str(vdir), "--audio-backbone", str(adir), "--device", "cpu"]
 
 
 def test_segment_times():
@@ -33,24 +29,8 @@ def test_segment_times():
     assert np.all(np.diff(t3.ravel()) > 0)
 
 
-def test_pretrained_folders_load_and_give_features_of_the_right_shape(
-    tiny_backbones, tiny_dataset, tmp_path
-):
-    feats = tmp_path / "feats"
-    assert (
-        main(
-            [
-                "-q",
-                "extract",
-                str(tiny_dataset),
-                "--out",
-                str(feats),
-                *backbone_args(tiny_backbones),
-            ]
-        )
-        == 0
-    )
-    store = FeatureStore.open(feats)
+def test_pretrained_folders_load_and_give_features_of_the_right_shape(tiny_store):
+    store = FeatureStore.open(tiny_store)
     assert len(store.entries) == 9 and store.spec.weights == "pretrained"
     assert store.spec.video_dim == 48 and store.spec.audio_dim == 32 and store.spec.image_size == 64
     for e in store.entries:
@@ -128,6 +108,7 @@ def _finished(feats: Path) -> int:
     )
 
 
+@pytest.mark.slow
 def test_sigkill_mid_extraction_then_resume(tiny_backbones, tmp_path):
     data = tmp_path / "data"
     synthesize_dataset(
@@ -176,21 +157,7 @@ def test_sigkill_mid_extraction_then_resume(tiny_backbones, tmp_path):
 
 def test_random_weights_extract_train_predict(tiny_backbones, tiny_dataset, tmp_path, capsys):
     feats, run, pred = tmp_path / "feats", tmp_path / "run", tmp_path / "pred"
-    assert (
-        main(
-            [
-                "-q",
-                "extract",
-                str(tiny_dataset),
-                "--out",
-                str(feats),
-                "--weights",
-                "random",
-                *backbone_args(tiny_backbones),
-            ]
-        )
-        == 0
-    )
+    assert main(extract_argv(tiny_backbones, tiny_dataset, feats, "--weights", "random")) == 0
     store = FeatureStore.open(feats)
     assert (
         store.spec.weights == "random" and store.spec.random_init.get("calibration_frames", 0) > 0
@@ -205,17 +172,7 @@ def test_random_weights_extract_train_predict(tiny_backbones, tiny_dataset, tmp_
     video = Path(store.info["data_root"]) / store.split("test")[0].source
     assert (
         main(
-            [
-                "-q",
-                "predict",
-                str(video),
-                "--checkpoint",
-                str(run / "best.ckpt"),
-                "--out",
-                str(pred),
-                "--device",
-                "cpu",
-            ]
+            predict_argv(str(video), str(run / "best.ckpt"), str(pred), "--device", "cpu")
         )
         == 0
     )

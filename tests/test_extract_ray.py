@@ -39,6 +39,7 @@ def cluster():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_engine_writes_the_in_process_store(
     cluster, mixed_dataset, tiny_backbones, in_process_store, tmp_path
 ):
@@ -64,6 +65,7 @@ def _pids_of(name: str) -> list[int]:
     return [p for p in pids if p != os.getpid()]
 
 
+@pytest.mark.slow
 def test_killed_encoder_actor_mid_job(cluster, tiny_backbones, tmp_path):
     data = tmp_path / "data"
     synthesize_dataset(

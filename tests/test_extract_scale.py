@@ -10,6 +10,7 @@ from pathlib import Path
 import media_factory as mf
 import numpy as np
 import pytest
+from conftest import extract_argv
 
 from avarnet.extract import extract_dataset
 from avarnet.store import INDEX_FILE, FeatureStore
@@ -133,29 +134,13 @@ def test_precision_is_recorded_and_refused_where_missing(tiny_dataset, tiny_back
         extract_dataset(tiny_dataset, out, precision="fp32", workers=1, **backbones(tiny_backbones))
 
 
+@pytest.mark.slow
 def test_two_extract_processes_on_one_store(
     mixed_dataset, tiny_backbones, in_process_store, tmp_path
 ):
     out = tmp_path / "feats"
-    vdir, adir = tiny_backbones
-    cmd = [
-        sys.executable,
-        "-m",
-        "avarnet",
-        "-q",
-        "extract",
-        str(mixed_dataset),
-        "--out",
-        str(out),
-        "--video-backbone",
-        str(vdir),
-        "--audio-backbone",
-        str(adir),
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-    ]
+    cmd = [sys.executable, "-m", "avarnet",
+           *extract_argv(tiny_backbones, mixed_dataset, out, "--workers", "1")]  # fmt: skip
     procs = [
         subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)

@@ -11,7 +11,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from test_stream import CLASSES, cli, read_jsonl, tiny_checkpoint, tiny_extractor
+from conftest import TINY_CLASSES as CLASSES
+from conftest import cli, read_jsonl, tiny_checkpoint
+from conftest import make_tiny_extractor as tiny_extractor
 
 from avarnet import features
 from avarnet.checkpoint import save_checkpoint

@@ -13,8 +13,6 @@ import json
 import logging
 import os
 import re
-import resource
-import stat
 import struct
 import subprocess
 import sys
@@ -27,26 +25,24 @@ import media_factory as mf
 import numpy as np
 import pytest
 import torch
-from conftest import untrained_checkpoint
+from conftest import (
+    error_lines,
+    extract_argv,
+    predict_argv,
+    rewrite_checkpoint,
+    run_capped,
+    strict_load,
+)
 from safetensors import safe_open
 from safetensors.numpy import save_file as save_numpy
-from safetensors.torch import save_file
 
-from avarnet import io, media
+from avarnet import media
 from avarnet.alerts import AlertRule, AlertTracker, WebhookPoster, redact_url
-from avarnet.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from avarnet.checkpoint import load_checkpoint
 from avarnet.cli import main
-from avarnet.config import TrainConfig
 from avarnet.data import read_splits_csv, scan_dataset
-from avarnet.encoders import AudioEncoder, VideoEncoder
 from avarnet.errors import NonFiniteError
-from avarnet.extract import build_spec
 from avarnet.store import INDEX_FILE, Entry, FeatureStore
-
-MEMORY_CAP = 3 * 1024**3  # address space of every CLI subprocess here
-CLASSES = ["crash", "normal", "pain"]
-SEQ_LEN = 4
-
 
 # ------------------------------------------------------------------------- hostile media
 
@@ -145,34 +141,6 @@ def clip(path: Path, seconds: float) -> Path:
     return mf.clip(path, seconds=seconds)
 
 
-def _refuse_constant(name: str):
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
-def strict_load(text: str):
-    """json.loads that refuses NaN / Infinity literals, as strict parsers do."""
-    return json.loads(text, parse_constant=_refuse_constant)
-
-
-def _cap_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
-
-
-def run_capped(
-    argv: list[str], cwd: Path | None = None, timeout: float = 900
-) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        preexec_fn=_cap_memory,
-        cwd=cwd,
-        env=env,
-        timeout=timeout,
-    )
-
-
 def avarnet(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return run_capped([sys.executable, "-m", "avarnet", "-q", *args], cwd=cwd)
 
@@ -200,45 +168,13 @@ def run_many(tmp_path: Path, argvs: list[list[str]]) -> list[dict]:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def error_lines(stderr: str, command: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith(f"avarnet {command}: ")]
-
-
 def no_crash(stderr: str) -> None:
     assert "Traceback" not in stderr and "internal error" not in stderr, stderr[-3000:]
 
 
-def tiny_checkpoint(tiny_backbones) -> Checkpoint:
-    vdir, adir = tiny_backbones
-    v, a = VideoEncoder.load(str(vdir), device="cpu"), AudioEncoder.load(str(adir), device="cpu")
-    return untrained_checkpoint(build_spec(v, a, "pretrained", 0, 1.0, 1), CLASSES, SEQ_LEN)
-
-
-def rewrite_checkpoint(
-    src: Path,
-    dst: Path,
-    meta: dict | None = None,
-    tensors: dict | None = None,
-    drop: tuple[str, ...] = (),
-) -> Path:
-    """A copy of a checkpoint with metadata entries / tensors replaced or dropped."""
-    with safe_open(str(src), framework="pt") as f:
-        m = dict(f.metadata())
-        t = {k: f.get_tensor(k) for k in f.keys()}
-    m.update(meta or {})
-    t.update(tensors or {})
-    for k in drop:
-        m.pop(k, None)
-        t.pop(k, None)
-    save_file(t, str(dst), metadata=m)
-    return dst
-
-
 @pytest.fixture(scope="module")
-def ckpt_path(tiny_backbones, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    save_checkpoint(path, tiny_checkpoint(tiny_backbones))
-    return path
+def ckpt_path(tiny_ckpt_path) -> Path:
+    return tiny_ckpt_path
 
 
 @pytest.fixture(scope="module")
@@ -289,21 +225,13 @@ def _store_with_nan_entry(root: Path) -> Path:
     return root
 
 
+def train_two_epochs(feats: Path, run: Path) -> int:
+    return main(["-q", "train", str(feats), "--out", str(run), "--epochs", "2", "--device", "cpu"])
+
+
 def test_train_on_non_finite_features_fails_with_one_line_and_no_success_claim(tmp_path, capsys):
     feats = _store_with_nan_entry(tmp_path / "feats")
-    code = main(
-        [
-            "-q",
-            "train",
-            str(feats),
-            "--out",
-            str(tmp_path / "run"),
-            "--epochs",
-            "2",
-            "--device",
-            "cpu",
-        ]
-    )
+    code = train_two_epochs(feats, tmp_path / "run")
     cap = capsys.readouterr()
     assert code == 2 and "best epoch" not in cap.out
     lines = error_lines(cap.err, "train")
@@ -318,19 +246,7 @@ def test_train_never_reports_success_without_a_checkpoint(tmp_path, monkeypatch,
 
     feats = make_store(tmp_path / "feats", per_class=3).root
     monkeypatch.setattr(train_module, "evaluate_loss", lambda *a, **k: (float("nan"), 0.0))
-    code = main(
-        [
-            "-q",
-            "train",
-            str(feats),
-            "--out",
-            str(tmp_path / "run"),
-            "--epochs",
-            "2",
-            "--device",
-            "cpu",
-        ]
-    )
+    code = train_two_epochs(feats, tmp_path / "run")
     cap = capsys.readouterr()
     assert code == 2 and "best epoch" not in cap.out and "no checkpoint written" in cap.err
     assert not (tmp_path / "run" / "best.ckpt").exists()
@@ -349,57 +265,6 @@ def test_non_finite_scores_never_open_an_alert():
     (event,) = tracker.events
     assert event.end == 2.0 and event.peak_score == 0.9 and event.record()["peak_score"] == 0.9
     assert np.isfinite(event.class_mass["crash"])
-
-
-def test_zero_norm_std_checkpoint_is_refused(ckpt_path, corpus, tmp_path, capsys):
-    dim = load_checkpoint(ckpt_path).model_config.input_dim
-    bad = rewrite_checkpoint(
-        ckpt_path, tmp_path / "zero_std.ckpt", tensors={"norm.std": torch.zeros(dim)}
-    )
-    with pytest.raises(CheckpointError, match="norm.std"):
-        load_checkpoint(bad)
-    video = corpus["unicode"][0]
-    assert (
-        main(["-q", "predict", str(video), "--checkpoint", str(bad), "--out", str(tmp_path / "p")])
-        == 2
-    )
-    lines = error_lines(capsys.readouterr().err, "predict")
-    assert len(lines) == 1 and "zero_std.ckpt" in lines[0]
-
-
-def test_metrics_json_is_strict_when_a_class_has_no_test_clips(tmp_path):
-    from feature_factory import make_store
-
-    from avarnet.evaluate import evaluate
-    from avarnet.train import train
-
-    store = make_store(tmp_path / "feats", per_class=3)
-    moved = store.split("test")[0]  # its class has no test clip left: its AP is undefined
-    index = tmp_path / "feats" / "index.jsonl"
-    lines = [json.loads(line) for line in index.read_text().splitlines()]
-    index.write_text(
-        "".join(
-            json.dumps({**r, "split": "train"} if r["id"] == moved.id else r) + "\n" for r in lines
-        )
-    )
-    store = FeatureStore.open(tmp_path / "feats")
-    r = train(
-        store, tmp_path / "run", TrainConfig(epochs=1, seq_len=4, device="cpu"), progress=False
-    )
-    evaluate(r.checkpoint, tmp_path / "feats", out=tmp_path / "eval", device="cpu")
-    metrics = strict_load((tmp_path / "eval" / "metrics.json").read_text())
-    undefined = [c for c, m in metrics["per_class"].items() if m["support"] == 0]
-    assert undefined and all(metrics["per_class"][c]["ap"] is None for c in undefined)
-
-
-def test_strict_json_writer_turns_non_finite_into_null(tmp_path):
-    value = {"a": float("nan"), "b": [np.float32("inf"), 1.5], "c": np.array([1.0, -np.inf])}
-    io.write_json(tmp_path / "x.json", value)
-    assert strict_load((tmp_path / "x.json").read_text()) == {
-        "a": None,
-        "b": [None, 1.5],
-        "c": [1.0, None],
-    }
 
 
 # --------------------------------------------------------- 4. silent drops, 5. resume, 16. BOM
@@ -445,25 +310,6 @@ def test_scan_reports_a_folder_without_read_permission(tmp_path):
     assert scan.classes == ["crash", "pain"] and "pain" in dict(scan.problems)
 
 
-def _tiny_extract_args(tiny_backbones, data: Path, out: Path) -> list[str]:
-    vdir, adir = tiny_backbones
-    return [
-        "-q",
-        "extract",
-        str(data),
-        "--out",
-        str(out),
-        "--video-backbone",
-        str(vdir),
-        "--audio-backbone",
-        str(adir),
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-    ]
-
-
 def test_extract_lists_unscannable_folders_as_failures(
     tiny_backbones, tmp_path, capsys, monkeypatch
 ):
@@ -471,7 +317,7 @@ def test_extract_lists_unscannable_folders_as_failures(
     for c in ("crash", "pain"):
         clip(data / c / "a.mp4", seconds=1.0)
     (data / "crash" / "loop").symlink_to(data / "crash")
-    code = main(_tiny_extract_args(tiny_backbones, data, tmp_path / "feats"))
+    code = main(extract_argv(tiny_backbones, data, tmp_path / "feats", "--workers", "0"))
     out = capsys.readouterr().out
     assert code == 1 and "extracted 2" in out and "failed 1" in out
     assert "failed: crash/loop: symbolic link loop" in out
@@ -494,7 +340,7 @@ def test_extract_records_non_finite_features_as_a_failure(
         return tensors, info
 
     monkeypatch.setattr(Extractor, "__call__", overflowing)
-    assert main(_tiny_extract_args(tiny_backbones, data, tmp_path / "feats")) == 1
+    assert main(extract_argv(tiny_backbones, data, tmp_path / "feats", "--workers", "0")) == 1
     out = capsys.readouterr().out
     assert "extracted 2" in out and "failed: crash/b.mp4: features hold NaN or infinity" in out
     assert "crash/b.mp4" in {f["path"] for f in FeatureStore.open(tmp_path / "feats").failures}
@@ -506,10 +352,10 @@ def test_resume_after_adding_a_class_folder_is_refused_in_one_line(
     data = tmp_path / "data"
     for c in ("crash", "pain"):
         clip(data / c / "a.mp4", seconds=1.0)
-    assert main(_tiny_extract_args(tiny_backbones, data, tmp_path / "feats")) == 0
+    assert main(extract_argv(tiny_backbones, data, tmp_path / "feats", "--workers", "0")) == 0
     clip(data / "normal" / "a.mp4", seconds=1.0)
     capsys.readouterr()
-    assert main(_tiny_extract_args(tiny_backbones, data, tmp_path / "feats")) == 2
+    assert main(extract_argv(tiny_backbones, data, tmp_path / "feats", "--workers", "0")) == 2
     lines = error_lines(capsys.readouterr().err, "extract")
     assert len(lines) == 1 and "['normal']" in lines[0]
     store = FeatureStore.open(tmp_path / "feats")
@@ -569,79 +415,6 @@ def test_declared_duration_is_checked_against_the_stream(tmp_path, caplog):
     assert any("declares" in r.getMessage() for r in caplog.records)
 
 
-# --------------------------------------------------------------------- 9. checkpoint metadata
-
-
-def test_checkpoint_metadata_is_checked_before_the_model_is_built(ckpt_path, tmp_path):
-    meta = json.loads(safe_open(str(ckpt_path), framework="pt").metadata()["model_config"])
-    huge = rewrite_checkpoint(
-        ckpt_path,
-        tmp_path / "huge.ckpt",
-        meta={"model_config": json.dumps({**meta, "hidden": 8192})},
-    )
-    r = run_capped(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from avarnet.checkpoint import load_checkpoint as l; l(sys.argv[1])",
-            str(huge),
-        ]
-    )
-    assert (
-        r.returncode == 1
-        and "CheckpointError" in r.stderr
-        and "does not match the stored weights" in r.stderr
-    )
-    assert "MemoryError" not in r.stderr
-
-
-@pytest.mark.parametrize(
-    "change, words",
-    [
-        ({"drop": ("norm.mean",)}, "norm.mean"),
-        ({"meta": {"classes": json.dumps(["crash"])}}, "1 class names for a model with 3 outputs"),
-        ({"meta": {"model_config": "{not json"}}, "'model_config' is not valid JSON"),
-        ({"drop": ("train_config",)}, "'train_config' is missing"),
-        ({"meta": {"feature_spec": json.dumps({"bogus": 1})}}, "'feature_spec' is invalid"),
-    ],
-)
-def test_damaged_checkpoints_are_one_line_naming_the_file(
-    change, words, ckpt_path, tmp_path, capsys
-):
-    bad = rewrite_checkpoint(ckpt_path, tmp_path / "damaged.ckpt", **change)
-    video = clip(tmp_path / "v.mp4", seconds=1.0)
-    assert (
-        main(["-q", "predict", str(video), "--checkpoint", str(bad), "--out", str(tmp_path / "p")])
-        == 2
-    )
-    lines = error_lines(capsys.readouterr().err, "predict")
-    assert len(lines) == 1 and "damaged.ckpt" in lines[0] and words in lines[0]
-
-
-@pytest.mark.parametrize(
-    "field, value",
-    [("segment_seconds", 0.0), ("resize_shortest_edge", 10**9), ("frames_per_segment", 10**6)],
-)
-def test_checkpoint_feature_spec_out_of_bounds_is_refused(field, value, ckpt_path, tmp_path):
-    spec = json.loads(safe_open(str(ckpt_path), framework="pt").metadata()["feature_spec"])
-    bad = rewrite_checkpoint(
-        ckpt_path, tmp_path / "spec.ckpt", meta={"feature_spec": json.dumps({**spec, field: value})}
-    )
-    with pytest.raises(CheckpointError, match=f"spec.ckpt: feature spec {field}"):
-        load_checkpoint(bad)
-
-
-def test_checkpoint_with_wrong_tensor_shape_is_one_line(ckpt_path, tmp_path):
-    with safe_open(str(ckpt_path), framework="pt") as f:
-        name = next(k for k in f.keys() if k.startswith("model.") and f.get_tensor(k).dim() == 2)
-        shape = f.get_tensor(name).shape
-    bad = rewrite_checkpoint(
-        ckpt_path, tmp_path / "shape.ckpt", tensors={name: torch.zeros(shape[0] + 1, shape[1])}
-    )
-    with pytest.raises(CheckpointError, match=f"{name[len('model.') :]} is"):
-        load_checkpoint(bad)
-
-
 # --------------------------------------------------------------------------- 11. torn index
 
 
@@ -665,31 +438,6 @@ def test_torn_last_index_line_inside_a_utf8_character_is_skipped(tmp_path, caplo
         )
         == 0
     )
-
-
-# ------------------------------------------------------------------------------- 13. umask
-
-
-@pytest.mark.parametrize("umask", [0o022, 0o002])
-def test_written_files_follow_the_umask(umask, tmp_path, tiny_backbones):
-    old = os.umask(umask)
-    try:
-        io.atomic_write_text(tmp_path / "a.txt", "x")
-        ckpt = tiny_checkpoint(tiny_backbones)
-        save_checkpoint(tmp_path / "c.ckpt", ckpt)
-        from feature_factory import make_store
-
-        store = make_store(tmp_path / "feats", per_class=1)
-    finally:
-        os.umask(old)
-    files = [
-        tmp_path / "a.txt",
-        tmp_path / "c.ckpt",
-        store.root / "spec.json",
-        store.root / store.entries[0].file,
-    ]
-    for f in files:
-        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f
 
 
 # ------------------------------------------------------------------- 14. exit codes, options
@@ -756,15 +504,7 @@ def test_unwritable_out_is_one_line(ckpt_path, corpus, tmp_path, capsys):
     video = corpus["unicode"][0]
     assert (
         main(
-            [
-                "-q",
-                "predict",
-                str(video),
-                "--checkpoint",
-                str(ckpt_path),
-                "--out",
-                str(blocker / "sub"),
-            ]
+            predict_argv(str(video), str(ckpt_path), str(blocker / "sub"))
         )
         == 2
     )
@@ -868,17 +608,7 @@ def test_predict_and_stream_over_the_hostile_corpus_under_a_memory_cap(corpus, c
     for name in names:
         path = corpus[name][0]
         argvs.append(
-            [
-                "-q",
-                "predict",
-                str(path),
-                "--checkpoint",
-                str(ckpt_path),
-                "--out",
-                str(tmp_path / "p" / name),
-                "--device",
-                "cpu",
-            ]
+            predict_argv(str(path), str(ckpt_path), str(tmp_path / "p" / name), "--device", "cpu")
         )
         argvs.append(
             [
@@ -946,19 +676,7 @@ def test_extract_over_the_hostile_corpus_under_a_memory_cap(corpus, tiny_backbon
     for path, _ in corpus.values():
         (data / "bad" / path.name).symlink_to(path, target_is_directory=path.is_dir())
     (data / "bad" / "loop").symlink_to(data / "bad")
-    vdir, adir = tiny_backbones
-    r = avarnet(
-        "extract",
-        str(data),
-        "--out",
-        str(tmp_path / "feats"),
-        "--video-backbone",
-        str(vdir),
-        "--audio-backbone",
-        str(adir),
-        "--device",
-        "cpu",
-    )
+    r = avarnet(*extract_argv(tiny_backbones, data, tmp_path / "feats")[1:])  # avarnet adds -q
     no_crash(r.stderr)
     assert r.returncode == 1, r.stdout + r.stderr
     failed = [line for line in r.stdout.splitlines() if line.strip().startswith("failed: ")]
@@ -1058,17 +776,7 @@ def test_predict_from_elsewhere_and_with_a_moved_backbone(
     monkeypatch.chdir(tmp_path)
     assert (
         main(
-            [
-                "-q",
-                "predict",
-                str(video),
-                "--checkpoint",
-                str(ckpt),
-                "--out",
-                "p1",
-                "--device",
-                "cpu",
-            ]
+            predict_argv(str(video), str(ckpt), "p1", "--device", "cpu")
         )
         == 0
     )

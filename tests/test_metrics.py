@@ -1,7 +1,6 @@
-import json
-
 import numpy as np
 import pytest
+from conftest import strict_load
 
 from avarnet.metrics import classification_metrics, strict_json_values, strict_metrics_json
 
@@ -36,13 +35,6 @@ def test_metrics_by_hand():
 def test_binary_ap_absent_without_normal_class():
     m = classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]), ["a", "b"])
     assert "binary_ap" not in m and m["accuracy"] == 1.0
-
-
-def _strict_loads(text: str):
-    def refuse(name):
-        raise ValueError(f"non-strict JSON constant {name}")
-
-    return json.loads(text, parse_constant=refuse)
 
 
 def test_weighted_and_macro_match_scikit_learn_on_imbalanced_data():
@@ -83,7 +75,7 @@ def test_class_without_test_clips_gives_null_with_reason_and_strict_json():
     assert pain["precision"] == 0.0  # predicted once, wrongly: defined
     assert "no test clips" in m["undefined"]["per_class.pain.ap"]
     assert m["recall"] == pytest.approx((0.5 + 1.0) / 2)  # macro over the classes with clips
-    doc = _strict_loads(strict_metrics_json(m))
+    doc = strict_load(strict_metrics_json(m))
     assert doc["per_class"]["pain"]["recall"] is None
 
 
@@ -103,7 +95,7 @@ def test_strict_metrics_json_replaces_nan_and_inf_and_says_where():
             "undefined": {"x": "given"},
         }
     )
-    doc = _strict_loads(text)
+    doc = strict_load(text)
     assert doc["a"] is None and doc["b"] == [1.0, None] and doc["c"]["d"] == 0.5
     assert set(doc["undefined"]) == {"a", "b.1", "x"}
     clean, replaced = strict_json_values({"k": [float("-inf")]})

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import strict_load
 from feature_factory import make_store
 from media_factory import clip
 
@@ -21,7 +22,6 @@ from avarnet.ablate import AblationGrid, run_ablation
 from avarnet.config import ModelConfig, TrainConfig
 from avarnet.evaluate import evaluate
 from avarnet.models import create_model
-from avarnet.plots import peak_indices
 from avarnet.predict import build_prediction, write_timeline
 from avarnet.report import write_detection_report
 from avarnet.train import train
@@ -33,28 +33,7 @@ ARTIFACTS = (
     )
     / "report"
 )
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TINY = dict(hidden=8, stages=2, layers=2, heads=2)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium (/usr/bin/chromium) is not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def render(browser, html: Path, name: str):
@@ -78,13 +57,6 @@ def assert_all_figures_load(images, errors):
     assert not broken, f"broken images: {broken}"
     assert all(i["src"].startswith("data:image/") for i in images), "an image is not embedded"
     assert not errors, f"console errors: {errors}"
-
-
-def strict_loads(text: str):
-    def refuse(name):
-        raise ValueError(f"non-strict JSON constant {name}")
-
-    return json.loads(text, parse_constant=refuse)
 
 
 # -- evaluation report ---------------------------------------------------------------------
@@ -155,7 +127,7 @@ def test_evaluation_report_renders_every_figure(browser, evaluated):
 
 def test_evaluation_metrics_json_is_strict_with_weighted_metrics(evaluated):
     _, _, out, metrics = evaluated
-    doc = strict_loads((out / "metrics.json").read_text())
+    doc = strict_load((out / "metrics.json").read_text())
     for key in ("precision_weighted", "recall_weighted", "f1_weighted", "averaging"):
         assert key in doc
     assert doc["recall_weighted"] == pytest.approx(doc["accuracy"])
@@ -186,7 +158,7 @@ def test_strict_json_when_a_class_has_no_test_clips(evaluated, tmp_path):
         device="cpu",
         report=False,
     )
-    doc = strict_loads((tmp_path / "eval" / "metrics.json").read_text())
+    doc = strict_load((tmp_path / "eval" / "metrics.json").read_text())
     crash = doc["per_class"]["crash"]
     assert crash["support"] == 0 and crash["recall"] is None and crash["ap"] is None
     assert "no test clips" in doc["undefined"]["per_class.crash.recall"]
@@ -258,13 +230,6 @@ def test_timeline_without_the_video_says_so(tmp_path):
     assert "video not found" in html and (tmp_path / "timeline.png").exists()
 
 
-def test_peak_indices():
-    assert peak_indices(np.array([0.1, 0.2, 0.9, 0.3, 0.2, 0.8, 0.4, 0.1]), 3) == [2, 5]
-    assert peak_indices(np.linspace(0, 1, 10), 3) == [9]
-    assert peak_indices(np.array([0.5]), 3) == [0]
-    assert peak_indices(np.array([]), 3) == []
-
-
 # -- detection report (XD-Violence style) --------------------------------------------------
 
 
@@ -332,3 +297,17 @@ def test_late_fusion_features_are_both_branches_side_by_side():
         h = model.features(x, mask)
         video = model.video_model.features(x[..., :4], mask)
     assert h.shape == (2, 5, 2 * TINY["hidden"]) and torch.equal(h[..., : TINY["hidden"]], video)
+
+
+def test_pipe_table_pads_columns_and_reads_back():
+    from avarnet.report.html import markdown_table, pipe_table
+
+    lines = pipe_table(["Model", "Acc"], [["GRU", "0.50"], ["Transformer", None]])
+    assert lines == [
+        "| Model       | Acc  |",
+        "|-------------|------|",
+        "| GRU         | 0.50 |",
+        "| Transformer | n/a  |",
+    ]
+    html = markdown_table(lines)
+    assert html.count("<tr>") == 3 and "<td>Transformer</td>" in html

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+from conftest import predict_argv, strict_load
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
@@ -24,14 +26,9 @@ def validator(name: str) -> Draft202012Validator:
     return Draft202012Validator(schema, registry=registry)
 
 
-def strict_load(path: Path):
-    """JSON that a strict parser accepts (no NaN / Infinity literals)."""
-
-    def refuse(token: str):
-        raise ValueError(f"{path}: non-standard JSON constant {token}")
-
-    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
-
+def strict_load_file(path: Path):
+    """A JSON file that a strict parser accepts (no NaN / Infinity literals)."""
+    return strict_load(path.read_text(encoding="utf-8"))
 
 def errors(name: str, doc) -> list[str]:
     return [
@@ -41,26 +38,10 @@ def errors(name: str, doc) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tiny_backbones, tiny_dataset, tmp_path_factory) -> Path:
+def pipeline(tiny_store, tiny_dataset, tmp_path_factory) -> Path:
     """extract -> train -> evaluate -> predict -> stream, through the CLI, on the tiny dataset."""
     root = tmp_path_factory.mktemp("schemas")
-    vdir, adir = tiny_backbones
-    backbones = ["--video-backbone", str(vdir), "--audio-backbone", str(adir), "--device", "cpu"]
-    assert (
-        main(
-            [
-                "-q",
-                "extract",
-                str(tiny_dataset),
-                "--out",
-                str(root / "feats"),
-                "--workers",
-                "0",
-                *backbones,
-            ]
-        )
-        == 0
-    )
+    shutil.copytree(tiny_store, root / "feats")
     assert (
         main(
             [
@@ -99,17 +80,7 @@ def pipeline(tiny_backbones, tiny_dataset, tmp_path_factory) -> Path:
     video = next(p for p in sorted(tiny_dataset.rglob("*.mp4")) if p.parent.name == "crash")
     assert (
         main(
-            [
-                "-q",
-                "predict",
-                str(video),
-                "--checkpoint",
-                ckpt,
-                "--out",
-                str(root / "pred"),
-                "--device",
-                "cpu",
-            ]
+            predict_argv(str(video), ckpt, str(root / "pred"), "--device", "cpu")
         )
         == 0
     )
@@ -145,17 +116,17 @@ def test_schemas_are_valid_draft_2020_12():
 
 
 def test_extract_spec_json_follows_its_schema(pipeline):
-    doc = strict_load(pipeline / "feats" / "spec.json")
+    doc = strict_load_file(pipeline / "feats" / "spec.json")
     assert errors("spec.schema.json", doc) == []
 
 
 def test_metrics_json_follows_its_schema(pipeline):
-    doc = strict_load(pipeline / "eval" / "metrics.json")
+    doc = strict_load_file(pipeline / "eval" / "metrics.json")
     assert errors("metrics.schema.json", doc) == []
 
 
 def test_prediction_json_follows_its_schema(pipeline):
-    doc = strict_load(pipeline / "pred" / "prediction.json")
+    doc = strict_load_file(pipeline / "pred" / "prediction.json")
     assert doc["segments"], "a prediction holds at least one segment"
     assert errors("prediction.schema.json", doc) == []
 
@@ -173,11 +144,11 @@ def test_stream_records_follow_their_schema(pipeline):
 
 
 def test_schemas_refuse_what_breaks_the_contract(pipeline):
-    pred = strict_load(pipeline / "pred" / "prediction.json")
+    pred = strict_load_file(pipeline / "pred" / "prediction.json")
     pred["segments"][0]["anomaly_score"] = 1.5
     del pred["label"]
     assert len(errors("prediction.schema.json", pred)) == 2
-    metrics = strict_load(pipeline / "eval" / "metrics.json")
+    metrics = strict_load_file(pipeline / "eval" / "metrics.json")
     metrics["accuracy"] = "high"
     assert errors("metrics.schema.json", metrics)
     assert errors("stream-record.schema.json", {"type": "segment", "segment": -1}) != []

@@ -229,6 +229,7 @@ def test_broker_down_during_events_nothing_lost_in_order(tmp_path, ckpt, broker,
     assert "kept for the next start" not in log.read_text()
 
 
+@pytest.mark.slow
 def test_refused_camera_is_retried_others_go_on_and_the_token_guards_everything(
     tmp_path, ckpt, clip6
 ):

@@ -10,24 +10,15 @@ import sqlite3
 
 import pytest
 import serve_support as ss
+from conftest import CHROMIUM, CHROMIUM_ARGS
 
 from avarnet.cli import main
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 playwright = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
 def test_review_page_login_snapshot_clip_false_alarm_export(tmp_path, tiny_backbones):
     ckpt = ss.tiny_checkpoint(tiny_backbones, tmp_path / "tiny.ckpt", std=0.02)
     clip = ss.make_clip(tmp_path / "cam.mp4", 5.0, size=(320, 180))
@@ -66,7 +57,7 @@ def test_review_page_login_snapshot_clip_false_alarm_export(tmp_path, tiny_backb
         )
         first, second = sorted(events, key=lambda e: e["start_time"])
         with playwright.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1100, "height": 800})
             page.goto(base + "/")
             assert "/login" in page.url  # no token, no page

@@ -46,6 +46,7 @@ from .io import atomic_write_text, write_json
 from .metrics import strict_metrics_json
 from .models import list_models
 from .models.registry import FUSIONS
+from .report.html import pipe_table
 from .store import FeatureStore
 from .train import train
 
@@ -481,11 +482,6 @@ def winner_line(rows: Sequence[dict], L0: int) -> str:
 # -- tables ------------------------------------------------------------------------------------
 
 
-def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(r) + " |" for r in body]
-
-
 def main_table(
     rows: Sequence[dict],
     models: Sequence[str],
@@ -508,7 +504,7 @@ def main_table(
     for m in models:
         cells = [stats[metric].get((m, g, "early", L0)) for g in groups for metric, _ in metrics]
         body.append([model_title(m)] + [s.pct() if s else "–" for s in cells])
-    return _md_table(header, body)
+    return pipe_table(header, body)
 
 
 def _accuracy_table(
@@ -523,7 +519,7 @@ def _accuracy_table(
     for m in models:
         cells = [stats[metric].get((m, *setting)) for _, setting, metric in columns]
         body.append([model_title(m)] + [s.pct() if s else "–" for s in cells])
-    return _md_table([first] + [c[0] for c in columns], body)
+    return pipe_table([first] + [c[0] for c in columns], body)
 
 
 def seq_len_table(

@@ -53,6 +53,7 @@ from .extract import Extractor, build_spec
 from .features import BATCH_SEGMENTS, CPU_FRAME_BATCH, SegmentEncoder
 from .media import Segment, SegmentSource
 from .models import create_model
+from .report.html import pipe_table
 from .runtime import autocast_dtype, configure_cpu, cpu_has_bf16, quantize_audio_encoder
 from .stream import StreamOptions, run_stream
 from .synth import write_av
@@ -703,16 +704,7 @@ def run_bench(
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
-    cells = [["n/a" if c is None else str(c) for c in r] for r in rows]
-    widths = [
-        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
-    ]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells
-    ]
-    return "\n".join([line, sep, *body])
+    return "\n".join(pipe_table(headers, rows))
 
 
 def format_tables(result: dict) -> str:

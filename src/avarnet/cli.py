@@ -721,6 +721,20 @@ def cmd_extract(a: argparse.Namespace) -> int:
     return EXIT_PARTIAL if r.failures else EXIT_OK
 
 
+def _trained(r) -> int:
+    """The one line a finished training prints (supervised or weak)."""
+    print(
+        f"best epoch {r.best_epoch} (val loss {r.best_val_loss:.4f}), {r.params} parameters, "
+        f"{r.seconds:.0f}s -> {r.checkpoint}"
+    )
+    return EXIT_OK
+
+
+def _evaluation(a: argparse.Namespace) -> dict:
+    """The arguments every evaluation command passes on as they are."""
+    return {"split": a.split, "out": a.out, "drop": a.drop, "device": a.device}
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from .train import train
 
@@ -737,10 +751,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         device=a.device,
     )
     r = train(a.feats, a.out, cfg, progress=not a.quiet)
-    print(
-        f"best epoch {r.best_epoch} (val loss {r.best_val_loss:.4f}), {r.params} parameters, {r.seconds:.0f}s -> {r.checkpoint}"
-    )
-    return EXIT_OK
+    return _trained(r)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
@@ -748,14 +759,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from .weak import untrimmed_metrics
 
     m = evaluate(
-        a.checkpoint,
-        a.feats,
-        split=a.split,
-        out=a.out,
-        drop=a.drop,
-        device=a.device,
-        report=not a.no_report,
-        extra=untrimmed_metrics,
+        a.checkpoint, a.feats, report=not a.no_report, extra=untrimmed_metrics, **_evaluation(a)
     )
 
     def f4(v: float | None) -> str:
@@ -902,24 +906,14 @@ def cmd_xdv_train(a: argparse.Namespace) -> int:
     given = {k: getattr(a, k) for k in _WEAK_FIELDS if getattr(a, k) is not None}
     cfg = WeakConfig(**given, all_crops=not a.centre_crop_only)
     r = train_weak(a.feats, a.out, cfg, progress=not a.quiet)
-    print(
-        f"best epoch {r.best_epoch} (val loss {r.best_val_loss:.4f}), {r.params} parameters, {r.seconds:.0f}s -> {r.checkpoint}"
-    )
-    return EXIT_OK
+    return _trained(r)
 
 
 def cmd_xdv_evaluate(a: argparse.Namespace) -> int:
     from .weak import evaluate_weak
 
     m = evaluate_weak(
-        a.checkpoint,
-        a.feats,
-        split=a.split,
-        out=a.out,
-        drop=a.drop,
-        device=a.device,
-        plots=a.plots,
-        progress=not a.quiet,
+        a.checkpoint, a.feats, plots=a.plots, progress=not a.quiet, **_evaluation(a)
     )
     c = m["constant_baseline"]
     print(

@@ -262,6 +262,33 @@ def _build_random(model_cls: type[_ModelT], config: PretrainedConfig, seed: int)
     return model
 
 
+def _load_model(
+    model_cls: type[_ModelT],
+    config_cls: type[PretrainedConfig],
+    model_type: str,
+    source: str,
+    setting: str,
+    known: dict[str, dict[str, Any]],
+    weights: str,
+    seed: int,
+    what: str,
+) -> tuple[_ModelT, dict[str, Any]]:
+    """(model, preprocessor settings): pretrained from ``source``, or seeded random weights of its
+    architecture (with a warning naming ``what`` backbone)."""
+    if weights == "pretrained":
+        return _load_pretrained(model_cls, model_type, source, setting)
+    model = _build_random(model_cls, _random_config(config_cls, model_type, source, known), seed)
+    logger.warning(
+        "RANDOM weights for the %s backbone (%s architecture, seed %d): features "
+        "carry no pretrained knowledge%s",
+        what,
+        source,
+        seed,
+        "; calibrate BatchNorm on real frames before use" if what == "video" else "",
+    )
+    return model, _read_preprocessor(source, True) if _local_dir(source) else {}
+
+
 def _prepare(model: nn.Module, device: torch.device) -> None:
     model.to(device)
     model.eval()
@@ -387,18 +414,8 @@ class VideoEncoder:
         """
         _validate_weights(weights)
         torch_device = resolve_device(device)
-        if weights == "pretrained":
-            model, prep = _load_pretrained(MobileViTModel, "mobilevit", source, "video_backbone")
-        else:
-            config = _random_config(MobileViTConfig, "mobilevit", source, MOBILEVIT_KNOWN_CONFIGS)
-            model = _build_random(MobileViTModel, config, seed)
-            prep = _read_preprocessor(source, True) if _local_dir(source) else {}
-            logger.warning(
-                "RANDOM weights for the video backbone (%s architecture, seed %d): features "
-                "carry no pretrained knowledge; calibrate BatchNorm on real frames before use",
-                source,
-                seed,
-            )
+        model, prep = _load_model(MobileViTModel, MobileViTConfig, "mobilevit", source, "video_backbone",
+                                  MOBILEVIT_KNOWN_CONFIGS, weights, seed, "video")  # fmt: skip
         crop, shortest, flip = _image_preprocessing(prep)
         return cls(
             model,
@@ -592,18 +609,8 @@ class AudioEncoder:
         """
         _validate_weights(weights)
         torch_device = resolve_device(device)
-        if weights == "pretrained":
-            model, prep = _load_pretrained(Wav2Vec2Model, "wav2vec2", source, "audio_backbone")
-        else:
-            config = _random_config(Wav2Vec2Config, "wav2vec2", source, WAV2VEC2_KNOWN_CONFIGS)
-            model = _build_random(Wav2Vec2Model, config, seed)
-            prep = _read_preprocessor(source, True) if _local_dir(source) else {}
-            logger.warning(
-                "RANDOM weights for the audio backbone (%s architecture, seed %d): features "
-                "carry no pretrained knowledge",
-                source,
-                seed,
-            )
+        model, prep = _load_model(Wav2Vec2Model, Wav2Vec2Config, "wav2vec2", source, "audio_backbone",
+                                  WAV2VEC2_KNOWN_CONFIGS, weights, seed, "audio")  # fmt: skip
         return cls(
             model,
             source=source,

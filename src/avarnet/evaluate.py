@@ -26,6 +26,19 @@ class EvaluateError(AvarnetError):
     """Evaluation cannot run on this checkpoint/store combination."""
 
 
+def open_inputs(
+    checkpoint: str | Path | Checkpoint, feats: str | Path | FeatureStore, device: str = "auto"
+) -> tuple[Checkpoint, FeatureStore]:
+    """The checkpoint (loaded onto ``device``) and feature store an evaluation reads; either may
+    be given already open."""
+    ckpt = (
+        checkpoint
+        if isinstance(checkpoint, Checkpoint)
+        else load_checkpoint(checkpoint, resolve_device(device))
+    )
+    return ckpt, feats if isinstance(feats, FeatureStore) else FeatureStore.open(feats)
+
+
 def blank_sense(x: np.ndarray, sense: str, ckpt: Checkpoint) -> np.ndarray:
     """Zero one sense of a normalised input (T, D), as if that camera had no microphone (or no view)."""
     vd = ckpt.model_config.video_dim
@@ -110,12 +123,7 @@ def evaluate(
     ``extra(ckpt, store, entries, drop)`` adds metrics of its own (e.g.
     :func:`avarnet.weak.untrimmed_metrics` for stores with frame-level truth).
     """
-    ckpt = (
-        checkpoint
-        if isinstance(checkpoint, Checkpoint)
-        else load_checkpoint(checkpoint, resolve_device(device))
-    )
-    store = feats if isinstance(feats, FeatureStore) else FeatureStore.open(feats)
+    ckpt, store = open_inputs(checkpoint, feats, device)
     check_compatible(ckpt, store)
     want_report = out is not None and report
     clips = score_clips(ckpt, store, split, drop, embed=want_report)
@@ -165,4 +173,4 @@ def evaluate(
     return metrics
 
 
-__all__ = ["evaluate", "predict_clips", "score_clips", "EvaluateError", "StoreError"]
+__all__ = ["evaluate", "open_inputs", "predict_clips", "score_clips", "EvaluateError", "StoreError"]

@@ -57,29 +57,25 @@ def _require_onnx():
         raise ExportError("ONNX Runtime is not installed: pip install 'avarnet[onnx]'") from None
 
 
-class _Pooled(torch.nn.Module):
+class _Wrapped(torch.nn.Module):
+    """A model whose forward returns only the tensor the exported graph outputs."""
+
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
+
+class _Pooled(_Wrapped):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixels).pooler_output
 
 
-class _Hidden(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
+class _Hidden(_Wrapped):
     def forward(self, samples: torch.Tensor) -> torch.Tensor:
         return self.model(input_values=samples).last_hidden_state
 
 
-class _LastStage(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
+class _LastStage(_Wrapped):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.model(x, mask)[-1:]
 
@@ -221,20 +217,25 @@ def _session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def onnx_backbone(encoder, session, info: dict[str, Any], source: str) -> None:
+    """What an encoder running in ONNX Runtime holds instead of a torch model (CPU, width)."""
+    encoder.model = None
+    encoder.session = session
+    encoder.source = source
+    encoder.weights = "onnx"
+    encoder.seed = 0
+    encoder.device = torch.device("cpu")
+    encoder.dim = int(info["dim"])
+
+
 class OnnxVideoEncoder(VideoEncoder):
     """MobileViT in ONNX Runtime, with :class:`VideoEncoder`'s preprocessing and batching."""
 
     def __init__(self, session, info: dict[str, Any], source: str) -> None:  # noqa: D107
-        self.model = None
-        self.session = session
-        self.source = source
-        self.weights = "onnx"
-        self.seed = 0
+        onnx_backbone(self, session, info, source)
         self.image_size = int(info["image_size"])
         self.resize_shortest_edge = int(info["resize_shortest_edge"])
         self.flip_channel_order = bool(info["flip_channel_order"])
-        self.device = torch.device("cpu")
-        self.dim = int(info["dim"])
         self.calibration_frames = 0
 
     def forward(self, pixels: torch.Tensor) -> np.ndarray:
@@ -246,15 +247,9 @@ class OnnxAudioEncoder(AudioEncoder):
     """Wav2Vec2 in ONNX Runtime, with :class:`AudioEncoder`'s normalisation and batching."""
 
     def __init__(self, session, info: dict[str, Any], source: str) -> None:  # noqa: D107
-        self.model = None
-        self.session = session
-        self.source = source
-        self.weights = "onnx"
-        self.seed = 0
+        onnx_backbone(self, session, info, source)
         self.sample_rate = int(info["sample_rate"])
         self.do_normalize = bool(info["do_normalize"])
-        self.device = torch.device("cpu")
-        self.dim = int(info["dim"])
         self.hop, self.receptive_field = conv_geometry(Wav2Vec2Config(**info["config"]))
 
     def forward(self, inputs: np.ndarray) -> np.ndarray:

@@ -141,13 +141,21 @@ def _encoders(spec: dict, store_root: str, device: str, which: str) -> Any:
     )
 
 
-class VideoEncoderActor:
-    """MobileViT over the frames of a batch of videos: adds ``video`` (T, Dv), drops ``frames``."""
+class _EncoderActor:
+    """One backbone (``kind``) of a store's spec, loaded once per actor, in the spec's precision."""
+
+    kind = ""
 
     def __init__(self, spec: dict, store_root: str, device: str):
         self.spec = FeatureSpec.from_dict(spec)
-        self.enc = _encoders(spec, store_root, device, "video")
+        self.enc = _encoders(spec, store_root, device, self.kind)
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.spec.precision)
+
+
+class VideoEncoderActor(_EncoderActor):
+    """MobileViT over the frames of a batch of videos: adds ``video`` (T, Dv), drops ``frames``."""
+
+    kind = "video"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["vid"])
@@ -176,13 +184,10 @@ class VideoEncoderActor:
         return out
 
 
-class AudioEncoderActor:
+class AudioEncoderActor(_EncoderActor):
     """Wav2Vec2 over the audio chunks of a batch of videos: adds ``audio`` and ``audio_mask``."""
 
-    def __init__(self, spec: dict, store_root: str, device: str):
-        self.spec = FeatureSpec.from_dict(spec)
-        self.enc = _encoders(spec, store_root, device, "audio")
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.spec.precision)
+    kind = "audio"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["vid"])
@@ -364,22 +369,15 @@ def extract_dataset_ray(
         num_cpus=res["decode_cpus"],
         scheduling_strategy="SPREAD",
     )
-    ds = ds.map_batches(
-        VideoEncoderActor,
-        fn_constructor_kwargs=ctor,
-        batch_size=options.videos_per_batch,
-        batch_format="numpy",
-        compute=pool,
-        **res["actor"],
-    )
-    ds = ds.map_batches(
-        AudioEncoderActor,
-        fn_constructor_kwargs=ctor,
-        batch_size=options.videos_per_batch,
-        batch_format="numpy",
-        compute=pool,
-        **res["actor"],
-    )
+    for actor in (VideoEncoderActor, AudioEncoderActor):
+        ds = ds.map_batches(
+            actor,
+            fn_constructor_kwargs=ctor,
+            batch_size=options.videos_per_batch,
+            batch_format="numpy",
+            compute=pool,
+            **res["actor"],
+        )
     ds = ds.map_batches(
         write_rows,
         fn_kwargs={"store_root": str(out)},

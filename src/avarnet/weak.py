@@ -36,7 +36,7 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, save_checkpoint
 from .config import NORMAL_CLASS, WEAK_OBJECTIVES, DictMixin, TrainConfig
 from .data import MODALITIES, Normalizer, drop_modality, missing_mask, select_inputs
 from .encoders import resolve_device
@@ -846,14 +846,9 @@ def evaluate_weak(
     Writes ``OUT/metrics.json``, ``OUT/curves/*.png`` (score curves, truth shaded) and
     ``OUT/report.html`` (PR / ROC and score curves on one page) when ``out`` is given. A constant score is reported alongside as the chance baseline of each metric.
     """
-    from .evaluate import EvaluateError
+    from .evaluate import EvaluateError, open_inputs
 
-    ckpt = (
-        checkpoint
-        if isinstance(checkpoint, Checkpoint)
-        else load_checkpoint(checkpoint, resolve_device(device))
-    )
-    store = feats if isinstance(feats, FeatureStore) else FeatureStore.open(feats)
+    ckpt, store = open_inputs(checkpoint, feats, device)
     _check_spec(ckpt, store)
     entries = store.split(split)
     if not entries:

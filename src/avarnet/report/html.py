@@ -94,6 +94,17 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]], digits: int =
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def pipe_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """The lines of a Markdown pipe table, columns padded to their widest cell (None: n/a)."""
+    cells = [["n/a" if c is None else str(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
+
+    def line(r: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+
+    return [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)]
+
+
 def markdown_table(lines: Sequence[str]) -> str:
     """HTML table from the lines of a simple pipe table (header, separator, rows) as ablate writes."""
     rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines if ln.strip()]

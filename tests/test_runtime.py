@@ -1,0 +1,45 @@
+"""Process-wide CPU settings and precisions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avarnet.runtime import PRECISIONS, autocast, autocast_dtype, configure_cpu
+
+
+def test_configure_cpu_flushes_denormals_and_sets_threads_once_or_twice():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_flush_denormal(False)
+        assert torch.tensor([1e-323], dtype=torch.float64).item() != 0.0
+        configure_cpu(1)
+        configure_cpu(1)
+        assert torch.get_num_threads() == 1
+        assert torch.tensor([1e-323], dtype=torch.float64).item() == 0.0  # flushed to zero
+        torch.set_num_threads(2)
+        configure_cpu()  # 0 keeps the current thread count
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)
+
+
+def test_autocast_dtype_per_precision_and_device():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype("fp32", cpu) is None and autocast_dtype("int8", cpu) is None
+    assert autocast_dtype("bf16", gpu) is torch.bfloat16
+    assert autocast_dtype("fp16", gpu) is torch.float16
+    for precision, device, words in (("fp16", cpu, "needs a GPU"), ("int8", gpu, "CPU only"),
+                                     ("fp64", cpu, "one of")):  # fmt: skip
+        with pytest.raises(ValueError, match=words):
+            autocast_dtype(precision, device)
+    assert set(PRECISIONS) == {"fp32", "bf16", "fp16", "int8"}
+
+
+def test_autocast_runs_in_the_reduced_precision_or_not_at_all():
+    a = torch.ones(4, 4)
+    with autocast(torch.device("cpu"), torch.bfloat16):
+        assert (a @ a).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), None):
+        assert (a @ a).dtype == torch.float32
