@@ -236,9 +236,12 @@ def run_serve(
         deadline = time.monotonic() + minutes * 60
         last = first
         lags: list[float] = []
+        series = [first]  # one sample a minute: a plateau and a leak look alike at the ends only
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(5)
             last = proc_sample(proc.pid)
+            if last["t"] - series[-1]["t"] >= 60:
+                series.append(last)
             lags += [
                 c["lag_s"] for c in api(web_port, "/api/stats")["cameras"] if c["lag_s"] is not None
             ]
@@ -267,6 +270,8 @@ def run_serve(
         "cpu_per_camera": round((last["cpu_s"] - first["cpu_s"]) / wall / n, 3),
         "rss_start_mib": first["rss_mib"],
         "rss_end_mib": last["rss_mib"],
+        "rss_half_mib": series[len(series) // 2]["rss_mib"],
+        "rss_by_minute": [x["rss_mib"] for x in series + [last]],
         "peak_rss_mib": last["peak_rss_mib"],
         "cpu_per_segment": round((last["cpu_s"] - first["cpu_s"]) / max(1, segs), 3),
         "segments_per_s": round(segs / wall, 2),
@@ -284,7 +289,7 @@ def run_serve(
 def table(rows: list[dict]) -> str:
     head = (
         "| process | cameras | s | segments/s (need) | CPU s per segment | CPU s per media s per camera"
-        " | RSS start MiB | RSS end MiB | dropped | lag mean s | lag max s | events (DB) | new / end messages |"
+        " | RSS start / half-time / end MiB | dropped | lag mean s | lag max s | events (DB) | new / end messages |"
     )
     lines = [head, "|" + "---|" * 13]
     for r in rows:
@@ -292,7 +297,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['process']} | {r['cameras']} | {r['seconds']} | {r['segments_per_s']} ({r['cameras']}) | "
             f"{r['cpu_per_segment']} | {r['cpu_per_camera']} | "
-            f"{r['rss_start_mib']} | {r['rss_end_mib']} | {r['dropped']} | {r['lag_mean_s']} | "
+            f"{r['rss_start_mib']} / {r.get('rss_half_mib', '-')} / {r['rss_end_mib']} | {r['dropped']} | {r['lag_mean_s']} | "
             f"{r['lag_max_s']} | {r.get('events_db', '-')} | {msgs} |"
         )
     return "\n".join(lines)

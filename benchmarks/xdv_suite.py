@@ -641,9 +641,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument(
-        "--jobs", type=int, default=os.cpu_count() or 1, help="runs at once (processes)"
-    )
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at once (processes)")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument(
         "--quick", action="store_true", help="smoke run: small data, MTCN and GRU, 1 seed"

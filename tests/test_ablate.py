@@ -127,7 +127,9 @@ def test_results_md_has_the_paper_tables_with_spread_and_warns_about_random_weig
         "## Missing sense",
     ):
         assert heading in md
-    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in md.splitlines() if ln[:1] == "|"]
+    rows = [
+        [c.strip() for c in ln.strip("|").split("|")] for ln in md.splitlines() if ln[:1] == "|"
+    ]
     assert ["Model", "Audio: Acc", "Pre", "Rec", "F1", "Fused: Acc"] == rows[0][:6]
     assert any(r[-2:] == ["L = 5", "L = 10"] for r in rows)
     assert any(r[1:3] == ["Early Acc", "Late Acc"] for r in rows)

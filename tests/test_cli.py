@@ -69,8 +69,10 @@ def test_demo_falls_back_to_random_weights_with_a_warning(
     )
     with caplog.at_level(logging.WARNING, logger="avarnet"):
         s = run_demo(tmp_path / "demo", opts, progress=False)
-    assert s["weights_note"] == "RANDOM WEIGHTS (offline fallback): no-such/model could not be loaded"
-    assert any("falling back to --weights random" in r.getMessage() for r in caplog.records)
+    assert (
+        s["weights_note"] == "RANDOM WEIGHTS (offline fallback): no-such/model could not be loaded"
+    )
+    assert any("falling back to random weights" in r.getMessage() for r in caplog.records)
     metrics = json.loads((tmp_path / "demo" / "eval" / "metrics.json").read_text())
     store = FeatureStore.open(metrics["features"])  # the features really come from random weights
     assert metrics["weights"] == store.spec.weights == "random" and store.spec.random_init
@@ -208,7 +210,9 @@ def disagreements(
                     bad.append(f"{where}: default {action.default!r} != {default!r}")
                 stated = re.search(r"default (\w+(?:\.\d+)?)\)", action.help or "")
                 if action.default is None and stated and not same_text(stated[1], default):
-                    bad.append(f"{where}: help says default {stated[1]}, the field's is {default!r}")
+                    bad.append(
+                        f"{where}: help says default {stated[1]}, the field's is {default!r}"
+                    )
                 if name in allowed:
                     if action.choices is None:
                         bad.append(f"{where}: no choices, the field allows {allowed[name]}")
@@ -251,13 +255,15 @@ def test_a_changed_dataclass_default_or_choice_list_is_caught():
         "extract --segment-seconds vs Coarser.segment_seconds: default 1.0 != 2.0",
         "train --seq-len vs Longer.seq_len: default 10 != 12",
     ]
+
     @dataclasses.dataclass(frozen=True)
     class Shorter(WeakConfig):
         max_seq_len: int = 100
 
     bad = disagreements({"xdv train": (Shorter,)}, allowed_values())
-    assert bad == ["xdv train --max-seq-len vs Shorter.max_seq_len: help says default 200, the "
-                   "field's is 100"]
+    assert bad == [
+        "xdv train --max-seq-len vs Shorter.max_seq_len: help says default 200, the field's is 100"
+    ]
     fewer = allowed_values() | {"modality": ("fused", "video")}
     assert [b for b in disagreements(option_config_map(), fewer) if "--modality " in b]
 

@@ -170,12 +170,7 @@ def test_random_weights_extract_train_predict(tiny_backbones, tiny_dataset, tmp_
         == 0
     )
     video = Path(store.info["data_root"]) / store.split("test")[0].source
-    assert (
-        main(
-            predict_argv(str(video), str(run / "best.ckpt"), str(pred), "--device", "cpu")
-        )
-        == 0
-    )
+    assert main(predict_argv(str(video), str(run / "best.ckpt"), str(pred), "--device", "cpu")) == 0
     import json
 
     p = json.loads((pred / "prediction.json").read_text())

@@ -502,12 +502,7 @@ def test_unwritable_out_is_one_line(ckpt_path, corpus, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     video = corpus["unicode"][0]
-    assert (
-        main(
-            predict_argv(str(video), str(ckpt_path), str(blocker / "sub"))
-        )
-        == 2
-    )
+    assert main(predict_argv(str(video), str(ckpt_path), str(blocker / "sub"))) == 2
     lines = error_lines(capsys.readouterr().err, "predict")
     assert len(lines) == 1 and str(blocker) in lines[0]
     assert main(["-q", "train", str(tmp_path), "--out", str(blocker)]) == 2  # not a store
@@ -774,12 +769,7 @@ def test_predict_from_elsewhere_and_with_a_moved_backbone(
     ckpt = relative_pipeline / "run" / "best.ckpt"
     video = relative_pipeline / "data" / "crash" / "0.mp4"
     monkeypatch.chdir(tmp_path)
-    assert (
-        main(
-            predict_argv(str(video), str(ckpt), "p1", "--device", "cpu")
-        )
-        == 0
-    )
+    assert main(predict_argv(str(video), str(ckpt), "p1", "--device", "cpu")) == 0
     moved = tmp_path / "elsewhere"
     shutil.copytree(relative_pipeline / "bb" / "tiny-wav2vec2", moved)
     assert (

@@ -30,6 +30,7 @@ def strict_load_file(path: Path):
     """A JSON file that a strict parser accepts (no NaN / Infinity literals)."""
     return strict_load(path.read_text(encoding="utf-8"))
 
+
 def errors(name: str, doc) -> list[str]:
     return [
         f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
@@ -78,12 +79,7 @@ def pipeline(tiny_store, tiny_dataset, tmp_path_factory) -> Path:
         == 0
     )
     video = next(p for p in sorted(tiny_dataset.rglob("*.mp4")) if p.parent.name == "crash")
-    assert (
-        main(
-            predict_argv(str(video), ckpt, str(root / "pred"), "--device", "cpu")
-        )
-        == 0
-    )
+    assert main(predict_argv(str(video), ckpt, str(root / "pred"), "--device", "cpu")) == 0
     assert main(
         [
             "-q",

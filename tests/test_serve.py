@@ -102,6 +102,8 @@ def test_mqtt_messages_clip_snapshot_and_last_will(tmp_path, ckpt, clip6, broker
         )
         events = sub.events()
         assert [e["type"] for e in events] == ["new", "end"]
+        # trained on chunked audio, scored causally: said once, as `stream` says it
+        assert log.read_text().count("LIVE FEATURES DIFFER") == 1
         assert events[0]["after"]["id"] == events[1]["after"]["id"]
         end = events[1]["after"]
         assert end["camera"] == "gate" and end["label"] in ("crash", "scream")

@@ -208,9 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     _add_backbone_args(p)
     p.add_argument("--segment-seconds", type=SEGMENT_SECONDS, default=SPEC.segment_seconds)
-    p.add_argument(
-        "--frames-per-segment", type=FRAMES_PER_SEGMENT, default=SPEC.frames_per_segment
-    )
+    p.add_argument("--frames-per-segment", type=FRAMES_PER_SEGMENT, default=SPEC.frames_per_segment)
     p.add_argument(
         "--audio-features",
         choices=AUDIO_MODES,
@@ -225,9 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="causal audio look-back in seconds (0 allowed; default 0)",
     )
-    p.add_argument(
-        "--seed", type=SEED, default=SPEC.seed, help="split seed and random-weight seed"
-    )
+    p.add_argument("--seed", type=SEED, default=SPEC.seed, help="split seed and random-weight seed")
     p.add_argument(
         "--workers",
         type=WORKERS,
@@ -433,7 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--jsonl", type=Path, help="write the JSON lines here instead of stdout")
     p.add_argument(
-        "--threshold", type=PROBABILITY, default=RULE.threshold, help="anomaly score that counts as high"
+        "--threshold",
+        type=PROBABILITY,
+        default=RULE.threshold,
+        help="anomaly score that counts as high",
     )
     p.add_argument(
         "--min-segments",
@@ -912,9 +911,7 @@ def cmd_xdv_train(a: argparse.Namespace) -> int:
 def cmd_xdv_evaluate(a: argparse.Namespace) -> int:
     from .weak import evaluate_weak
 
-    m = evaluate_weak(
-        a.checkpoint, a.feats, plots=a.plots, progress=not a.quiet, **_evaluation(a)
-    )
+    m = evaluate_weak(a.checkpoint, a.feats, plots=a.plots, progress=not a.quiet, **_evaluation(a))
     c = m["constant_baseline"]
     print(
         f"{a.split}: {m['n']} videos, {m['frames']} frames ({m['frame_positive_rate']:.3f} violent)"

@@ -60,9 +60,7 @@ def run_demo(out: str | Path, opts: DemoOptions = DemoOptions(), progress: bool 
     )
     weights, reason = choose_weights(opts)
     if reason:
-        log.warning(
-            "pretrained weights unavailable (%s) -> falling back to random weights", reason
-        )
+        log.warning("pretrained weights unavailable (%s) -> falling back to random weights", reason)
     result = extract_dataset(
         data,
         feats,

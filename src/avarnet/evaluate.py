@@ -21,7 +21,6 @@ from .store import FeatureStore, StoreError
 log = logging.getLogger("avarnet")
 
 
-
 class EvaluateError(AvarnetError):
     """Evaluation cannot run on this checkpoint/store combination."""
 

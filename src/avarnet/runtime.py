@@ -50,8 +50,6 @@ def _keep_freed_memory() -> bool:
     return trim_ok and mmap_ok
 
 
-
-
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 instructions (AVX-512 BF16 / AMX), i.e. bf16 can be faster."""
     return bool(

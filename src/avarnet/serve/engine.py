@@ -23,7 +23,7 @@ from ..checkpoint import Checkpoint
 from ..config import NORMAL_CLASS
 from ..features import Extractor, live_spec
 from ..media import Segment
-from ..stream import StreamingPredictor
+from ..stream import StreamingPredictor, check_live_features
 from .cameras import SessionMarker
 
 log = logging.getLogger("avarnet")
@@ -94,6 +94,7 @@ class Engine(threading.Thread):
         self.batch_segments = batch_segments
         self.queue_segments = queue_segments
         live = live_spec(ckpt.spec, audio_context_seconds)  # the features `stream` computes
+        check_live_features(ckpt, live)  # warns once when they differ from the training features
         self.audio_context_seconds = live.audio_context_seconds
         self.context_samples = round(live.audio_context_seconds * ckpt.spec.sample_rate)
         self.cameras: dict[str, CameraState] = {}
