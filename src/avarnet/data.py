@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .config import MODALITIES, SPLITS
@@ -398,13 +399,32 @@ class StreamingWindowDataset(Dataset):
 
 
 def collate(batch: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack windows: x (B, L, D), mask (B, L), y (B, L), clip (B,)."""
-    return {
-        "x": torch.stack([b["x"] for b in batch]),
-        "mask": torch.stack([b["mask"] for b in batch]),
-        "y": torch.stack([b["y"] for b in batch]),
-        "clip": torch.tensor([b["clip"] for b in batch]),
-    }
+    """One collate for windows and whole videos: sequences padded to the longest, others stacked.
+
+    ``x`` (l, D) -> (B, L, D); ``mask`` (B, L) True at real steps (taken from the items when they
+    carry one); any other tensor whose first dimension is the item's length (per-step labels or
+    targets) -> (B, L, ...) zero-padded; numbers -> (B,).
+    """
+    lengths = [len(b["x"]) for b in batch]
+    L = max(lengths)
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return F.pad(t, (0, 0) * (t.dim() - 1) + (0, L - len(t))) if len(t) < L else t
+
+    out = {"x": torch.stack([pad(b["x"]) for b in batch])}
+    if "mask" in batch[0]:
+        out["mask"] = torch.stack([pad(b["mask"]) for b in batch])
+    else:
+        out["mask"] = torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]
+    for key in batch[0]:
+        if key in out:
+            continue
+        values = [b[key] for b in batch]
+        if isinstance(values[0], torch.Tensor) and values[0].dim() and len(values[0]) == lengths[0]:
+            out[key] = torch.stack([pad(v) for v in values])
+        else:
+            out[key] = torch.tensor(values)
+    return out
 
 
 def drop_modality(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -191,6 +193,106 @@ def _datasets(
     )
 
 
+class FitSettings(Protocol):
+    """The settings :func:`fit` reads (TrainConfig and WeakConfig both have them)."""
+
+    epochs: int
+    lr: float
+    weight_decay: float
+    plateau_factor: float
+    plateau_patience: int
+    early_stop_patience: int
+    modality: str
+    modality_dropout: float
+    seed: int
+
+
+BatchLoss = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def run_epoch(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    opt: torch.optim.Optimizer,
+    batch_loss: BatchLoss,
+    cfg: FitSettings,
+    video_dim: int,
+    device: torch.device,
+    gen: torch.Generator,
+) -> float:
+    """One pass over ``loader`` (sense dropout on fused inputs); returns the mean batch loss."""
+    model.train()
+    total, n = 0.0, 0
+    for b in loader:
+        x = b["x"]  # (B, L, D)
+        if cfg.modality == "fused":
+            x = drop_modality(x, video_dim, cfg.modality_dropout, gen)
+        b = {k: v.to(device) for k, v in (b | {"x": x}).items()}
+        loss = batch_loss(model, b)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total, n = total + loss.item() * len(x), n + len(x)
+    return total / max(n, 1)
+
+
+def fit(
+    model: torch.nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    batch_loss: BatchLoss,
+    validate: Callable[[torch.nn.Module, DataLoader], dict[str, float]],
+    save: Callable[[int, dict[str, float]], None],
+    cfg: FitSettings,
+    video_dim: int,
+    device: torch.device,
+    out: Path,
+    desc: str,
+    progress: bool = True,
+) -> tuple[list[dict], int, float]:
+    """The training loop of every objective: Adam, LR drop on a validation plateau, early stop.
+
+    ``batch_loss(model, batch)`` is the objective; ``validate(model, loader)`` returns metrics
+    with ``val_loss``; ``save(epoch, metrics)`` is called at each new best. Writes
+    ``OUT/history.json`` every epoch; returns (history, best epoch, best validation loss).
+    """
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience
+    )
+    drop_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    history: list[dict] = []
+    best, best_epoch, stale = float("inf"), 0, 0
+    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not progress)
+    for epoch in bar:
+        train_loss = run_epoch(
+            model, train_loader, opt, batch_loss, cfg, video_dim, device, drop_gen
+        )
+        metrics = validate(model, val_loader)
+        val_loss = metrics["val_loss"]
+        sched.step(val_loss)
+        history.append(
+            {"epoch": epoch, "train_loss": train_loss} | metrics | {"lr": opt.param_groups[0]["lr"]}
+        )
+        if val_loss < best - 1e-6:
+            best, best_epoch, stale = val_loss, epoch, 0
+            save(epoch, metrics)
+        else:
+            stale += 1
+        write_json(out / HISTORY_FILE, history)
+        shown = {"val" if k == "val_loss" else k.removeprefix("val_"): v for k, v in metrics.items()}
+        bar.set_postfix(loss=f"{train_loss:.3f}", **{k: f"{v:.3f}" for k, v in shown.items()})
+        if stale >= cfg.early_stop_patience:
+            log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+            break
+    if best_epoch == 0:
+        raise TrainError(
+            f"no epoch reached a finite validation loss (last {history[-1]['val_loss']}); "
+            "no checkpoint written"
+        )
+    return history, best_epoch, best
+
+
 def train(
     feats: str | Path | FeatureStore,
     out: str | Path,
@@ -229,68 +331,28 @@ def train(
         model = create_model(mcfg).to(device)
     except ValueError as e:  # e.g. a width the attention heads do not divide
         raise TrainError(f"model options do not fit together: {e}") from None
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience
-    )
     train_loader, val_loader = _loaders(train_ds, val_ds, cfg)
-    drop_gen = torch.Generator().manual_seed(cfg.seed + 1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / BEST_CHECKPOINT
-    history: list[dict] = []
-    best, best_epoch, stale = float("inf"), 0, 0
-    bar = tqdm(
-        range(1, cfg.epochs + 1),
-        desc=f"train {mcfg.name}/{cfg.modality}",
-        unit="epoch",
-        disable=not progress,
-    )
-    for epoch in bar:
-        model.train()
-        tl, tn = 0.0, 0
-        for batch in train_loader:
-            x, mask, y = batch["x"], batch["mask"], batch["y"]
-            if cfg.modality == "fused":
-                x = drop_modality(x, mcfg.video_dim, cfg.modality_dropout, drop_gen)
-            x, mask, y = x.to(device), mask.to(device), y.to(device)
-            loss = stage_loss(model(x, mask), y, mask, cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tl, tn = tl + loss.item() * len(x), tn + len(x)
-        val_loss, val_acc = evaluate_loss(model, val_loader, cfg, device)
-        sched.step(val_loss)
-        rec = {
-            "epoch": epoch,
-            "train_loss": tl / max(tn, 1),
-            "val_loss": val_loss,
-            "val_step_acc": val_acc,
-            "lr": opt.param_groups[0]["lr"],
-        }
-        history.append(rec)
-        if val_loss < best - 1e-6:
-            best, best_epoch, stale = val_loss, epoch, 0
-            extra = {"best_epoch": epoch, "val_loss": val_loss, "val_step_acc": val_acc}
-            save_checkpoint(
-                ckpt_path,
-                Checkpoint(
-                    model, mcfg, cfg, classes, store.spec, norm, store.load_encoder_state(), extra
-                ),
-            )
-        else:
-            stale += 1
-        write_json(out / HISTORY_FILE, history)
-        bar.set_postfix(
-            loss=f"{rec['train_loss']:.3f}", val=f"{val_loss:.3f}", acc=f"{val_acc:.2f}"
-        )
-        if stale >= cfg.early_stop_patience:
-            log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
-            break
-    if best_epoch == 0:
-        raise TrainError(
-            f"no epoch reached a finite validation loss (last {history[-1]['val_loss']}); no checkpoint written"
-        )
+    encoder_state = store.load_encoder_state()
+
+    def batch_loss(model: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return stage_loss(model(b["x"], b["mask"]), b["y"], b["mask"], cfg)
+
+    def validate(model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
+        val_loss, val_acc = evaluate_loss(model, loader, cfg, device)
+        return {"val_loss": val_loss, "val_step_acc": val_acc}
+
+    def save(epoch: int, metrics: dict[str, float]) -> None:
+        extra = {"best_epoch": epoch} | metrics
+        ckpt = Checkpoint(model, mcfg, cfg, classes, store.spec, norm, encoder_state, extra)
+        save_checkpoint(ckpt_path, ckpt)
+
+    history, best_epoch, best = fit(
+        model, train_loader, val_loader, batch_loss, validate, save, cfg, mcfg.video_dim, device,
+        out, f"train {mcfg.name}/{cfg.modality}", progress,
+    )  # fmt: skip
     return TrainResult(
         ckpt_path, history, best_epoch, best, count_parameters(model), time.time() - start
     )

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpoint, save_checkpoint
 from .config import NORMAL_CLASS, WEAK_OBJECTIVES, DictMixin, TrainConfig
-from .data import MODALITIES, Normalizer, drop_modality, missing_mask, select_inputs
+from .data import MODALITIES, Normalizer, collate, missing_mask, select_inputs
 from .encoders import resolve_device
 from .inference import anomaly_scores, model_input, step_probabilities
 from .io import write_json
@@ -47,10 +47,11 @@ from .models import count_parameters, create_model
 from .store import Entry, FeatureStore, StoreError
 from .train import (
     BEST_CHECKPOINT,
-    HISTORY_FILE,
     TrainError,
     TrainResult,
+    fit,
     model_config_for,
+    run_epoch,
     seed_everything,
 )
 
@@ -305,25 +306,18 @@ def read_tensors(store: FeatureStore, entry: Entry, crop: int = 0) -> dict[str, 
 def fit_stream_normalizer(
     store: FeatureStore, entries: Sequence[Entry], modality: str
 ) -> Normalizer:
-    """Per-feature mean/std of the centre crop over ``entries``, one video in memory at a time.
+    """:meth:`Normalizer.fit_stream` over the centre crop of ``entries``, one video in memory at a
+    time; segments without audio are left out, as in :func:`avarnet.train.fit_normalizer`."""
 
-    Segments without audio are left out, as in :func:`avarnet.train.fit_normalizer`.
-    """
-    total = sq = None
-    n = 0
-    for e in entries:
-        t = read_tensors(store, e)
-        x = select_inputs(t, modality)
-        blank = missing_mask(t, modality)
-        if blank is not None and (~blank.any(1)).any():
-            x = x[~blank.any(1)]
-        x = x.astype(np.float64)
-        total = x.sum(0) if total is None else total + x.sum(0)
-        sq = (x * x).sum(0) if sq is None else sq + (x * x).sum(0)
-        n += len(x)
-    mean = total / n
-    std = np.sqrt(np.maximum(sq / n - mean**2, 0.0))
-    return Normalizer(mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32))
+    def arrays():
+        for e in entries:
+            t = read_tensors(store, e)
+            x = select_inputs(t, modality)
+            blank = missing_mask(t, modality)
+            keep = None if blank is None else ~blank.any(1)
+            yield x[keep] if keep is not None and keep.any() else x
+
+    return Normalizer.fit_stream(arrays())
 
 
 def uniform_indices(T: int, max_len: int) -> np.ndarray:
@@ -369,29 +363,6 @@ class WeakDataset(Dataset):
         if self.targets is not None:
             out["target"] = torch.from_numpy(self.targets[i])
         return out
-
-
-def weak_collate(batch: list[dict]) -> dict[str, torch.Tensor]:
-    """Pad to the longest video: x (B, L, D), mask (B, L), y (B,), i (B,), target (B, L) if given."""
-    L = max(len(b["x"]) for b in batch)
-    D = batch[0]["x"].shape[1]
-    x = torch.zeros(len(batch), L, D)
-    mask = torch.zeros(len(batch), L, dtype=torch.bool)
-    for i, b in enumerate(batch):
-        x[i, : len(b["x"])] = b["x"]
-        mask[i, : len(b["x"])] = True
-    out = {
-        "x": x,
-        "mask": mask,
-        "y": torch.tensor([b["y"] for b in batch], dtype=torch.float32),
-        "i": torch.tensor([b.get("i", -1) for b in batch]),
-    }
-    if "target" in batch[0]:
-        target = torch.zeros(len(batch), L)
-        for i, b in enumerate(batch):
-            target[i, : len(b["target"])] = b["target"]
-        out["target"] = target
-    return out
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -441,23 +412,13 @@ def _loader_loss(
     return total / max(n, 1)
 
 
-def _epoch(
-    model, loader, opt, cfg: WeakConfig, video_dim: int, device, gen: torch.Generator
-) -> float:
-    model.train()
-    total, n = 0.0, 0
-    for b in loader:
-        x = b["x"]  # (B, L, D)
-        if cfg.modality == "fused":
-            x = drop_modality(x, video_dim, cfg.modality_dropout, gen)
-        x, mask, y = x.to(device), b["mask"].to(device), b["y"].to(device)
-        target = b["target"].to(device) if "target" in b else None
-        loss = weak_objective(model, x, mask, y, cfg, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total, n = total + loss.item() * len(y), n + len(y)
-    return total / max(n, 1)
+def batch_objective(cfg: WeakConfig):
+    """The weak objective of one batch, as :func:`avarnet.train.fit` calls it."""
+
+    def loss(model: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return weak_objective(model, b["x"], b["mask"], b["y"], cfg, b.get("target"))
+
+    return loss
 
 
 def _loaders(
@@ -471,7 +432,7 @@ def _loaders(
     args = (cfg.modality, norm, cfg.max_seq_len)
     train_ds = WeakDataset(store, train_entries, *args, all_crops=cfg.all_crops)
     val_ds = WeakDataset(store, val_entries or train_entries, *args, all_crops=False)
-    kw = {"batch_size": cfg.batch_size, "collate_fn": weak_collate}
+    kw = {"batch_size": cfg.batch_size, "collate_fn": collate}
     return DataLoader(train_ds, shuffle=True, generator=g, **kw), DataLoader(val_ds, **kw)
 
 
@@ -497,7 +458,9 @@ def train_snippet_scorer(
     bar = tqdm(range(1, cfg.local_epochs + 1), desc="weak snippet scorer", unit="epoch",
                disable=not progress)  # fmt: skip
     for epoch in bar:
-        train_loss = _epoch(scorer, train_loader, opt, mil, video_dim, device, gen)
+        train_loss = run_epoch(
+            scorer, train_loader, opt, batch_objective(mil), mil, video_dim, device, gen
+        )
         val_loss = _loader_loss(scorer, val_loader, mil, device)
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
         if val_loss < best - 1e-6:
@@ -520,7 +483,7 @@ def pseudo_labels(
     normal ones (item index -> (l,) float32)."""
     scorer.eval()
     out: dict[int, np.ndarray] = {}
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=weak_collate)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collate)
     for b in loader:
         x, mask = b["x"].to(device), b["mask"].to(device)
         p = torch.sigmoid(anomaly_logit(scorer(x, mask)[-1])).cpu().numpy()  # (B, L)
@@ -576,39 +539,22 @@ def train_weak(
             loader.dataset.targets = pseudo_labels(scorer, loader.dataset, cfg, device)
         seed_everything(cfg.seed)
     model = create_model(mcfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience
-    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if local_history:
         write_json(out / SCORER_HISTORY_FILE, local_history)
-    history: list[dict] = []
-    best, best_epoch, stale = float("inf"), 0, 0
-    drop_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    desc = f"weak {mcfg.name}/{cfg.modality}"
-    for epoch in (
-        bar := tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not progress)
-    ):
-        train_loss = _epoch(model, train_loader, opt, cfg, mcfg.video_dim, device, drop_gen)
-        val_loss = _loader_loss(model, val_loader, cfg, device)
-        sched.step(val_loss)
-        lr = opt.param_groups[0]["lr"]
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr})
-        write_json(out / HISTORY_FILE, history)
-        bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
-        if val_loss < best - 1e-6:
-            best, best_epoch, stale = val_loss, epoch, 0
-            ckpt = _checkpoint(model, mcfg, cfg, store, norm, epoch, val_loss)
-            save_checkpoint(out / BEST_CHECKPOINT, ckpt)
-        elif (stale := stale + 1) >= cfg.early_stop_patience:
-            log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
-            break
-    if best_epoch == 0:
-        raise TrainError(
-            f"no epoch reached a finite validation loss (last {history[-1]['val_loss']}); no checkpoint written"
-        )
+
+    def validate(model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
+        return {"val_loss": _loader_loss(model, loader, cfg, device)}
+
+    def save(epoch: int, metrics: dict[str, float]) -> None:
+        ckpt = _checkpoint(model, mcfg, cfg, store, norm, epoch, metrics["val_loss"])
+        save_checkpoint(out / BEST_CHECKPOINT, ckpt)
+
+    history, best_epoch, best = fit(
+        model, train_loader, val_loader, batch_objective(cfg), validate, save, cfg,
+        mcfg.video_dim, device, out, f"weak {mcfg.name}/{cfg.modality}", progress,
+    )  # fmt: skip
     params, seconds = count_parameters(model), time.time() - start
     return TrainResult(out / BEST_CHECKPOINT, history, best_epoch, best, params, seconds)
 
