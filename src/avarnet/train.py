@@ -280,7 +280,9 @@ def fit(
         else:
             stale += 1
         write_json(out / HISTORY_FILE, history)
-        shown = {"val" if k == "val_loss" else k.removeprefix("val_"): v for k, v in metrics.items()}
+        shown = {
+            "val" if k == "val_loss" else k.removeprefix("val_"): v for k, v in metrics.items()
+        }
         bar.set_postfix(loss=f"{train_loss:.3f}", **{k: f"{v:.3f}" for k, v in shown.items()})
         if stale >= cfg.early_stop_patience:
             log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
