@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -203,3 +205,14 @@ def test_library_messages_name_no_command_line_option():
             if FLAG.search(plain) and (path.name, text) not in NAMED_OPTIONS:
                 bad.append(f"{path.relative_to(PKG)}:{line}: {text[:80]!r}")
     assert not bad, "\n".join(bad)
+
+
+def test_training_on_stored_features_does_not_load_the_backbone_libraries():
+    """`train`, `evaluate` and weak training read feature stores: importing them must not pull in
+    transformers (devices live in `runtime`, not in `encoders`)."""
+    code = (
+        "import sys, avarnet.train, avarnet.evaluate, avarnet.weak, avarnet.inference; "
+        "print('transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -39,7 +39,6 @@ from tqdm import tqdm
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import TrainConfig
 from .data import MODALITIES
-from .encoders import resolve_device
 from .errors import AvarnetError
 from .evaluate import SENSES, evaluate
 from .io import atomic_write_text, write_json
@@ -47,6 +46,7 @@ from .metrics import strict_metrics_json
 from .models import list_models
 from .models.registry import FUSIONS
 from .report.html import pipe_table
+from .runtime import resolve_device
 from .store import FeatureStore
 from .train import train
 

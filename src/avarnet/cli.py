@@ -142,7 +142,7 @@ def _add_backbone_overrides(p: argparse.ArgumentParser) -> None:
 def _checkpoint_with_backbones(a: argparse.Namespace):
     """The checkpoint of ``a.checkpoint``, its feature spec pointing at --video/--audio-backbone if given."""
     from .checkpoint import load_checkpoint
-    from .encoders import resolve_device
+    from .runtime import resolve_device
 
     ckpt = load_checkpoint(a.checkpoint, resolve_device(a.device))
     changes = {
@@ -941,8 +941,7 @@ def cmd_stream(a: argparse.Namespace) -> int:
 
     from .alerts import WebhookPoster
     from .cli_stream import LiveView, StreamOutput, stop_on_sigint, summary_text
-    from .encoders import resolve_device
-    from .runtime import configure_cpu
+    from .runtime import configure_cpu, resolve_device
     from .stream import (
         FeatureMismatchError,
         StreamOptions,
@@ -1051,7 +1050,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     width, _, height = a.size.partition("x")
     if a.gpu_only:
-        from .encoders import resolve_device
+        from .runtime import resolve_device
 
         if resolve_device(a.device).type != "cuda":
             raise InvalidArgumentError("--gpu-only needs a CUDA device")

@@ -37,6 +37,7 @@ from transformers import (
 
 from avarnet.config import DEFAULT_AUDIO_BACKBONE, DEFAULT_VIDEO_BACKBONE, SAMPLE_RATE, WEIGHTS
 from avarnet.errors import AvarnetError, InvalidArgumentError
+from avarnet.runtime import resolve_device  # noqa: F401  (re-exported)
 
 logger = logging.getLogger("avarnet")
 
@@ -81,16 +82,6 @@ _T = TypeVar("_T")
 
 class EncoderLoadError(AvarnetError):
     """A backbone's weights or config could not be loaded; the message is one line."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> cuda when available else cpu; ``"cuda"`` without CUDA -> ValueError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidArgumentError(f"device {device!r} requested but CUDA is not available")
-    return resolved
 
 
 # --------------------------------------------------------------------------- loading helpers

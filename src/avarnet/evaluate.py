@@ -11,11 +11,11 @@ import numpy as np
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import SENSES
-from .encoders import resolve_device
 from .errors import AvarnetError
 from .inference import clip_probabilities, model_input, step_probabilities
 from .io import atomic_write_text
 from .metrics import classification_metrics, strict_metrics_json
+from .runtime import resolve_device
 from .store import FeatureStore, StoreError
 
 log = logging.getLogger("avarnet")

@@ -34,12 +34,11 @@ from .encoders import (
     VideoEncoder,
     absolute_source,
     backbone_digest,
-    resolve_device,
 )
 from .errors import InvalidArgumentError, NonFiniteError
 from .features import Extractor, pool_audio_frames
 from .media import segment_times  # noqa: F401  (re-exported)
-from .runtime import autocast, configure_cpu, cpu_has_bf16
+from .runtime import autocast, configure_cpu, cpu_has_bf16, resolve_device
 from .store import Entry, FeatureStore, StoreError, VideoClaim, store_lock, video_id
 
 log = logging.getLogger("avarnet")

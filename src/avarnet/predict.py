@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .encoders import resolve_device
 from .errors import NonFiniteError
 from .features import Extractor, causal_features
 from .inference import (  # noqa: F401  (re-exported)
@@ -20,6 +19,7 @@ from .inference import (  # noqa: F401  (re-exported)
     window_probs,
 )
 from .io import atomic_write_bytes, write_json
+from .runtime import resolve_device
 
 
 def predict_video(

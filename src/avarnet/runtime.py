@@ -12,6 +12,7 @@ import warnings
 import torch
 
 from .config import PRECISIONS
+from .errors import InvalidArgumentError
 
 logger = logging.getLogger("avarnet")
 
@@ -20,6 +21,16 @@ M_TRIM_THRESHOLD = -1  # free memory above this at the heap top is returned to t
 M_MMAP_THRESHOLD = -3  # allocations at least this large get their own mmap()
 TRIM_THRESHOLD_BYTES = 1 << 30  # 1 GiB: in practice never hand freed heap memory back
 MMAP_THRESHOLD_BYTES = 32 << 20  # 32 MiB: glibc's maximum on 64-bit (4 MiB * sizeof(long))
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> cuda when available else cpu; ``"cuda"`` without CUDA -> ValueError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError(f"device {device!r} requested but CUDA is not available")
+    return resolved
 
 
 def configure_cpu(num_threads: int = 0) -> None:

@@ -31,10 +31,10 @@ from .data import (
     missing_mask,
     select_inputs,
 )
-from .encoders import resolve_device
 from .errors import AvarnetError
 from .io import write_json
 from .models import count_parameters, create_model
+from .runtime import resolve_device
 from .store import FeatureStore
 
 log = logging.getLogger("avarnet")

@@ -39,11 +39,11 @@ from tqdm import tqdm
 from .checkpoint import Checkpoint, save_checkpoint
 from .config import NORMAL_CLASS, WEAK_OBJECTIVES, DictMixin, TrainConfig
 from .data import MODALITIES, Normalizer, collate, missing_mask, select_inputs
-from .encoders import resolve_device
 from .inference import anomaly_scores, model_input, step_probabilities
 from .io import write_json
 from .metrics import frame_level_metrics, snippet_to_frame_scores
 from .models import count_parameters, create_model
+from .runtime import resolve_device
 from .store import Entry, FeatureStore, StoreError
 from .train import (
     BEST_CHECKPOINT,

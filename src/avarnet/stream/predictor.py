@@ -13,12 +13,11 @@ import torch
 
 from ..checkpoint import Checkpoint
 from ..config import FeatureSpec
-from ..encoders import resolve_device
 from ..errors import AvarnetError
 from ..features import Extractor, SegmentEncoder, chunked_audio, cosine, live_spec, split_chunks
 from ..inference import anomaly_scores, model_input, window_probs
 from ..media import Segment
-from ..runtime import autocast_dtype, quantize_audio_encoder
+from ..runtime import autocast_dtype, quantize_audio_encoder, resolve_device
 
 log = logging.getLogger("avarnet")
 
