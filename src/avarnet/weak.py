@@ -403,12 +403,11 @@ def _loader_loss(
     model: torch.nn.Module, loader: DataLoader, cfg: WeakConfig, device: torch.device
 ) -> float:
     model.eval()
+    loss = batch_objective(cfg)
     total, n = 0.0, 0
     for b in loader:
-        x, mask, y = b["x"].to(device), b["mask"].to(device), b["y"].to(device)
-        target = b["target"].to(device) if "target" in b else None
-        total += float(weak_objective(model, x, mask, y, cfg, target)) * len(y)
-        n += len(y)
+        total += float(loss(model, {k: v.to(device) for k, v in b.items()})) * len(b["y"])
+        n += len(b["y"])
     return total / max(n, 1)
 
 
