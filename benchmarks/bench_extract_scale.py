@@ -4,8 +4,9 @@ In one run on one machine, each measurement in a fresh subprocess:
 
 * segments/s of the in-process path (``--workers 0``), of ``--workers 1..cores``, of the Ray engine
   (a local Ray cluster with every core) and of each precision this machine supports;
-* the encoder-bound limit: MobileViT and Wav2Vec2 alone on pre-decoded frames and 10-s audio chunks
-  (same batch sizes as the parallel engine), per precision, and each row's ratio to it;
+* the encoder-bound limit: MobileViT and Wav2Vec2 alone on pre-decoded frames and audio chunks as
+  long as the dataset's (same batch sizes as the parallel engine), per precision, and each row's
+  ratio to it;
 * peak resident memory of the parallel engine for few vs many videos (it must not grow with the count);
 * peak resident memory of ``avarnet train`` on feature stores of hundreds vs thousands of short
   videos, streaming vs in memory.
@@ -94,19 +95,21 @@ def child_extract(a: argparse.Namespace) -> dict:
         import ray
 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    common = {
+        "video_backbone": a.video_backbone,
+        "audio_backbone": a.audio_backbone,
+        "device": "cpu",
+        "progress": False,
+        "precision": a.precision,
+    }
     tree = TreeMemory()
     t0 = time.perf_counter()
-    r = extract_dataset(
-        a.data,
-        a.store,
-        video_backbone=a.video_backbone,
-        audio_backbone=a.audio_backbone,
-        device="cpu",
-        progress=False,
-        workers=a.workers,
-        precision=a.precision,
-        engine=a.engine,
-    )
+    if a.engine == "ray":
+        from avarnet.extract_ray import extract_dataset_ray
+
+        r = extract_dataset_ray(a.data, a.store, **common)
+    else:
+        r = extract_dataset(a.data, a.store, workers=a.workers, **common)
     wall = time.perf_counter() - t0 - load_s
     tree.stop()
     segments = sum(e.T for e in FeatureStore.open(a.store).entries)
@@ -152,8 +155,11 @@ def child_limit(a: argparse.Namespace) -> dict:
         )
     )
     pixels = v.preprocess(frames)
+    # chunks as long as the dataset's (10 s, or the whole video when it is shorter): Wav2Vec2's
+    # attention makes a second of audio dearer in a long chunk than in a short one
+    chunk_s = min(10.0, float(a.chunk_seconds))
     chunk = next(iter(media.iter_audio(clip, 10.0, au.sample_rate, info=info)))
-    chunk = np.resize(chunk, 10 * au.sample_rate)  # one full 10-s chunk
+    chunk = np.resize(chunk, int(chunk_s * au.sample_rate))
     inputs = [audio_input(au, chunk)] * AUDIO_BATCH
     encode_pixels(v, pixels, dtype)  # warm-up
     encode_audio_batch(au, inputs, dtype)
@@ -165,7 +171,7 @@ def child_limit(a: argparse.Namespace) -> dict:
     t0, secs = time.perf_counter(), 0.0
     while time.perf_counter() - t0 < a.limit_seconds:
         encode_audio_batch(au, inputs, dtype)
-        secs += 10.0 * len(inputs)
+        secs += chunk_s * len(inputs)
     audio_s_per_s = secs / (time.perf_counter() - t0)
     # one segment = one frame + one second of audio, the two encoders sharing the same cores
     return {
@@ -313,6 +319,7 @@ def main() -> None:
     ):
         ap.add_argument(f"--{name}", help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--chunk-seconds", type=float, default=10.0, help=argparse.SUPPRESS)
     ap.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -332,7 +339,14 @@ def main() -> None:
     precisions = supported_precisions(resolve_device("cpu"))
     common = {"video_backbone": vb, "audio_backbone": ab}
     limits = {
-        p: run_child("limit", clip=clip, precision=p, limit_seconds=a.limit_seconds, **common)
+        p: run_child(
+            "limit",
+            clip=clip,
+            precision=p,
+            limit_seconds=a.limit_seconds,
+            chunk_seconds=a.seconds,
+            **common,
+        )
         for p in precisions
     }
     for p, lim in limits.items():

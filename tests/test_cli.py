@@ -40,10 +40,21 @@ def tiny_demo(tiny_backbones, **changes) -> DemoOptions:
 
 
 @pytest.mark.slow
-def test_demo_runs_every_stage_into_one_folder(tiny_backbones, tmp_path):
+def test_demo_runs_every_stage_and_falls_back_to_random_weights_with_a_warning(
+    tiny_backbones, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from avarnet import demo
+
+    # the requested pretrained video backbone cannot be loaded; the random fallback uses the tiny configs
     opts = tiny_demo(tiny_backbones, duration=(2.0, 3.0), epochs=3)
-    s = run_demo(tmp_path / "demo", opts, progress=False)
-    assert s["weights"] == "pretrained" and s["videos"] == 30 and s["extraction_failures"] == 0
+    monkeypatch.setattr(
+        demo, "choose_weights", lambda o: ("random", "no-such/model could not be loaded")
+    )
+    with caplog.at_level(logging.WARNING, logger="avarnet"):
+        s = run_demo(tmp_path / "demo", opts, progress=False)
+    # every stage ran into the one folder
+    assert s["videos"] == 30 and s["extraction_failures"] == 0
     metrics = json.loads((tmp_path / "demo" / "eval" / "metrics.json").read_text())
     cm = metrics["confusion_matrix"]
     assert s["test_clips"] == metrics["n"] == sum(map(sum, cm)) == 10
@@ -54,26 +65,11 @@ def test_demo_runs_every_stage_into_one_folder(tiny_backbones, tmp_path):
         json.loads((tmp_path / "demo" / "summary.json").read_text())["true_label"]
         == s["true_label"]
     )
-
-
-def test_demo_falls_back_to_random_weights_with_a_warning(
-    tiny_backbones, tmp_path, monkeypatch, caplog
-):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from avarnet import demo
-
-    # the requested pretrained video backbone cannot be loaded; the random fallback uses the tiny configs
-    opts = tiny_demo(tiny_backbones, duration=(2.0, 2.5), epochs=1)
-    monkeypatch.setattr(
-        demo, "choose_weights", lambda o: ("random", "no-such/model could not be loaded")
-    )
-    with caplog.at_level(logging.WARNING, logger="avarnet"):
-        s = run_demo(tmp_path / "demo", opts, progress=False)
+    # and says, everywhere, that its features come from random weights
     assert (
         s["weights_note"] == "RANDOM WEIGHTS (offline fallback): no-such/model could not be loaded"
     )
     assert any("falling back to random weights" in r.getMessage() for r in caplog.records)
-    metrics = json.loads((tmp_path / "demo" / "eval" / "metrics.json").read_text())
     store = FeatureStore.open(metrics["features"])  # the features really come from random weights
     assert metrics["weights"] == store.spec.weights == "random" and store.spec.random_init
     assert store.load_encoder_state() is not None  # BatchNorm calibrated on the demo's frames

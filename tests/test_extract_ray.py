@@ -8,14 +8,12 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import test_extract_scale as scale
 from test_extract_scale import assert_same_store, backbones, index_ids
 
 from avarnet.extract_ray import RayOptions, extract_dataset_ray
 from avarnet.store import FeatureStore
-from avarnet.synth import synthesize_dataset
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs avarnet[ray]")
 pytestmark = pytest.mark.slow
@@ -39,19 +37,6 @@ def cluster():
     ray.shutdown()
 
 
-@pytest.mark.slow
-def test_ray_engine_writes_the_in_process_store(
-    cluster, mixed_dataset, tiny_backbones, in_process_store, tmp_path
-):
-    out = tmp_path / "feats"
-    r = extract_dataset_ray(mixed_dataset, out, **backbones(tiny_backbones))
-    assert r.done == 10 and len(r.failures) == 4
-    assert_same_store(in_process_store, out)
-    assert len(index_ids(out)) == 10
-    again = extract_dataset_ray(mixed_dataset, out, **backbones(tiny_backbones))
-    assert again.done == 0 and again.skipped == 10 and len(again.failures) == 4
-
-
 def _pids_of(name: str) -> list[int]:
     """Processes whose command line names ``name`` (Ray titles worker processes by their actor class)."""
     pids = []
@@ -66,21 +51,17 @@ def _pids_of(name: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_killed_encoder_actor_mid_job(cluster, tiny_backbones, tmp_path):
-    data = tmp_path / "data"
-    synthesize_dataset(
-        data,
-        clips_per_class=8,
-        seed=11,
-        duration=(1.5, 2.5),
-        size=(64, 48),
-        classes=("crash", "normal"),
-        progress=False,
-    )
+def test_killed_encoder_actor_mid_job_still_writes_the_in_process_store(
+    cluster, mixed_dataset, tiny_backbones, in_process_store, tmp_path
+):
+    """Hostile files mixed in, an encoder actor killed mid-job: the job completes, every video is
+    indexed once, and the store equals the in-process one; a rerun recomputes nothing."""
     out = tmp_path / "feats"
     kwargs = {**backbones(tiny_backbones), "options": RayOptions(videos_per_batch=1)}
     result: dict = {}
-    job = threading.Thread(target=lambda: result.update(r=extract_dataset_ray(data, out, **kwargs)))
+    job = threading.Thread(
+        target=lambda: result.update(r=extract_dataset_ray(mixed_dataset, out, **kwargs))
+    )
     job.start()
     killed = None
     deadline = time.time() + 300
@@ -98,17 +79,18 @@ def test_killed_encoder_actor_mid_job(cluster, tiny_backbones, tmp_path):
         time.sleep(0.05)
     assert killed is not None, "the job finished before an actor could be killed"
     done_at_kill = len(FeatureStore.open(out).entries)
-    assert done_at_kill < 16
+    assert done_at_kill < 10
     job.join(600)
     assert not job.is_alive()
     r = result["r"]
-    assert r.done + r.skipped == 16 and r.done >= 1 and not r.failures  # every video reported once
-    store = FeatureStore.open(out)
+    # every video reported once: the good ones written (or found written after a retry), the
+    # hostile ones failed
+    assert r.done + r.skipped == 10 and r.done >= 1 and len(r.failures) == 4
     ids = index_ids(out)
-    assert len(ids) == len(set(ids)) == 16
-    for e in store.entries:
-        t = store.load(e)
-        assert t["video"].shape[0] == e.T and np.isfinite(t["audio"]).all()
+    assert len(ids) == len(set(ids)) == 10
+    assert_same_store(in_process_store, out)
     assert not list(out.rglob(".tmp-*"))
-    again = extract_dataset_ray(data, out, **kwargs)
-    assert again.done == 0 and again.skipped == 16  # nothing recomputed
+    again = extract_dataset_ray(mixed_dataset, out, **kwargs)
+    assert (
+        again.done == 0 and again.skipped == 10 and len(again.failures) == 4
+    )  # nothing recomputed

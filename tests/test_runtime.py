@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -43,3 +47,34 @@ def test_autocast_runs_in_the_reduced_precision_or_not_at_all():
         assert (a @ a).dtype == torch.bfloat16
     with autocast(torch.device("cpu"), None):
         assert (a @ a).dtype == torch.float32
+
+
+CONV_OVER_NEW_LENGTHS = """
+import sys, torch
+from avarnet.runtime import configure_cpu
+configure_cpu(varying_shapes=sys.argv[1] == "varying")
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
+conv = torch.nn.Sequential(torch.nn.Conv1d(1, 512, 10, 5), torch.nn.Conv1d(512, 512, 3, 2)).eval()
+with torch.inference_mode():
+    conv(torch.randn(1, 1, 16000))
+    before = rss()
+    for i in range(30):  # like a corpus: every video's last audio chunk has a length of its own
+        conv(torch.randn(1, 1, 16000 + 37 * i))
+print(rss() - before)
+"""
+
+
+def test_extraction_memory_does_not_grow_with_new_input_lengths():
+    """oneDNN caches kernels and scratch buffers per input shape: a process that sees a new audio
+    length for every video grew by MiBs per video until ``varying_shapes`` turned the cache off."""
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+
+    def growth(mode: str) -> float:
+        out = subprocess.run([sys.executable, "-c", CONV_OVER_NEW_LENGTHS, mode], env=env,
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        return float(out.stdout.split()[-1])
+
+    cached, bounded = growth("repeating"), growth("varying")
+    assert cached > 100  # the default cache: the process grows with the number of lengths
+    assert bounded < 60 and bounded < cached / 3

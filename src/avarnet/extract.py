@@ -241,7 +241,8 @@ def extract_dataset(
     precision_dtype(
         precision, resolve_device(device)
     )  # refuse an unsupported precision before loading
-    configure_cpu()
+    # every video ends in an audio chunk of its own length
+    configure_cpu(varying_shapes=True, precision=precision)
     video = VideoEncoder.load(video_backbone, weights=weights, seed=seed, device=device)
     audio = AudioEncoder.load(audio_backbone, weights=weights, seed=seed, device=device)
     spec = build_spec(
@@ -628,8 +629,16 @@ class ParallelExtraction:
         self.frame_pieces, self.frame_count = [], 0
         if not pieces:
             return
-        try:
-            feats = encode_pixels(self.ex.video, torch.cat([p[2] for p in pieces]), self.ex.dtype)
+        pixels = torch.cat([p[2] for p in pieces])
+        try:  # at most PARALLEL_FRAME_BATCH frames a pass: the peak memory does not depend on luck
+            feats = np.concatenate(
+                [
+                    encode_pixels(
+                        self.ex.video, pixels[i : i + PARALLEL_FRAME_BATCH], self.ex.dtype
+                    )
+                    for i in range(0, len(pixels), PARALLEL_FRAME_BATCH)
+                ]
+            )
         except Exception as e:  # e.g. out of memory: the videos of this batch fail, the run goes on
             for job, _, _ in pieces:
                 self._fail(job, f"{type(e).__name__}: {e}")

@@ -125,7 +125,7 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
 
 def _encoders(spec: dict, store_root: str, device: str, which: str) -> Any:
     spec_ = FeatureSpec.from_dict(spec)
-    configure_cpu()
+    configure_cpu(varying_shapes=True, precision=spec_.precision)
     if which == "video":
         enc = VideoEncoder.load(
             spec_.video_backbone, weights=spec_.weights, seed=spec_.seed, device=device

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
 import platform
 import warnings
 
@@ -21,6 +22,9 @@ M_TRIM_THRESHOLD = -1  # free memory above this at the heap top is returned to t
 M_MMAP_THRESHOLD = -3  # allocations at least this large get their own mmap()
 TRIM_THRESHOLD_BYTES = 1 << 30  # 1 GiB: in practice never hand freed heap memory back
 MMAP_THRESHOLD_BYTES = 32 << 20  # 32 MiB: glibc's maximum on 64-bit (4 MiB * sizeof(long))
+# oneDNN keeps a compiled kernel and its scratch buffers for every input shape it has seen (up to
+# 1,024 of them, MiBs each); read once, when the process first runs a convolution.
+ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -33,14 +37,27 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def configure_cpu(num_threads: int = 0) -> None:
+def configure_cpu(
+    num_threads: int = 0, varying_shapes: bool = False, precision: str = "fp32"
+) -> None:
     """Prepare this process for heavy CPU inference; safe to call more than once.
 
     Flushes denormal floats to zero, sets the number of torch threads when
     ``num_threads > 0``, and on glibc keeps freed memory inside the process
     (raised trim and mmap thresholds) so activation buffers are reused between
     batches instead of being unmapped and page-faulted in again.
+
+    ``varying_shapes``: the process will see ever new input shapes (a corpus of videos, each
+    ending in an audio chunk of its own length). oneDNN's primitive cache would then grow by
+    MiBs per shape (up to 1,024 kernels), so in fp32 it is turned off unless
+    ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is set: fp32 convolutions cost no more without it, and
+    fp32 linear layers do not use it. In bf16 every linear layer is a oneDNN kernel whose
+    set-up, repeated on every call, halves the speed, so the cache stays (set the variable to
+    bound it). Takes effect only before the process runs its first convolution. Leave it off
+    where shapes repeat (a live stream's fixed windows): there the cache saves each call's set-up.
     """
+    if varying_shapes and precision == "fp32":
+        os.environ.setdefault(ONEDNN_CACHE_ENV, "0")
     torch.set_flush_denormal(True)
     if num_threads > 0:
         torch.set_num_threads(num_threads)
