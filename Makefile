@@ -18,8 +18,9 @@ demo: $(STAMP)
 	$(VENV)/bin/avarnet demo --out runs/demo
 
 # Two workers (one per core in CI); a test module stays on one worker, so its fixtures are built once.
+# One torch thread per worker (and per command a test starts): two workers already fill two cores.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

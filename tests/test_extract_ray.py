@@ -94,3 +94,15 @@ def test_killed_encoder_actor_mid_job_still_writes_the_in_process_store(
     assert (
         again.done == 0 and again.skipped == 10 and len(again.failures) == 4
     )  # nothing recomputed
+
+
+def test_ray_engine_takes_the_local_engines_settings_and_refuses_the_rest(tmp_path):
+    from avarnet.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="workers"):
+        extract_dataset_ray(tmp_path, tmp_path / "o", workers=2)
+    with pytest.raises(InvalidArgumentError, match="audio_mode"):
+        extract_dataset_ray(tmp_path, tmp_path / "o", audio_mode="causal")
+    with pytest.raises(InvalidArgumentError, match="unexpected keyword argument 'engine'"):
+        extract_dataset_ray(tmp_path, tmp_path / "o", engine="ray")
+    assert not (tmp_path / "o").exists()

@@ -14,6 +14,7 @@ Ray is an optional dependency: ``pip install 'avarnet[ray]'``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from .extract import (
     decode_plan,
     encode_audio_batch,
     encode_pixels,
+    extract_dataset,
     pool_audio_frames,
     precision_dtype,
     prepare_store,
@@ -300,23 +302,36 @@ def _resources(ray, device: str, opts: RayOptions) -> dict[str, Any]:
 def extract_dataset_ray(
     data: str | Path,
     out: str | Path,
-    weights: str = "pretrained",
-    video_backbone: str = "apple/mobilevit-small",
-    audio_backbone: str = "facebook/wav2vec2-base",
-    segment_seconds: float = 1.0,
-    frames_per_segment: int = 1,
-    device: str = "auto",
-    seed: int = 0,
-    progress: bool = True,
-    precision: str = "fp32",
     address: str | None = None,
     options: RayOptions = RayOptions(),
+    **settings: Any,
 ) -> ExtractResult:
     """:func:`avarnet.extract.extract_dataset` on a Ray cluster (``address``: None starts a local one).
 
-    The store must be on a filesystem every node sees (with working flock); backbone folders must
-    be readable on every node too. Videos already in the store are skipped.
+    ``settings`` are :func:`~avarnet.extract.extract_dataset`'s keyword arguments, with the same
+    defaults (``weights``, ``video_backbone``, ``audio_backbone``, ``segment_seconds``,
+    ``frames_per_segment``, ``device``, ``seed``, ``progress``, ``precision``); audio is chunked and
+    decoding runs in Ray tasks, so ``audio_mode`` and ``workers`` keep their defaults. The store
+    must be on a filesystem every node sees (with working flock); backbone folders must be readable
+    on every node too. Videos already in the store are skipped.
     """
+    try:
+        bound = inspect.signature(extract_dataset).bind(data, out, **settings)
+    except TypeError as e:
+        raise InvalidArgumentError(f"the Ray engine: {e}") from None
+    bound.apply_defaults()
+    a = bound.arguments
+    if a["audio_mode"] != "chunked" or a["workers"] is not None:
+        raise InvalidArgumentError(
+            "the Ray engine extracts chunked audio and decodes in Ray tasks (no audio_mode, workers)"
+        )
+    weights, seed, device, precision = a["weights"], a["seed"], a["device"], a["precision"]
+    segment_seconds, frames_per_segment = a["segment_seconds"], a["frames_per_segment"]
+    video_backbone, audio_backbone, progress = (
+        a["video_backbone"],
+        a["audio_backbone"],
+        a["progress"],
+    )
     ray = require_ray()
     data, out = Path(data).resolve(), Path(out).resolve()
     items, classes = discover_dataset(data, seed=seed)
