@@ -17,10 +17,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/avarnet demo --out runs/demo
 
-# Two workers (one per core in CI); a test module stays on one worker, so its fixtures are built once.
-# One torch thread per worker (and per command a test starts): two workers already fill two cores.
+# Two workers (one per core in CI) that take tests from each other's queues when idle, so one
+# long module does not hold up the end; one torch thread each (and per command a test starts).
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist worksteal
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

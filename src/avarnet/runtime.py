@@ -50,10 +50,9 @@ def configure_cpu(
     ``varying_shapes``: the process will see ever new input shapes (a corpus of videos, each
     ending in an audio chunk of its own length). oneDNN's primitive cache would then grow by
     MiBs per shape (up to 1,024 kernels), so in fp32 it is turned off unless
-    ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is set: fp32 convolutions cost no more without it, and
-    fp32 linear layers do not use it. In bf16 every linear layer is a oneDNN kernel whose
-    set-up, repeated on every call, halves the speed, so the cache stays (set the variable to
-    bound it). Takes effect only before the process runs its first convolution. Leave it off
+    ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is set: fp32 extraction measured no slower without it
+    (docs/scale.md). In bf16, re-creating the kernels on every call halved the speed, so the
+    cache stays (set the variable to bound it). Takes effect only before the process runs its first convolution. Leave it off
     where shapes repeat (a live stream's fixed windows): there the cache saves each call's set-up.
     """
     if varying_shapes and precision == "fp32":
