@@ -52,8 +52,9 @@ def configure_cpu(
     MiBs per shape (up to 1,024 kernels), so in fp32 it is turned off unless
     ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is set: fp32 extraction measured no slower without it
     (docs/scale.md). In bf16, re-creating the kernels on every call halved the speed, so the
-    cache stays (set the variable to bound it). Takes effect only before the process runs its first convolution. Leave it off
-    where shapes repeat (a live stream's fixed windows): there the cache saves each call's set-up.
+    cache stays (set the variable to bound it). Takes effect only before the process runs its
+    first convolution. Leave it off where shapes repeat (a live stream's fixed windows): there the
+    cache saves each call's set-up.
     """
     if varying_shapes and precision == "fp32":
         os.environ.setdefault(ONEDNN_CACHE_ENV, "0")
