@@ -10,9 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
-from avarnet.encoders import save_tiny_backbones  # noqa: F401  (tests import it from here too)
 
 # The shared real recordings (../shared/fixtures beside the checkout; AVARNET_SHARED_FIXTURES elsewhere).
 SHARED_FIXTURES = Path(
@@ -24,6 +21,8 @@ SHARED_FIXTURES = Path(
 
 @pytest.fixture(scope="session")
 def tiny_backbones(tmp_path_factory) -> tuple[Path, Path]:
+    from avarnet.encoders import save_tiny_backbones
+
     return save_tiny_backbones(tmp_path_factory.mktemp("backbones"))
 
 
@@ -55,6 +54,8 @@ def untrained_checkpoint(
     """A seeded, untrained MTCN over features made as ``spec`` says (L = ``seq_len``): for tests
     that need a checkpoint to run, not a good one. ``std`` scales the normaliser (a small one
     magnifies feature changes); ``centred`` uses a zero mean instead of a seeded random one."""
+    import torch
+
     from avarnet.checkpoint import Checkpoint
     from avarnet.config import ModelConfig, TrainConfig
     from avarnet.data import Normalizer
@@ -74,6 +75,8 @@ def untrained_checkpoint(
 @pytest.fixture
 def one_thread():
     """Tiny models run fastest on one thread; a command's --threads must not leak into other tests."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

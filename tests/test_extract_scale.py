@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import media_factory as mf
@@ -165,3 +166,32 @@ def test_ray_engine_without_ray_names_the_extra(tiny_dataset, tmp_path, monkeypa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "avarnet[ray]" in err[0]
     assert not (tmp_path / "f").exists()
+
+
+def test_waiting_audio_chunks_stay_bounded_when_decoders_stay_ahead(
+    tiny_dataset, tiny_backbones, tmp_path, monkeypatch
+):
+    """Each video's audio here has its own length, so no chunk finds another to share a batch with;
+    with an encoder slower than the decoders, the queue never empties. The chunks waiting (and the
+    unfinished videos they keep in memory) must still stay within one batch, not grow with the
+    number of videos."""
+    import avarnet.extract as ex
+
+    batch, waiting = 3, []
+    slow_encode, flush = ex.encode_pixels, ex.ParallelExtraction._flush_audio
+
+    def slow(*args, **kwargs):  # the encoder is the bottleneck, as on a CPU
+        time.sleep(0.3)
+        return slow_encode(*args, **kwargs)
+
+    def watched(self, all_groups):
+        flush(self, all_groups)
+        waiting.append(sum(map(len, self.audio_groups.values())))
+
+    monkeypatch.setattr(ex, "AUDIO_BATCH", batch)
+    monkeypatch.setattr(ex, "PARALLEL_FRAME_BATCH", 4)
+    monkeypatch.setattr(ex, "encode_pixels", slow)
+    monkeypatch.setattr(ex.ParallelExtraction, "_flush_audio", watched)
+    r = extract_dataset(tiny_dataset, tmp_path / "f", workers=1, **backbones(tiny_backbones))
+    assert r.done == 9
+    assert 0 < max(waiting) < batch

@@ -16,7 +16,7 @@ import os
 import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
@@ -25,15 +25,15 @@ import torch.nn.functional as F
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download
 from torch import nn
-from transformers import (
-    AutoConfig,
-    MobileViTConfig,
-    MobileViTModel,
-    PretrainedConfig,
-    PreTrainedModel,
-    Wav2Vec2Config,
-    Wav2Vec2Model,
-)
+
+if TYPE_CHECKING:  # transformers is imported where a model is built: decoding alone never needs it
+    from transformers import (
+        MobileViTModel,
+        PretrainedConfig,
+        PreTrainedModel,
+        Wav2Vec2Config,
+        Wav2Vec2Model,
+    )
 
 from avarnet.config import DEFAULT_AUDIO_BACKBONE, DEFAULT_VIDEO_BACKBONE, SAMPLE_RATE, WEIGHTS
 from avarnet.errors import AvarnetError, InvalidArgumentError
@@ -76,7 +76,7 @@ TRUTHY = {"1", "ON", "YES", "TRUE"}
 PROXY_ENV_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 HUB_PROBE_TIMEOUT_S = 3.0
 
-_ModelT = TypeVar("_ModelT", bound=PreTrainedModel)
+_ModelT = TypeVar("_ModelT", bound="PreTrainedModel")
 _T = TypeVar("_T")
 
 
@@ -180,6 +180,8 @@ def _load_pretrained(
 ) -> tuple[_ModelT, dict[str, Any]]:
     """``model_cls.from_pretrained(source)`` and the source's preprocessor config ({} if none)."""
 
+    from transformers import AutoConfig
+
     def fetch(local_only: bool) -> _ModelT:
         config = AutoConfig.from_pretrained(source, local_files_only=local_only)
         _check_model_type(config, model_type, source)
@@ -226,6 +228,8 @@ def _random_config(
     known: dict[str, dict[str, Any]],
 ) -> PretrainedConfig:
     """Architecture config for random weights: known id, local folder, or cached/hub config."""
+    from transformers import AutoConfig
+
     if _local_dir(source) is None and source in known:
         return config_cls(**known[source])
     try:
@@ -245,6 +249,8 @@ def _random_config(
 
 def _build_random(model_cls: type[_ModelT], config: PretrainedConfig, seed: int) -> _ModelT:
     """``model_cls(config)`` initialised from ``seed`` without disturbing the global RNG."""
+    from transformers import MobileViTModel
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_cls(config)
@@ -403,6 +409,8 @@ class VideoEncoder:
         Raises EncoderLoadError when pretrained weights (or a random-weights
         config) cannot be obtained.
         """
+        from transformers import MobileViTConfig, MobileViTModel
+
         _validate_weights(weights)
         torch_device = resolve_device(device)
         model, prep = _load_model(MobileViTModel, MobileViTConfig, "mobilevit", source, "video_backbone",
@@ -598,6 +606,8 @@ class AudioEncoder:
         Raises EncoderLoadError when pretrained weights (or a random-weights
         config) cannot be obtained.
         """
+        from transformers import Wav2Vec2Config, Wav2Vec2Model
+
         _validate_weights(weights)
         torch_device = resolve_device(device)
         model, prep = _load_model(Wav2Vec2Model, Wav2Vec2Config, "wav2vec2", source, "audio_backbone",

@@ -443,8 +443,8 @@ class ParallelExtraction:
     """Decoding worker processes feeding batched encoders in this process, with bounded queues.
 
     Frames of several videos share a MobileViT forward pass; 10-s audio chunks of the same length
-    share a Wav2Vec2 forward pass. A batch is run when full, or at once when no decoded piece is
-    waiting (so a fast encoder never idles). A decoding process that dies (e.g. a decoder crash
+    share a Wav2Vec2 forward pass. A batch is run when full, when AUDIO_BATCH chunks of any
+    lengths wait, or at once when no decoded piece is waiting (so a fast encoder never idles). A decoding process that dies (e.g. a decoder crash
     on a hostile file) fails only the video it was decoding; its other videos go to a new worker.
     """
 
@@ -654,6 +654,10 @@ class ParallelExtraction:
             self._maybe_finish(job)
 
     def _flush_audio(self, all_groups: bool) -> None:
+        # Chunks wait for others of their length, but a video's last chunk rarely finds any: once
+        # AUDIO_BATCH chunks wait in all, every group runs, so the chunks (and the unfinished
+        # videos they hold in memory) are bounded even when the decoders never let the queue empty.
+        all_groups = all_groups or sum(map(len, self.audio_groups.values())) >= AUDIO_BATCH
         for length in list(self.audio_groups):
             group = [g for g in self.audio_groups[length] if not g[0].failed]
             if not group:

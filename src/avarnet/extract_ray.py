@@ -19,33 +19,21 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from .config import DEVICES, FeatureSpec
-from .data import discover_dataset
 from .decode import DecodePlan, decode_video, failure_reason
-from .encoders import AudioEncoder, VideoEncoder
 from .errors import InvalidArgumentError
-from .extract import (
-    AUDIO_BATCH,
-    PARALLEL_FRAME_BATCH,
-    ExtractResult,
-    audio_input,
-    build_spec,
-    decode_plan,
-    encode_audio_batch,
-    encode_pixels,
-    extract_dataset,
-    pool_audio_frames,
-    precision_dtype,
-    prepare_store,
-)
-from .runtime import configure_cpu
 from .store import Entry, FeatureStore, StoreError, video_id
+
+# Decoding and writing tasks need only the imports above, so the Ray workers that run them start
+# in a second and stay small; torch, the encoders and the local engine load in the encoder actors
+# and the driver.
+if TYPE_CHECKING:
+    from .extract import ExtractResult
 
 log = logging.getLogger("avarnet")
 
@@ -126,6 +114,9 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def _encoders(spec: dict, store_root: str, device: str, which: str) -> Any:
+    from .encoders import AudioEncoder, VideoEncoder
+    from .runtime import configure_cpu
+
     spec_ = FeatureSpec.from_dict(spec)
     configure_cpu(varying_shapes=True, precision=spec_.precision)
     if which == "video":
@@ -149,6 +140,8 @@ class _EncoderActor:
     kind = ""
 
     def __init__(self, spec: dict, store_root: str, device: str):
+        import torch
+
         self.spec = FeatureSpec.from_dict(spec)
         self.enc = _encoders(spec, store_root, device, self.kind)
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.spec.precision)
@@ -160,6 +153,10 @@ class VideoEncoderActor(_EncoderActor):
     kind = "video"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from .extract import PARALLEL_FRAME_BATCH, encode_pixels
+
         n = len(batch["vid"])
         pixels, owners = [], []
         for i in range(n):
@@ -192,6 +189,8 @@ class AudioEncoderActor(_EncoderActor):
     kind = "audio"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .extract import AUDIO_BATCH, audio_input, encode_audio_batch, pool_audio_frames
+
         n = len(batch["vid"])
         Da, seg, sr = self.enc.dim, self.spec.segment_seconds, self.spec.sample_rate
         sums = [np.zeros((max(int(batch["T"][i]), 0), Da), np.float64) for i in range(n)]
@@ -315,6 +314,19 @@ def extract_dataset_ray(
     must be on a filesystem every node sees (with working flock); backbone folders must be readable
     on every node too. Videos already in the store are skipped.
     """
+    import torch
+
+    from .data import discover_dataset
+    from .encoders import AudioEncoder, VideoEncoder
+    from .extract import (
+        ExtractResult,
+        build_spec,
+        decode_plan,
+        extract_dataset,
+        precision_dtype,
+        prepare_store,
+    )
+
     try:
         bound = inspect.signature(extract_dataset).bind(data, out, **settings)
     except TypeError as e:

@@ -39,18 +39,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file as save_numpy
-from safetensors.torch import load_file as load_torch
-from safetensors.torch import save_file as save_torch
 
 from .config import FeatureSpec, spec_problem
 from .errors import AvarnetError, NonFiniteError
 from .io import TEMP_PREFIX, atomic_write, atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("avarnet")
 
@@ -445,11 +445,16 @@ class FeatureStore:
         return [r for p, r in latest.items() if p not in done]
 
     # -- encoder state -----------------------------------------------------------------------
+    # (torch only here: decoding and writing processes that open a store never import it)
     def save_encoder_state(self, state: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file as save_torch
+
         tensors = {k: v.contiguous() for k, v in state.items()}
         atomic_write(self.root / ENCODER_STATE_FILE, lambda tmp: save_torch(tensors, str(tmp)))
 
     def load_encoder_state(self) -> dict[str, torch.Tensor] | None:
+        from safetensors.torch import load_file as load_torch
+
         path = self.root / ENCODER_STATE_FILE
         return load_torch(str(path)) if path.exists() else None
 
