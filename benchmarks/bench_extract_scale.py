@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 SIZE = (320, 240)
 FPS = 12.0
 
@@ -133,14 +135,9 @@ def child_limit(a: argparse.Namespace) -> dict:
 
     from avarnet import media
     from avarnet.encoders import AudioEncoder, VideoEncoder
-    from avarnet.extract import (
-        AUDIO_BATCH,
-        PARALLEL_FRAME_BATCH,
-        audio_input,
-        encode_audio_batch,
-        encode_pixels,
-    )
+    from avarnet.extract import audio_input, encode_audio_batch, encode_pixels
     from avarnet.extract import precision_dtype as dtype_of
+    from avarnet.features import audio_batch, frame_batch
     from avarnet.runtime import configure_cpu
 
     configure_cpu()
@@ -151,7 +148,9 @@ def child_limit(a: argparse.Namespace) -> dict:
     info = media.probe(clip)
     frames = np.stack(
         list(
-            media.read_frames(clip, [0.5] * PARALLEL_FRAME_BATCH, v.resize_shortest_edge, info=info)
+            media.read_frames(
+                clip, [0.5] * frame_batch(v.device), v.resize_shortest_edge, info=info
+            )
         )
     )
     pixels = v.preprocess(frames)
@@ -160,7 +159,7 @@ def child_limit(a: argparse.Namespace) -> dict:
     chunk_s = min(10.0, float(a.chunk_seconds))
     chunk = next(iter(media.iter_audio(clip, 10.0, au.sample_rate, info=info)))
     chunk = np.resize(chunk, int(chunk_s * au.sample_rate))
-    inputs = [audio_input(au, chunk)] * AUDIO_BATCH
+    inputs = [audio_input(au, chunk)] * audio_batch(au.device)
     encode_pixels(v, pixels, dtype)  # warm-up
     encode_audio_batch(au, inputs, dtype)
     t0, n = time.perf_counter(), 0
@@ -229,15 +228,18 @@ def save_backbones(folder: Path) -> tuple[str, str]:
 
 
 def make_dataset(root: Path, videos: int, seconds: float) -> Path:
+    """``videos`` clips of 0.5-1.5 x ``seconds`` (seeded): lengths vary as in a real corpus, so the
+    last audio chunk of each video has a length of its own."""
     from avarnet.bench import write_scene_clip
 
-    data = root / f"data_{videos}x{seconds:g}s"
+    data = root / f"data_{videos}x{seconds:g}s_varied"
     for i in range(videos):
         cls = ("crash", "normal")[i % 2]
         path = data / cls / f"{cls}_{i:04d}.mp4"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_scene_clip(path, seconds, SIZE, FPS, seed=i)
+            length = seconds * np.random.default_rng(i).uniform(0.5, 1.5)
+            write_scene_clip(path, round(length, 2), SIZE, FPS, seed=i)
     return data
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 from pathlib import Path
 
+import launcher
 import numpy as np
 import pytest
 
@@ -177,17 +177,13 @@ def rewrite_checkpoint(
 MEMORY_CAP = 3 * 1024**3  # address space of every capped subprocess
 
 
-def _cap_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
-
-
 def run_capped(
     argv: list[str], cwd: Path | None = None, timeout: float = 900
 ) -> subprocess.CompletedProcess:
-    """Run ``argv`` with its address space capped at MEMORY_CAP, on one thread."""
+    """Run ``argv`` (``python -m avarnet ...`` or ``python -c ...``) in a process of its own with
+    its address space capped at MEMORY_CAP, on one thread."""
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.run(argv, capture_output=True, text=True, preexec_fn=_cap_memory, cwd=cwd,
-                          env=env, timeout=timeout)  # fmt: skip
+    return launcher.run(argv, env=env, cwd=cwd, timeout=timeout, memory_cap=MEMORY_CAP)
 
 
 def backbone_args(tiny_backbones) -> list[str]:

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import launcher
 import numpy as np
 import paho.mqtt.client as mqtt
 import yaml
@@ -216,11 +217,12 @@ def write_config(
     return path
 
 
-def start_server(config: Path, log: Path) -> subprocess.Popen:
+def start_server(config: Path, log: Path) -> launcher.Popen:
+    log.write_text("")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen(
+    return launcher.Popen(
         [sys.executable, "-m", "avarnet", "serve", str(config)],
-        stdout=log.open("w"),
+        stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
     )
@@ -256,7 +258,7 @@ def api(
         return status, raw
 
 
-def wait_up(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+def wait_up(port: int, proc: launcher.Popen, log: Path, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

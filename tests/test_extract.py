@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import launcher
 import media_factory as mf
 import numpy as np
 import pytest
@@ -132,7 +133,7 @@ def test_sigkill_mid_extraction_then_resume(tiny_backbones, tmp_path):
         str(feats),
         *backbone_args(tiny_backbones),
     ]
-    proc = subprocess.Popen(
+    proc = launcher.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     deadline = time.time() + 240
@@ -145,7 +146,7 @@ def test_sigkill_mid_extraction_then_resume(tiny_backbones, tmp_path):
     proc.wait()
     done_before = _finished(feats)
     assert 3 <= done_before < 12
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    res = launcher.run(cmd, timeout=300)
     assert res.returncode == 0, res.stderr
     assert f"already done {done_before}," in res.stdout
     store = FeatureStore.open(feats)

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import launcher
 import media_factory as mf
 import numpy as np
 import pytest
@@ -143,7 +144,7 @@ def test_two_extract_processes_on_one_store(
     cmd = [sys.executable, "-m", "avarnet",
            *extract_argv(tiny_backbones, mixed_dataset, out, "--workers", "1")]  # fmt: skip
     procs = [
-        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        launcher.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -175,9 +176,11 @@ def test_waiting_audio_chunks_stay_bounded_when_decoders_stay_ahead(
     with an encoder slower than the decoders, the queue never empties. The chunks waiting (and the
     unfinished videos they keep in memory) must still stay within one batch, not grow with the
     number of videos."""
+    import torch
+
     import avarnet.extract as ex
 
-    batch, waiting = 3, []
+    batch, waiting = ex.audio_batch(torch.device("cpu")), []
     slow_encode, flush = ex.encode_pixels, ex.ParallelExtraction._flush_audio
 
     def slow(*args, **kwargs):  # the encoder is the bottleneck, as on a CPU
@@ -188,8 +191,6 @@ def test_waiting_audio_chunks_stay_bounded_when_decoders_stay_ahead(
         flush(self, all_groups)
         waiting.append(sum(map(len, self.audio_groups.values())))
 
-    monkeypatch.setattr(ex, "AUDIO_BATCH", batch)
-    monkeypatch.setattr(ex, "PARALLEL_FRAME_BATCH", 4)
     monkeypatch.setattr(ex, "encode_pixels", slow)
     monkeypatch.setattr(ex.ParallelExtraction, "_flush_audio", watched)
     r = extract_dataset(tiny_dataset, tmp_path / "f", workers=1, **backbones(tiny_backbones))

@@ -80,3 +80,19 @@ def test_extraction_memory_does_not_grow_with_new_input_lengths():
     cached = growth("repeating")
     if cached > 100:  # where the default cache shows its growth, the bound is what removes it
         assert bounded < cached / 3
+
+
+def test_varying_shapes_bound_onednns_kernel_cache_per_precision(monkeypatch):
+    """fp32 turns the cache off, bf16 keeps a bounded one, a value the user set wins."""
+    from avarnet.runtime import BF16_PRIMITIVE_CACHE, ONEDNN_CACHE_ENV, configure_cpu
+
+    for precision, expected in (("fp32", "0"), ("bf16", BF16_PRIMITIVE_CACHE)):
+        monkeypatch.delenv(ONEDNN_CACHE_ENV, raising=False)
+        configure_cpu(varying_shapes=True, precision=precision)
+        assert os.environ[ONEDNN_CACHE_ENV] == expected
+    monkeypatch.setenv(ONEDNN_CACHE_ENV, "7")
+    configure_cpu(varying_shapes=True, precision="bf16")
+    assert os.environ[ONEDNN_CACHE_ENV] == "7"
+    monkeypatch.delenv(ONEDNN_CACHE_ENV)
+    configure_cpu(varying_shapes=False)
+    assert ONEDNN_CACHE_ENV not in os.environ

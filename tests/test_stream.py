@@ -12,6 +12,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import launcher
 import media_factory as mf
 import numpy as np
 import pytest
@@ -401,7 +402,7 @@ def test_ctrl_c_flushes_closes_events_and_summarises(ckpt_path, event_clip, tmp_
             "1",
         ),
     ]
-    proc = subprocess.Popen(
+    proc = launcher.Popen(
         cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -36,15 +36,13 @@ from .encoders import (
     backbone_digest,
 )
 from .errors import InvalidArgumentError, NonFiniteError
-from .features import Extractor, pool_audio_frames
+from .features import Extractor, audio_batch, frame_batch, pool_audio_frames
 from .media import segment_times  # noqa: F401  (re-exported)
 from .runtime import autocast, configure_cpu, cpu_has_bf16, resolve_device
 from .store import Entry, FeatureStore, StoreError, VideoClaim, store_lock, video_id
 
 log = logging.getLogger("avarnet")
 
-PARALLEL_FRAME_BATCH = 32  # frames per forward pass of the parallel engine (across videos)
-AUDIO_BATCH = 8  # equal-length audio chunks per Wav2Vec2 forward pass (across videos)
 QUEUE_PER_WORKER = 4  # decoded pieces (<= 16 frames or one audio chunk) waiting per worker
 TASKS_PER_WORKER = 2  # videos handed to a decoding worker ahead of time
 CALIBRATION_VIDEOS = 24  # random weights: BatchNorm statistics come from frames of this many videos
@@ -443,8 +441,10 @@ class ParallelExtraction:
     """Decoding worker processes feeding batched encoders in this process, with bounded queues.
 
     Frames of several videos share a MobileViT forward pass; 10-s audio chunks of the same length
-    share a Wav2Vec2 forward pass. A batch is run when full, when AUDIO_BATCH chunks of any
-    lengths wait, or at once when no decoded piece is waiting (so a fast encoder never idles). A decoding process that dies (e.g. a decoder crash
+    share a Wav2Vec2 forward pass (batch sizes: :func:`~avarnet.features.frame_batch`,
+    :func:`~avarnet.features.audio_batch`). A batch is run when full, when a batch's worth of
+    chunks of any lengths wait, or at once when no decoded piece is waiting (so a fast encoder
+    never idles). A decoding process that dies (e.g. a decoder crash
     on a hostile file) fails only the video it was decoding; its other videos go to a new worker.
     """
 
@@ -476,6 +476,8 @@ class ParallelExtraction:
         self.frame_pieces: list[tuple[_Job, int, torch.Tensor]] = []
         self.frame_count = 0
         self.audio_groups: dict[int, list[tuple[_Job, float, np.ndarray]]] = {}
+        self.frame_batch = frame_batch(extractor.video.device)
+        self.audio_batch = audio_batch(extractor.audio.device)
         self.next_key = 0
         self.next_wid = 0
         self.last_check = time.monotonic()
@@ -571,7 +573,7 @@ class ParallelExtraction:
                         self._check_workers()
                     continue
                 self._handle(msg)
-                if self.frame_count >= PARALLEL_FRAME_BATCH:
+                if self.frame_count >= self.frame_batch:
                     self._flush_frames()
                 self._flush_audio(all_groups=False)
                 if time.monotonic() - self.last_check > 2.0:
@@ -630,13 +632,12 @@ class ParallelExtraction:
         if not pieces:
             return
         pixels = torch.cat([p[2] for p in pieces])
-        try:  # at most PARALLEL_FRAME_BATCH frames a pass: the peak memory does not depend on luck
+        size = self.frame_batch  # at most this many a pass: the peak memory does not depend on luck
+        try:
             feats = np.concatenate(
                 [
-                    encode_pixels(
-                        self.ex.video, pixels[i : i + PARALLEL_FRAME_BATCH], self.ex.dtype
-                    )
-                    for i in range(0, len(pixels), PARALLEL_FRAME_BATCH)
+                    encode_pixels(self.ex.video, pixels[i : i + size], self.ex.dtype)
+                    for i in range(0, len(pixels), size)
                 ]
             )
         except Exception as e:  # e.g. out of memory: the videos of this batch fail, the run goes on
@@ -655,15 +656,16 @@ class ParallelExtraction:
 
     def _flush_audio(self, all_groups: bool) -> None:
         # Chunks wait for others of their length, but a video's last chunk rarely finds any: once
-        # AUDIO_BATCH chunks wait in all, every group runs, so the chunks (and the unfinished
+        # a batch's worth of chunks wait in all, every group runs, so the chunks (and the unfinished
         # videos they hold in memory) are bounded even when the decoders never let the queue empty.
-        all_groups = all_groups or sum(map(len, self.audio_groups.values())) >= AUDIO_BATCH
+        waiting = sum(map(len, self.audio_groups.values()))
+        all_groups = all_groups or waiting >= self.audio_batch
         for length in list(self.audio_groups):
             group = [g for g in self.audio_groups[length] if not g[0].failed]
             if not group:
                 del self.audio_groups[length]
                 continue
-            if not all_groups and len(group) < AUDIO_BATCH:
+            if not all_groups and len(group) < self.audio_batch:
                 self.audio_groups[length] = group
                 continue
             del self.audio_groups[length]

@@ -155,7 +155,8 @@ class VideoEncoderActor(_EncoderActor):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from .extract import PARALLEL_FRAME_BATCH, encode_pixels
+        from .extract import encode_pixels
+        from .features import frame_batch
 
         n = len(batch["vid"])
         pixels, owners = [], []
@@ -166,10 +167,10 @@ class VideoEncoderActor(_EncoderActor):
             owners.append(i)
         feats = np.zeros((0, self.enc.dim), np.float32)
         if pixels:
-            allpx = torch.cat(pixels)
+            allpx, size = torch.cat(pixels), frame_batch(self.enc.device)
             parts = [
-                encode_pixels(self.enc, allpx[s : s + PARALLEL_FRAME_BATCH], self.dtype)
-                for s in range(0, len(allpx), PARALLEL_FRAME_BATCH)
+                encode_pixels(self.enc, allpx[s : s + size], self.dtype)
+                for s in range(0, len(allpx), size)
             ]
             feats = np.concatenate(parts)
         video = [np.zeros((0, self.enc.dim), np.float32) for _ in range(n)]
@@ -189,7 +190,8 @@ class AudioEncoderActor(_EncoderActor):
     kind = "audio"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .extract import AUDIO_BATCH, audio_input, encode_audio_batch, pool_audio_frames
+        from .extract import audio_input, encode_audio_batch, pool_audio_frames
+        from .features import audio_batch
 
         n = len(batch["vid"])
         Da, seg, sr = self.enc.dim, self.spec.segment_seconds, self.spec.sample_rate
@@ -206,8 +208,9 @@ class AudioEncoderActor(_EncoderActor):
                 start += length
                 offset += length / sr
         for group in groups.values():
-            for s in range(0, len(group), AUDIO_BATCH):
-                part = group[s : s + AUDIO_BATCH]
+            size = audio_batch(self.enc.device)
+            for s in range(0, len(group), size):
+                part = group[s : s + size]
                 feats = encode_audio_batch(self.enc, [g[2] for g in part], self.dtype)
                 for (i, offset, _), f in zip(part, feats, strict=True):
                     T = int(batch["T"][i])

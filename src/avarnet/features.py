@@ -33,9 +33,25 @@ from .runtime import autocast, configure_cpu
 
 log = logging.getLogger("avarnet")
 
-FRAME_BATCH = 16  # frames per MobileViT forward pass (whole files)
-CPU_FRAME_BATCH = 4  # live: MobileViT frames per CPU forward (larger batches fall out of cache)
+# Batch sizes per forward pass, by device. On a CPU, MobileViT-small slows down past 4 frames a
+# pass (its activations fall out of cache: 2 cores gave 16.5 frames/s at 4, 9.5 at 16, 8.2 at 32)
+# and Wav2Vec2-base gains no speed past one or two 10-s chunks, while each chunk costs ~170 MiB.
+CPU_FRAME_BATCH = 4
 GPU_FRAME_BATCH = 64
+CPU_AUDIO_BATCH = 2  # equal-length audio chunks
+GPU_AUDIO_BATCH = 8
+
+
+def frame_batch(device: torch.device) -> int:
+    """MobileViT frames per forward pass on ``device``."""
+    return GPU_FRAME_BATCH if device.type == "cuda" else CPU_FRAME_BATCH
+
+
+def audio_batch(device: torch.device) -> int:
+    """Equal-length Wav2Vec2 chunks per forward pass on ``device``."""
+    return GPU_AUDIO_BATCH if device.type == "cuda" else CPU_AUDIO_BATCH
+
+
 BATCH_SEGMENTS = 8  # segments encoded together when reading a whole file causally
 
 
@@ -167,8 +183,11 @@ class SegmentEncoder:
         if todo:
             k = segments[todo[0]].frames.shape[0]
             frames = np.concatenate([segments[i].frames for i in todo])  # (n*k, H, W, 3)
-            batch = GPU_FRAME_BATCH if enc.device.type == "cuda" else CPU_FRAME_BATCH
-            feats = enc.encode(frames, batch_size=batch).reshape(len(todo), k, -1).mean(axis=1)
+            feats = (
+                enc.encode(frames, batch_size=frame_batch(enc.device))
+                .reshape(len(todo), k, -1)
+                .mean(axis=1)
+            )
             self.frames_encoded += len(frames)
         out = np.stack([prev_vec if s < 0 else feats[s] for s in source]).astype(np.float32)
         self._last_video = (segments[-1].frames, out[-1].copy())
@@ -267,9 +286,10 @@ class Extractor:
 
     def _encode_batches(self, frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         batch: list[np.ndarray] = []
+        size = frame_batch(self.video.device)
         for frame in frames:
             batch.append(frame)
-            if len(batch) == FRAME_BATCH:
+            if len(batch) == size:
                 yield self.video.encode(np.stack(batch))
                 batch = []
         if batch:

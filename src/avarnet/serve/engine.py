@@ -21,15 +21,13 @@ import numpy as np
 from ..alerts import AlertRule, AlertTracker
 from ..checkpoint import Checkpoint
 from ..config import NORMAL_CLASS
-from ..features import Extractor, live_spec
+from ..features import Extractor, frame_batch, live_spec
 from ..media import Segment
 from ..stream import StreamingPredictor, check_live_features
 from .cameras import SessionMarker
 
 log = logging.getLogger("avarnet")
 
-CPU_FRAME_BATCH = 4
-GPU_FRAME_BATCH = 64
 POLL_S = 0.1
 
 
@@ -263,7 +261,7 @@ class Engine(threading.Thread):
         k = segs[0].frames.shape[0]
         shapes = {s.frames.shape for s in segs}
         venc = self.extractor.video
-        batch = GPU_FRAME_BATCH if venc.device.type == "cuda" else CPU_FRAME_BATCH
+        batch = frame_batch(venc.device)
         if len(shapes) == 1:
             video = venc.encode(np.concatenate([s.frames for s in segs]), batch_size=batch)
         else:  # cameras of different sizes: the encoder crops to one size; group by shape
