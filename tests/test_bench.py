@@ -15,6 +15,7 @@ def test_bench_cli_writes_tables_and_json(tiny_backbones, tmp_path, monkeypatch,
     import avarnet.bench
 
     monkeypatch.setattr(avarnet.bench, "MIN_TIMED_S", 0.01)
+    monkeypatch.setattr(avarnet.bench, "FLOOR_SECONDS", 0.05)
     vdir, adir = tiny_backbones
     out = tmp_path / "bench"
     args = [

@@ -414,8 +414,10 @@ FLOOR_SIZE = 1024  # square matmul that measures the compute floor
 FLOOR_SECONDS = 1.0
 
 
-def measure_floor(dtype: torch.dtype = torch.float32, seconds: float = FLOOR_SECONDS) -> float:
-    """Matmul GFLOP/s this process reaches now (torch's threads): the compute floor of a row."""
+def measure_floor(dtype: torch.dtype = torch.float32, seconds: float | None = None) -> float:
+    """Matmul GFLOP/s this process reaches now (torch's threads): the compute floor of a row,
+    timed for ``seconds`` (default FLOOR_SECONDS)."""
+    seconds = FLOOR_SECONDS if seconds is None else seconds
     a = torch.randn(FLOOR_SIZE, FLOOR_SIZE).to(dtype)
     b = torch.randn(FLOOR_SIZE, FLOOR_SIZE).to(dtype)
     flop = 2 * FLOOR_SIZE**3
