@@ -216,3 +216,14 @@ def test_training_on_stored_features_does_not_load_the_backbone_libraries():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_decoding_and_writing_processes_import_neither_torch_nor_transformers():
+    """A decoding worker and a Ray decoding or writing task import `decode`, `store` and
+    `extract_ray`: they must start without torch (seconds and hundreds of MiB each)."""
+    code = (
+        "import sys, avarnet.decode, avarnet.store, avarnet.extract_ray; "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -444,8 +444,8 @@ class ParallelExtraction:
     share a Wav2Vec2 forward pass (batch sizes: :func:`~avarnet.features.frame_batch`,
     :func:`~avarnet.features.audio_batch`). A batch is run when full, when a batch's worth of
     chunks of any lengths wait, or at once when no decoded piece is waiting (so a fast encoder
-    never idles). A decoding process that dies (e.g. a decoder crash
-    on a hostile file) fails only the video it was decoding; its other videos go to a new worker.
+    never idles). A decoding process that dies (e.g. a decoder crash on a hostile file) fails only
+    the video it was decoding; its other videos go to a new worker.
     """
 
     def __init__(

@@ -40,6 +40,7 @@ CPU_FRAME_BATCH = 4
 GPU_FRAME_BATCH = 64
 CPU_AUDIO_BATCH = 2  # equal-length audio chunks
 GPU_AUDIO_BATCH = 8
+BATCH_SEGMENTS = 8  # segments encoded together when reading a whole file causally
 
 
 def frame_batch(device: torch.device) -> int:
@@ -50,9 +51,6 @@ def frame_batch(device: torch.device) -> int:
 def audio_batch(device: torch.device) -> int:
     """Equal-length Wav2Vec2 chunks per forward pass on ``device``."""
     return GPU_AUDIO_BATCH if device.type == "cuda" else CPU_AUDIO_BATCH
-
-
-BATCH_SEGMENTS = 8  # segments encoded together when reading a whole file causally
 
 
 class FeatureError(AvarnetError):

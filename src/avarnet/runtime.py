@@ -55,8 +55,8 @@ def configure_cpu(
     (docs/scale.md). In bf16, re-creating the kernels on every call halved the speed, so the
     cache is kept but bounded (BF16_PRIMITIVE_CACHE kernels: 100 videos of their own lengths
     peaked at 1.5 GiB instead of 2.5, at 92 % of the unbounded speed). Takes effect only before
-    the process runs its first convolution. Leave it off where shapes repeat (a live stream's fixed windows): there the
-    cache saves each call's set-up.
+    the process runs its first convolution. Leave it off where shapes repeat (a live stream's
+    fixed windows): there the cache saves each call's set-up.
     """
     if varying_shapes:
         os.environ.setdefault(
