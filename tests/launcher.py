@@ -86,14 +86,13 @@ class Popen:
     """A ``subprocess.Popen`` look-alike for ``[sys.executable, "-m", "avarnet", ...]`` and
     ``[sys.executable, "-c", CODE, ...]``. ``stdout``/``stderr``: a path, an open file,
     ``subprocess.PIPE`` (read by :meth:`communicate`), ``subprocess.DEVNULL`` or
-    ``subprocess.STDOUT`` (stderr only)."""
+    ``subprocess.STDOUT`` (stderr only). Output is read as text."""
 
     def __init__(
         self,
         argv: list[str],
         stdout=None,
         stderr=None,
-        text: bool = True,
         env: dict | None = None,
         cwd: str | Path | None = None,
         memory_cap: int | None = None,

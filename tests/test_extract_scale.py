@@ -143,10 +143,7 @@ def test_two_extract_processes_on_one_store(
     out = tmp_path / "feats"
     cmd = [sys.executable, "-m", "avarnet",
            *extract_argv(tiny_backbones, mixed_dataset, out, "--workers", "1")]  # fmt: skip
-    procs = [
-        launcher.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
+    procs = [launcher.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [1, 1], outs  # the hostile files fail in both
     ids = index_ids(out)
