@@ -406,7 +406,6 @@ def test_ctrl_c_flushes_closes_events_and_summarises(ckpt_path, event_clip, tmp_
         cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
         env=os.environ | {"PYTHONUNBUFFERED": "1"},
     )
     deadline = time.monotonic() + 120
