@@ -19,8 +19,10 @@ demo: $(STAMP)
 
 # Two workers (one per core in CI) that take tests from each other's queues when idle, so one
 # long module does not hold up the end; one torch thread each (and per command a test starts).
+# Bytecode is cached even where the environment says not to: every command a test starts
+# would compile the package again.
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist worksteal
+	PYTHONDONTWRITEBYTECODE= OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist worksteal
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -36,7 +36,7 @@ from conftest import (
 from safetensors import safe_open
 from safetensors.numpy import save_file as save_numpy
 
-from avarnet import media
+from avarnet import alerts, media
 from avarnet.alerts import AlertRule, AlertTracker, WebhookPoster, redact_url
 from avarnet.checkpoint import load_checkpoint
 from avarnet.cli import main
@@ -559,7 +559,11 @@ def test_webhook_credentials_are_sent_as_basic_auth_and_never_logged(caplog):
     )
 
 
-def test_stream_with_an_undelivered_webhook_exits_partial(ckpt_path, corpus, tmp_path, capsys):
+def test_stream_with_an_undelivered_webhook_exits_partial(
+    ckpt_path, corpus, tmp_path, capsys, monkeypatch
+):
+    # nothing listens on port 9: every retry fails, so closing gives up at once rather than in 10 s
+    monkeypatch.setattr(alerts, "WEBHOOK_CLOSE_TIMEOUT_S", 0.2)
     video = corpus["unicode"][0]
     argv = [
         "-q",

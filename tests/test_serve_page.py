@@ -21,7 +21,7 @@ playwright = pytest.importorskip("playwright.sync_api")
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
 def test_review_page_login_snapshot_clip_false_alarm_export(tmp_path, tiny_backbones):
     ckpt = ss.tiny_checkpoint(tiny_backbones, tmp_path / "tiny.ckpt", std=0.02)
-    clip = ss.make_clip(tmp_path / "cam.mp4", 5.0, size=(320, 180))
+    clip = ss.make_clip(tmp_path / "cam.mp4", 3.5, size=(320, 180))
     port = ss.free_port()
     cfg = ss.write_config(
         tmp_path / "c.yaml",

@@ -43,7 +43,7 @@ from avarnet.weak import (
 from avarnet.xdv import import_official
 
 TINY = dict(hidden=16, stages=2, layers=3, heads=2)
-FAST = dict(epochs=25, batch_size=8, device="cpu", seed=0, num_threads=1)
+FAST = dict(epochs=12, local_epochs=15, batch_size=8, device="cpu", seed=0, num_threads=1)
 PURE = dict(smooth_weight=0.0, sparsity_weight=0.0, reversal_weight=0.0)  # the MIL term alone
 
 
@@ -406,7 +406,7 @@ def covering_store(tmp_path_factory) -> FeatureStore:
 @pytest.mark.slow
 def test_default_objective_scores_inside_long_events_above_outside(covering_store, tmp_path):
     """Events cover most of each violent video: the defaults must still score the event itself."""
-    cfg = WeakConfig(epochs=12, batch_size=8, device="cpu", num_threads=1)  # defaults otherwise
+    cfg = WeakConfig(epochs=6, batch_size=8, device="cpu", num_threads=1)  # defaults otherwise
     assert cfg.objective == "refine"
     r = train_weak(covering_store, tmp_path / "run", cfg, progress=False)
     assert (tmp_path / "run" / SCORER_HISTORY_FILE).exists()

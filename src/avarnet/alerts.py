@@ -281,8 +281,11 @@ class WebhookPoster:
             return False
         return True
 
-    def close(self, timeout_s: float = WEBHOOK_CLOSE_TIMEOUT_S) -> WebhookStats:
-        """Deliver what is pending within ``timeout_s`` seconds, then stop; returns the statistics."""
+    def close(self, timeout_s: float | None = None) -> WebhookStats:
+        """Deliver what is pending within ``timeout_s`` seconds (default
+        ``WEBHOOK_CLOSE_TIMEOUT_S``, read at the call), then stop; returns the statistics."""
+        if timeout_s is None:
+            timeout_s = WEBHOOK_CLOSE_TIMEOUT_S
         deadline = time.monotonic() + timeout_s
         while self._queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -651,6 +651,7 @@ def run_bench(
     sample = segments[: min(len(segments), AGREEMENT_SEGMENTS)]
     references: dict[tuple[str, float], dict] = {}
     exports: dict[str, Path] = {}
+    gflops: dict[tuple[str, str, float], float] = {}
     for backbone, dev, runtime, precision, context in _configs(options, device):
         name = (
             f"{Path(backbone).name} + {Path(options.audio_backbone).name}, {runtime} {precision},"
@@ -662,7 +663,11 @@ def run_bench(
         fp32 = enc.extractor(backbone, dev)
         if (backbone, context) not in references:
             references[(backbone, context)] = SegmentEncoder(fp32, context).encode(sample)
-        gflop = segment_gflop(fp32, bench_checkpoint(fp32, options.model, options.seq_len), context)
+        key = (backbone, dev.type, context)
+        if key not in gflops:  # the count depends on neither precision nor runtime
+            fp32_ckpt = bench_checkpoint(fp32, options.model, options.seq_len)
+            gflops[key] = segment_gflop(fp32, fp32_ckpt, context)
+        gflop = gflops[key]
         model = None
         if runtime == "onnx":
             from .export import export_checkpoint, load_onnx
