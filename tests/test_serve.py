@@ -88,7 +88,7 @@ def test_mqtt_messages_clip_snapshot_and_last_will(tmp_path, ckpt, clip6, broker
     cfg = ss.write_config(
         tmp_path / "c.yaml",
         ckpt,
-        {"gate": {"source": str(clip6), "realtime": True, "alerts": ALWAYS}},
+        {"gate": {"source": str(clip6), "alerts": ALWAYS}},
         tmp_path / "store",
         port,
         broker.port,
