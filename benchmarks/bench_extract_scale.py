@@ -49,12 +49,14 @@ def peak_rss_mib() -> float:
 
 
 class TreeMemory:
-    """Samples the resident memory of this process and all its descendants; keeps the peak sum."""
+    """Samples the resident memory of this process and all its descendants; keeps the peak sum and
+    this process's own samples."""
 
     def __init__(self, interval: float = 0.2):
         import threading
 
         self.peak_total = self.peak_child = 0.0
+        self.own: list[float] = []  # this process's resident memory at each sample (MiB)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
         self._thread.start()
@@ -73,8 +75,15 @@ class TreeMemory:
     def _run(self, interval: float) -> None:
         while not self._stop.wait(interval):
             kids = [_status_kib(k, "VmRSS") / 1024 for k in self._descendants(os.getpid())]
+            self.own.append(_status_kib("self", "VmRSS") / 1024)
             self.peak_child = max([self.peak_child, *kids])
-            self.peak_total = max(self.peak_total, _status_kib("self", "VmRSS") / 1024 + sum(kids))
+            self.peak_total = max(self.peak_total, self.own[-1] + sum(kids))
+
+    def settled(self) -> float:
+        """Median of this process's resident memory over the second half of the run (MiB): what it
+        holds between the short peaks of single encoder passes."""
+        half = self.own[len(self.own) // 2 :]
+        return float(np.median(half)) if half else 0.0
 
     def stop(self) -> None:
         self._stop.set()
@@ -125,6 +134,7 @@ def child_extract(a: argparse.Namespace) -> dict:
         "peak_rss_mib": peak_rss_mib(),
         "peak_child_rss_mib": tree.peak_child,
         "peak_total_rss_mib": tree.peak_total,
+        "settled_rss_mib": tree.settled(),
     }
 
 
@@ -450,6 +460,9 @@ def tables(r: dict) -> str:
         "|---|" + "---|" * len(m),
         "| main process peak RSS (MiB) | "
         + " | ".join(f"{x['peak_rss_mib']:.0f}" for x in m)
+        + " |",
+        "| main process RSS, median over the second half of the run (MiB) | "
+        + " | ".join(f"{x.get('settled_rss_mib', 0):.0f}" for x in m)
         + " |",
         "| largest decoding process RSS, sampled (MiB) | "
         + " | ".join(f"{x['peak_child_rss_mib']:.0f}" for x in m)
