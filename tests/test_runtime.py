@@ -96,3 +96,42 @@ def test_varying_shapes_bound_onednns_kernel_cache_per_precision(monkeypatch):
     monkeypatch.delenv(ONEDNN_CACHE_ENV)
     configure_cpu(varying_shapes=False)
     assert ONEDNN_CACHE_ENV not in os.environ
+
+
+def test_weights_cast_for_autocast_give_the_same_features(tiny_backbones):
+    """Linear and convolution weights stored in bf16 once: under autocast the features are those of
+    fp32 weights cast on every call, bit for bit; norms (and Wav2Vec2's weight-normalised
+    positional convolution) keep fp32."""
+    import numpy as np
+
+    from avarnet.encoders import AudioEncoder, VideoEncoder
+    from avarnet.runtime import cast_for_autocast
+
+    vdir, adir = tiny_backbones
+    video, audio = (
+        VideoEncoder.load(str(vdir), device="cpu"),
+        AudioEncoder.load(str(adir), device="cpu"),
+    )
+    pixels = video.preprocess(np.random.default_rng(0).integers(0, 255, (2, 96, 128, 3), np.uint8))
+    samples = np.random.default_rng(1).standard_normal((1, 24_000)).astype(np.float32)
+    cpu = torch.device("cpu")
+    with autocast(cpu, torch.bfloat16):
+        before = video.forward(pixels), audio.forward(samples)
+    cast_for_autocast(video.model, torch.bfloat16)
+    cast_for_autocast(audio.model, torch.bfloat16)
+    linear = [m.weight.dtype for m in audio.model.modules() if isinstance(m, torch.nn.Linear)]
+    norms = [m.weight.dtype for m in audio.model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert set(linear) == {torch.bfloat16} and set(norms) == {torch.float32}
+    assert audio.model.encoder.pos_conv_embed.conv.weight.dtype == torch.float32
+    assert all(
+        m.weight.dtype == torch.bfloat16
+        for m in video.model.modules()
+        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)
+    )
+    with autocast(cpu, torch.bfloat16):
+        after = video.forward(pixels), audio.forward(samples)
+    for b, a in zip(before, after, strict=True):
+        assert b.dtype == a.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+    cast_for_autocast(audio.model, None)  # fp32: untouched
+    assert audio.model.encoder.pos_conv_embed.conv.weight.dtype == torch.float32

@@ -38,7 +38,7 @@ from .encoders import (
 from .errors import InvalidArgumentError, NonFiniteError
 from .features import Extractor, audio_batch, frame_batch, pool_audio_frames
 from .media import segment_times  # noqa: F401  (re-exported)
-from .runtime import autocast, configure_cpu, cpu_has_bf16, resolve_device
+from .runtime import autocast, cast_for_autocast, configure_cpu, cpu_has_bf16, resolve_device
 from .store import Entry, FeatureStore, StoreError, VideoClaim, store_lock, video_id
 
 log = logging.getLogger("avarnet")
@@ -258,6 +258,8 @@ def extract_dataset(
     store = prepare_store(out, spec, video, items, info)
     store.check_classes(classes)
     extractor = Extractor(store.spec, video, audio)
+    for model in (video.model, audio.model):  # from here on they run under the spec's autocast
+        cast_for_autocast(model, extractor.dtype)
     workers = (os.cpu_count() or 1) if workers is None else workers
     result = ExtractResult()
     bar = tqdm(

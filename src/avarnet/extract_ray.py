@@ -142,9 +142,12 @@ class _EncoderActor:
     def __init__(self, spec: dict, store_root: str, device: str):
         import torch
 
+        from .runtime import cast_for_autocast
+
         self.spec = FeatureSpec.from_dict(spec)
         self.enc = _encoders(spec, store_root, device, self.kind)
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.spec.precision)
+        cast_for_autocast(self.enc.model, self.dtype)
 
 
 class VideoEncoderActor(_EncoderActor):

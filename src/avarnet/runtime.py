@@ -112,6 +112,41 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def cast_for_autocast(model: torch.nn.Module, dtype: torch.dtype | None) -> None:
+    """Store the weights of ``model``'s linear and convolution layers in ``dtype`` once, in place,
+    where autocast would cast them again on every call; normalisation layers (which autocast runs
+    in fp32) and weight-normalised layers keep their weights. Under autocast to ``dtype`` the
+    outputs are the same, bit for bit. Only for a model that from then on runs under autocast to
+    ``dtype``; ``None`` (fp32) leaves it as it is."""
+    if dtype is None:
+        return
+    from torch.nn.utils import parametrize
+
+    cast = set()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear | torch.nn.Conv1d | torch.nn.Conv2d) and not (
+            parametrize.is_parametrized(module)
+        ):
+            module.to(dtype)
+            cast.update(id(t) for t in module.parameters())
+    # The rest gets memory of its own: weights loaded from a safetensors file are views of one
+    # mapping of the whole file, which would otherwise stay mapped, fp32 copies and all.
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) not in cast:
+            t.data = t.data.clone()
+    _release_freed_memory()  # configure_cpu has glibc keep what is freed
+
+
+def _release_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS once (glibc's malloc_trim); no-op elsewhere."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError) as err:
+        logger.debug("malloc_trim unavailable: %s", err)
+
+
 def quantize_audio_encoder(encoder) -> None:
     """Replace an AudioEncoder's Wav2Vec2 linear layers by dynamically quantised int8 ones, in
     place (CPU only)."""
