@@ -148,12 +148,14 @@ def child_limit(a: argparse.Namespace) -> dict:
     from avarnet.extract import audio_input, encode_audio_batch, encode_pixels
     from avarnet.extract import precision_dtype as dtype_of
     from avarnet.features import audio_batch, frame_batch
-    from avarnet.runtime import configure_cpu
+    from avarnet.runtime import cast_for_autocast, configure_cpu
 
     configure_cpu()
     v = VideoEncoder.load(a.video_backbone, device="cpu")
     au = AudioEncoder.load(a.audio_backbone, device="cpu")
     dtype = dtype_of(a.precision, torch.device("cpu"))
+    for model in (v.model, au.model):  # as the engines hold them
+        cast_for_autocast(model, dtype)
     clip = Path(a.clip)
     info = media.probe(clip)
     frames = np.stack(
