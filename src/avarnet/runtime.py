@@ -68,15 +68,26 @@ def configure_cpu(
     _keep_freed_memory()
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """This process's C library where it is glibc (whose malloc the tunings below are for)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError as err:
+        logger.debug("glibc unavailable: %s", err)
+        return None
+
+
 def _keep_freed_memory() -> bool:
     """Raise glibc's trim and mmap thresholds; False where that is not possible."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         trim_ok = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
         mmap_ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
-    except (OSError, AttributeError) as err:
+    except AttributeError as err:
         logger.debug("mallopt unavailable: %s", err)
         return False
     return trim_ok and mmap_ok
@@ -139,11 +150,12 @@ def cast_for_autocast(model: torch.nn.Module, dtype: torch.dtype | None) -> None
 
 def _release_freed_memory() -> None:
     """Hand the heap's free pages back to the OS once (glibc's malloc_trim); no-op elsewhere."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError) as err:
+        libc.malloc_trim(0)
+    except AttributeError as err:
         logger.debug("malloc_trim unavailable: %s", err)
 
 
