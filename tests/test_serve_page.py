@@ -43,20 +43,8 @@ def test_review_page_login_snapshot_clip_false_alarm_export(tmp_path, tiny_backb
     base = f"http://127.0.0.1:{port}"
     try:
         ss.wait_up(port, proc, log)
-        events = ss.wait_for(
-            lambda: (
-                [e for e in ss.api(port, "/api/events")[1] if e["has_clip"] and e["has_snapshot"]][
-                    -2:
-                ]
-                if len([e for e in ss.api(port, "/api/events")[1] if e["has_clip"]]) >= 2
-                else None
-            ),
-            90,
-            "two events with clips",
-            log,
-        )
-        first, second = sorted(events, key=lambda e: e["start_time"])
         with playwright.sync_playwright() as pw:
+            # the browser starts and logs in while the camera records its first two events
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1100, "height": 800})
             page.goto(base + "/")
@@ -66,6 +54,22 @@ def test_review_page_login_snapshot_clip_false_alarm_export(tmp_path, tiny_backb
             assert "wrong token" in page.content()
             page.fill("#secret", ss.TOKEN)
             page.click("#login")
+            events = ss.wait_for(
+                lambda: (
+                    [
+                        e
+                        for e in ss.api(port, "/api/events")[1]
+                        if e["has_clip"] and e["has_snapshot"]
+                    ][-2:]
+                    if len([e for e in ss.api(port, "/api/events")[1] if e["has_clip"]]) >= 2
+                    else None
+                ),
+                90,
+                "two events with clips",
+                log,
+            )
+            first, second = sorted(events, key=lambda e: e["start_time"])
+            page.reload()  # the table is rendered by the server; the camera cards update live
             page.wait_for_selector(f"tr.event[data-id='{first['id']}']")
             thumb = page.locator(f"tr.event[data-id='{first['id']}'] img.thumb")
             page.wait_for_function(

@@ -144,7 +144,6 @@ def plot_timeline(
         fig.subplots_adjust(left=0.08, right=0.78, top=0.93, bottom=0.04)
     else:
         fig.tight_layout()
-    fig.canvas.draw()
     box = ax.get_position()
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
