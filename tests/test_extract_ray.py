@@ -74,12 +74,12 @@ def test_killed_encoder_actor_mid_job_still_writes_the_in_process_store(
             if (out / "features").exists()
             else 0
         )
-        pids = _pids_of("AudioEncoderActor")
-        if written >= 1 and pids:
+        pids = _pids_of("AudioEncoderActor") if written >= 1 else []  # reads every /proc entry
+        if pids:
             killed = pids[0]
             os.kill(killed, signal.SIGKILL)
             break
-        time.sleep(0.05)
+        time.sleep(0.1)
     assert killed is not None, "the job finished before an actor could be killed"
     done_at_kill = len(FeatureStore.open(out).entries)
     assert done_at_kill < 10
