@@ -19,6 +19,14 @@ SHARED_FIXTURES = Path(
 )
 
 
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtestloop(session):
+    """Commands' forkserver: a fork of this worker, before any test starts a thread."""
+    if not session.config.option.collectonly:
+        launcher.start_here()
+    yield
+
+
 @pytest.fixture(scope="session")
 def tiny_backbones(tmp_path_factory) -> tuple[Path, Path]:
     from avarnet.encoders import save_tiny_backbones

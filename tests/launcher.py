@@ -2,10 +2,12 @@
 
 Tests that need a separate process (a signal, SIGKILL, a memory cap, two writers at once, a
 server) would each pay about 5 s of CPU importing torch and transformers. A multiprocessing
-forkserver imports them once per test worker; every command is then a fresh fork of it: its own
-pid, file descriptors, signals, limits and exit code, running what ``python -m avarnet ARGS`` or
-``python -c CODE ARGS`` would run. ``test_cli`` keeps a run of the real ``python -m avarnet``, and
-tests about what a fresh interpreter imports or allocates start one.
+forkserver holds them imported; every command is then a fresh fork of it: its own pid, file
+descriptors, signals, limits and exit code, running what ``python -m avarnet ARGS`` or
+``python -c CODE ARGS`` would run. :func:`start_here` makes that forkserver a fork of the test
+worker itself, taken before the first test runs (the worker imports those modules anyway), so
+they are imported once per worker, not twice. ``test_cli`` keeps a run of the real
+``python -m avarnet``, and tests about what a fresh interpreter imports or allocates start one.
 
 ``run`` stands in for ``subprocess.run(capture_output=True, text=True)``, ``Popen`` for
 ``subprocess.Popen`` with the output to files or pipes.
@@ -13,11 +15,15 @@ tests about what a fresh interpreter imports or allocates start one.
 
 from __future__ import annotations
 
+import faulthandler
+import importlib
 import io
+import logging
 import multiprocessing as mp
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +44,61 @@ _ctx = mp.get_context("forkserver")
 _ctx.set_forkserver_preload(PRELOAD)
 
 
+def start_here() -> None:
+    """Make a fork of this process the forkserver, after importing PRELOAD here.
+
+    Call it from the main thread before the tests start threads of their own (servers, clients):
+    the fork keeps only the calling thread. In the fork every file descriptor but its listening
+    socket and the pipe that tells it this process has gone points to /dev/null; it serves forks
+    until this process ends.
+    Without this call the forkserver is a fresh interpreter that imports PRELOAD itself.
+    """
+    from multiprocessing import connection, forkserver
+
+    server = forkserver._forkserver
+    if server._forkserver_pid is not None:
+        return
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    address = connection.arbitrary_address("AF_UNIX")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(address)
+    os.chmod(address, 0o600)
+    listener.listen()
+    alive_r, alive_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the forkserver: nothing of the test session stays open in it
+        try:
+            faulthandler.disable()
+            # Every inherited descriptor but the two it serves with becomes /dev/null rather
+            # than closed: objects of the session that still hold a number close /dev/null when
+            # they go, never a file a command has opened since under the same number.
+            null = os.open(os.devnull, os.O_RDWR)
+            keep = {null, listener.fileno(), alive_r}
+            for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
+                if fd not in keep:
+                    try:
+                        os.fstat(fd)
+                    except OSError:
+                        continue
+                    os.dup2(null, fd)
+            forkserver.main(listener.fileno(), alive_r, [])
+        finally:
+            os._exit(0)
+    os.close(alive_r)
+    listener.close()
+    server._forkserver_address = address
+    server._forkserver_alive_fd = alive_w
+    server._forkserver_pid = pid
+
+
 def _exec(argv, out, err, env, cwd, memory_cap, new_session):  # runs in the forked process
+    root = logging.getLogger()  # as a fresh interpreter has it
+    root.handlers.clear()
+    root.setLevel(logging.WARNING)
     if new_session:
         os.setsid()
     if memory_cap:
