@@ -47,7 +47,7 @@ def test_demo_runs_every_stage_and_falls_back_to_random_weights_with_a_warning(
     from avarnet import demo
 
     # the requested pretrained video backbone cannot be loaded; the random fallback uses the tiny configs
-    opts = tiny_demo(tiny_backbones, duration=(2.0, 3.0), epochs=3)
+    opts = tiny_demo(tiny_backbones, duration=(1.5, 2.0), epochs=3)
     monkeypatch.setattr(
         demo, "choose_weights", lambda o: ("random", "no-such/model could not be loaded")
     )
