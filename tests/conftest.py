@@ -21,8 +21,10 @@ SHARED_FIXTURES = Path(
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtestloop(session):
-    """Commands' forkserver: a fork of this worker, before any test starts a thread."""
-    if not session.config.option.collectonly:
+    """Commands' forkserver: a fork of this worker, before any test starts a thread. Not in
+    pytest-xdist's controller: it runs no test, and its imports would slow the workers' start."""
+    controller = session.config.pluginmanager.hasplugin("dsession")
+    if not session.config.option.collectonly and not controller:
         launcher.start_here()
     yield
 

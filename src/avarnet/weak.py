@@ -49,6 +49,7 @@ from .train import (
     BEST_CHECKPOINT,
     TrainError,
     TrainResult,
+    adam,
     fit,
     model_config_for,
     run_epoch,
@@ -449,7 +450,7 @@ def train_snippet_scorer(
     Returns the scorer of the epoch with the lowest validation MIL loss and its history.
     """
     scorer = SnippetScorer(input_dim, cfg.local_hidden).to(device)
-    opt = torch.optim.Adam(scorer.parameters(), lr=SCORER_LR, weight_decay=cfg.weight_decay)
+    opt = adam(scorer.parameters(), SCORER_LR, cfg.weight_decay, device)
     mil = cfg.replace(smooth_weight=0.0, sparsity_weight=0.0, reversal_weight=0.0,
                       permutation_weight=0.0)  # fmt: skip
     gen = torch.Generator().manual_seed(cfg.seed + 2)
