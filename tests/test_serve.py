@@ -167,7 +167,7 @@ def test_mqtt_messages_clip_snapshot_and_last_will(tmp_path, ckpt, clip6, broker
 
 @pytest.mark.slow
 def test_broker_down_during_events_nothing_lost_in_order(tmp_path, ckpt, broker, tiny_backbones):
-    short = ss.make_clip(tmp_path / "loop.mp4", 2.0)
+    short = ss.make_clip(tmp_path / "loop.mp4", 1.0)
     sub = ss.Subscriber(
         broker.port, "sub-outage"
     )  # persistent session: the broker keeps its messages
@@ -175,7 +175,14 @@ def test_broker_down_during_events_nothing_lost_in_order(tmp_path, ckpt, broker,
     cfg = ss.write_config(
         tmp_path / "c.yaml",
         ckpt,
-        {"loop": {"source": str(short), "loop": True, "realtime": True, "alerts": ALWAYS}},
+        {
+            "loop": {
+                "source": str(short),
+                "loop": True,
+                "realtime": True,
+                "alerts": ALWAYS | {"min_segments": 1},
+            }
+        },  # one 1-s event per pass
         tmp_path / "store",
         port,
         broker.port,
