@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import threading
@@ -15,14 +16,21 @@ from test_extract_scale import assert_same_store, backbones, index_ids
 from avarnet.extract_ray import RayOptions, extract_dataset_ray
 from avarnet.store import FeatureStore
 
-ray = pytest.importorskip("ray", reason="the Ray engine needs avarnet[ray]")
-pytestmark = pytest.mark.slow
+# Ray is imported where a cluster starts: of the test workers, only the one that runs it pays for it
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("ray") is None, reason="the Ray engine needs avarnet[ray]"
+    ),
+]
 mixed_dataset = scale.mixed_dataset  # session fixtures shared with the local engine's tests
 in_process_store = scale.in_process_store
 
 
 @pytest.fixture(scope="module")
 def cluster():
+    import ray
+
     for attempt in range(
         3
     ):  # Ray gives its raylet 30 s to start: a busy machine may need another go
