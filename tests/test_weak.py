@@ -43,7 +43,9 @@ from avarnet.weak import (
 from avarnet.xdv import import_official
 
 TINY = dict(hidden=16, stages=2, layers=3, heads=2)
-FAST = dict(epochs=12, local_epochs=15, batch_size=8, device="cpu", seed=0, num_threads=1)
+# weak_run's frame AP with these on training seeds 0, 1, 2: 0.914, 0.968, 0.952 (the test asks
+# > 0.7; the constant baseline is 0.091)
+FAST = dict(epochs=8, local_epochs=10, batch_size=8, device="cpu", seed=0, num_threads=1)
 PURE = dict(smooth_weight=0.0, sparsity_weight=0.0, reversal_weight=0.0)  # the MIL term alone
 
 
