@@ -54,20 +54,12 @@ def test_review_page_login_snapshot_clip_false_alarm_export(tmp_path, tiny_backb
             assert "wrong token" in page.content()
             page.fill("#secret", ss.TOKEN)
             page.click("#login")
-            events = ss.wait_for(
-                lambda: (
-                    [
-                        e
-                        for e in ss.api(port, "/api/events")[1]
-                        if e["has_clip"] and e["has_snapshot"]
-                    ][-2:]
-                    if len([e for e in ss.api(port, "/api/events")[1] if e["has_clip"]]) >= 2
-                    else None
-                ),
-                90,
-                "two events with clips",
-                log,
-            )
+
+            def two_with_clips():  # one request per poll
+                clipped = [e for e in ss.api(port, "/api/events")[1] if e["has_clip"]]
+                return [e for e in clipped if e["has_snapshot"]][-2:] if len(clipped) >= 2 else None
+
+            events = ss.wait_for(two_with_clips, 90, "two events with clips", log)
             first, second = sorted(events, key=lambda e: e["start_time"])
             page.reload()  # the table is rendered by the server; the camera cards update live
             page.wait_for_selector(f"tr.event[data-id='{first['id']}']")
