@@ -217,6 +217,66 @@ def tiny_store(tiny_backbones, tiny_dataset, tmp_path_factory) -> Path:
     return feats
 
 
+def backbones(tiny_backbones) -> dict:
+    """Library keyword arguments that select the tiny backbones, on the CPU, without progress."""
+    vdir, adir = tiny_backbones
+    return {
+        "video_backbone": str(vdir),
+        "audio_backbone": str(adir),
+        "device": "cpu",
+        "progress": False,
+    }
+
+
+@pytest.fixture(scope="session")
+def mixed_dataset(tmp_path_factory) -> Path:
+    """Good clips (two longer than one 10-s audio chunk) with hostile files mixed into the classes,
+    for the extraction engines' tests (the Ray test sets the hostile files aside, then back)."""
+    import media_factory as mf
+
+    from avarnet.synth import synthesize_dataset
+
+    root = tmp_path_factory.mktemp("mixed") / "ds"
+    synthesize_dataset(
+        root,
+        clips_per_class=2,
+        seed=5,
+        duration=(2.0, 3.5),
+        size=(96, 64),
+        classes=("crash", "normal"),
+        progress=False,
+    )
+    long = tmp_path_factory.mktemp("long")
+    synthesize_dataset(
+        long,
+        clips_per_class=2,
+        seed=6,
+        duration=(11.0, 12.5),
+        size=(96, 64),
+        classes=("pain",),
+        progress=False,
+    )
+    (root / "pain").mkdir()
+    for p in (long / "pain").iterdir():
+        p.rename(root / "pain" / p.name)
+    for make in (mf.video_no_audio, mf.short_clip, mf.one_fps_clip, mf.unicode_name_clip):
+        make(root / "normal")
+    for make in (mf.empty_file, mf.text_as_mp4, mf.truncated_mp4, mf.audio_only):
+        make(root / "crash")
+    return root
+
+
+@pytest.fixture(scope="session")
+def in_process_store(mixed_dataset, tiny_backbones, tmp_path_factory) -> Path:
+    """``mixed_dataset`` extracted by the single-thread engine: what the other engines must write."""
+    from avarnet.extract import extract_dataset
+
+    out = tmp_path_factory.mktemp("single") / "feats"
+    r = extract_dataset(mixed_dataset, out, workers=0, **backbones(tiny_backbones))
+    assert r.done == 10 and len(r.failures) == 4
+    return out
+
+
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; never `playwright install`
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -269,3 +329,17 @@ def read_jsonl(path: Path) -> list[dict]:
 def predict_argv(video, checkpoint, out, *extra: str) -> list[str]:
     """``avarnet -q predict VIDEO --checkpoint CKPT --out OUT``."""
     return ["-q", "predict", str(video), "--checkpoint", str(checkpoint), "--out", str(out), *extra]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Within each module, the slow tests first: a worker that ends on a module ends on its quick
+    tests, which another worker can take over, rather than on one long test."""
+    order = {}
+    for i, item in enumerate(items):
+        order.setdefault(item.module.__name__ if item.module else "", i)
+    items.sort(
+        key=lambda it: (
+            order[it.module.__name__ if it.module else ""],
+            it.get_closest_marker("slow") is None,
+        )
+    )

@@ -36,6 +36,8 @@ PRELOAD = [
     "avarnet.predict",
     "avarnet.stream",
     "avarnet.serve.app",
+    "avarnet.report",  # matplotlib, for predict's timeline
+    "scipy.signal",  # the timeline's peaks
     "transformers.models.mobilevit.modeling_mobilevit",
     "transformers.models.wav2vec2.modeling_wav2vec2",
 ]

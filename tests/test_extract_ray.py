@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-import test_extract_scale as scale
-from test_extract_scale import assert_same_store, backbones, index_ids
+from conftest import backbones
+from test_extract_scale import assert_same_store, index_ids
 
 from avarnet.extract_ray import RayOptions, extract_dataset_ray
 from avarnet.store import FeatureStore
@@ -23,8 +23,6 @@ pytestmark = [
         importlib.util.find_spec("ray") is None, reason="the Ray engine needs avarnet[ray]"
     ),
 ]
-mixed_dataset = scale.mixed_dataset  # session fixtures shared with the local engine's tests
-in_process_store = scale.in_process_store
 
 
 @pytest.fixture(scope="module")

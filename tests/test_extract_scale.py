@@ -9,59 +9,14 @@ import time
 from pathlib import Path
 
 import launcher
-import media_factory as mf
 import numpy as np
 import pytest
-from conftest import extract_argv
+from conftest import backbones, extract_argv
 
 from avarnet.extract import extract_dataset
 from avarnet.store import INDEX_FILE, FeatureStore
-from avarnet.synth import synthesize_dataset
 
 TOL = 1e-4
-
-
-@pytest.fixture(scope="session")
-def mixed_dataset(tmp_path_factory) -> Path:
-    """Good clips (two longer than one 10-s audio chunk) with hostile files mixed into the classes."""
-    root = tmp_path_factory.mktemp("mixed") / "ds"
-    synthesize_dataset(
-        root,
-        clips_per_class=2,
-        seed=5,
-        duration=(2.0, 3.5),
-        size=(96, 64),
-        classes=("crash", "normal"),
-        progress=False,
-    )
-    long = tmp_path_factory.mktemp("long")
-    synthesize_dataset(
-        long,
-        clips_per_class=2,
-        seed=6,
-        duration=(11.0, 12.5),
-        size=(96, 64),
-        classes=("pain",),
-        progress=False,
-    )
-    (root / "pain").mkdir()
-    for p in (long / "pain").iterdir():
-        p.rename(root / "pain" / p.name)
-    for make in (mf.video_no_audio, mf.short_clip, mf.one_fps_clip, mf.unicode_name_clip):
-        make(root / "normal")
-    for make in (mf.empty_file, mf.text_as_mp4, mf.truncated_mp4, mf.audio_only):
-        make(root / "crash")
-    return root
-
-
-def backbones(tiny_backbones) -> dict:
-    vdir, adir = tiny_backbones
-    return {
-        "video_backbone": str(vdir),
-        "audio_backbone": str(adir),
-        "device": "cpu",
-        "progress": False,
-    }
 
 
 def assert_same_store(a: Path, b: Path, tol: float = TOL) -> None:
@@ -85,14 +40,6 @@ def index_ids(store: Path) -> list[str]:
         for line in (store / INDEX_FILE).read_text().splitlines()
         if line.strip()
     ]
-
-
-@pytest.fixture(scope="session")
-def in_process_store(mixed_dataset, tiny_backbones, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("single") / "feats"
-    r = extract_dataset(mixed_dataset, out, workers=0, **backbones(tiny_backbones))
-    assert r.done == 10 and len(r.failures) == 4
-    return out
 
 
 def test_parallel_engine_writes_the_in_process_store(

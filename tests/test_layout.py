@@ -4,6 +4,7 @@ and the core pipeline never imports the applications built on it."""
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import subprocess
 import sys
@@ -63,6 +64,12 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for p in PKG.rglob("*.py")}
 
 
+@functools.cache
+def parse(path: Path) -> ast.Module:
+    """A source file's syntax tree, read once for all the tests here (which only walk it)."""
+    return ast.parse(path.read_text(), str(path))
+
+
 def resolve(mod: str, node: ast.ImportFrom, is_pkg: bool) -> str:
     if node.level == 0:
         return node.module or ""
@@ -75,7 +82,7 @@ def imports(mods: dict[str, Path]) -> dict[str, set[tuple[str, str | None]]]:
     """module -> {(imported module, imported name or None)} for avarnet's own modules."""
     out: dict[str, set[tuple[str, str | None]]] = {}
     for mod, path in mods.items():
-        tree = ast.parse(path.read_text(), str(path))
+        tree = parse(path)
         edges: set[tuple[str, str | None]] = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -152,7 +159,7 @@ def test_live_library_leaves_presentation_to_the_command_line():
     """The stream package prints nothing and installs no signal handler (cli_stream does both)."""
     bad = []
     for path in sorted((PKG / "stream").rglob("*.py")):
-        tree = ast.parse(path.read_text(), str(path))
+        tree = parse(path)
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                 if node.func.id in ("print", "input"):
@@ -162,7 +169,7 @@ def test_live_library_leaves_presentation_to_the_command_line():
                 if "signal" in names or "sys" in names:
                     bad.append(f"{path.name}:{node.lineno} imports signal/sys")
     assert not bad, "\n".join(bad)
-    presentation = ast.parse((PKG / "cli_stream.py").read_text())
+    presentation = parse(PKG / "cli_stream.py")
     defined = {n.name for n in presentation.body if isinstance(n, ast.ClassDef | ast.FunctionDef)}
     assert {"LiveView", "StreamOutput", "stop_on_sigint", "summary_text"} <= defined
 
@@ -174,7 +181,7 @@ NAMED_OPTIONS: set[tuple[str, str]] = set()  # (file, message) allowed to name a
 
 def library_strings(path: Path) -> list[tuple[int, str]]:
     """(line, text) of every string literal that is not a docstring; f-string holes read {}."""
-    tree = ast.parse(path.read_text(), str(path))
+    tree = parse(path)
     skip: set[int] = set()
     for node in ast.walk(tree):
         body = getattr(node, "body", None)

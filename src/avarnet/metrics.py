@@ -8,18 +8,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-)
 
 from .config import NORMAL_CLASS
 
 
 def _ap_or_nan(y: np.ndarray, score: np.ndarray) -> float:
     """Average precision of binary truth ``y`` (N,) against ``score`` (N,); NaN without positives."""
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(y, score)) if y.any() else float("nan")
 
 
@@ -48,6 +44,9 @@ def classification_metrics(
     class never predicted has no precision, reported as 0 as scikit-learn does) is None, and
     ``undefined`` maps its dotted key to the reason.
     """
+    # scikit-learn (1-2 s to import) where metrics are computed, not where they are merely named
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
     y_true = np.asarray(y_true)
     probs = np.asarray(probs, dtype=np.float64)
     C = len(classes)
