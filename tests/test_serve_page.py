@@ -14,12 +14,11 @@ from conftest import CHROMIUM, CHROMIUM_ARGS
 
 from avarnet.cli import main
 
-playwright = pytest.importorskip("playwright.sync_api")
-
 
 @pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
 def test_review_page_login_snapshot_clip_false_alarm_export(tmp_path, tiny_backbones):
+    playwright = pytest.importorskip("playwright.sync_api")  # here: collecting stays light
     ckpt = ss.tiny_checkpoint(tiny_backbones, tmp_path / "tiny.ckpt", std=0.02)
     clip = ss.make_clip(tmp_path / "cam.mp4", 3.5, size=(320, 180))
     port = ss.free_port()
