@@ -128,7 +128,7 @@ def test_waiting_audio_chunks_stay_bounded_when_decoders_stay_ahead(
     slow_encode, flush = ex.encode_pixels, ex.ParallelExtraction._flush_audio
 
     def slow(*args, **kwargs):  # the encoder is the bottleneck, as on a CPU
-        time.sleep(0.3)
+        time.sleep(0.15)  # decoding one of these clips takes a few tens of ms
         return slow_encode(*args, **kwargs)
 
     def watched(self, all_groups):
