@@ -36,22 +36,24 @@ def tiny_backbones(tmp_path_factory) -> tuple[Path, Path]:
     return save_tiny_backbones(tmp_path_factory.mktemp("backbones"))
 
 
+def small_dataset(
+    root: Path, classes: tuple[str, ...], clips_per_class: int, seed: int, duration
+) -> Path:
+    """Synthetic 96x64 clips in ROOT/<class>/, without a progress bar."""
+    from avarnet.synth import synthesize_dataset
+
+    synthesize_dataset(root, clips_per_class=clips_per_class, seed=seed, duration=duration,
+                       size=(96, 64), classes=classes, progress=False)  # fmt: skip
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """3 classes x 3 short clips of the synthetic generator."""
-    from avarnet.synth import synthesize_dataset
-
     root = tmp_path_factory.mktemp("data") / "ds"
-    synthesize_dataset(
-        root,
-        clips_per_class=3,
-        seed=7,
-        duration=(2.0, 3.0),
-        size=(96, 64),
-        classes=("crash", "normal", "pain"),
-        progress=False,
+    return small_dataset(
+        root, ("crash", "normal", "pain"), clips_per_class=3, seed=7, duration=(2.0, 3.0)
     )
-    return root
 
 
 def untrained_checkpoint(
@@ -234,28 +236,9 @@ def mixed_dataset(tmp_path_factory) -> Path:
     for the extraction engines' tests (the Ray test sets the hostile files aside, then back)."""
     import media_factory as mf
 
-    from avarnet.synth import synthesize_dataset
-
-    root = tmp_path_factory.mktemp("mixed") / "ds"
-    synthesize_dataset(
-        root,
-        clips_per_class=2,
-        seed=5,
-        duration=(2.0, 3.5),
-        size=(96, 64),
-        classes=("crash", "normal"),
-        progress=False,
-    )
-    long = tmp_path_factory.mktemp("long")
-    synthesize_dataset(
-        long,
-        clips_per_class=2,
-        seed=6,
-        duration=(11.0, 12.5),
-        size=(96, 64),
-        classes=("pain",),
-        progress=False,
-    )
+    root, long = tmp_path_factory.mktemp("mixed") / "ds", tmp_path_factory.mktemp("long")
+    small_dataset(root, ("crash", "normal"), clips_per_class=2, seed=5, duration=(2.0, 3.5))
+    small_dataset(long, ("pain",), clips_per_class=2, seed=6, duration=(11.0, 12.5))
     (root / "pain").mkdir()
     for p in (long / "pain").iterdir():
         p.rename(root / "pain" / p.name)

@@ -13,12 +13,11 @@ import launcher
 import media_factory as mf
 import numpy as np
 import pytest
-from conftest import backbone_args, extract_argv, predict_argv
+from conftest import backbone_args, extract_argv, predict_argv, small_dataset
 
 from avarnet.cli import main
 from avarnet.extract import segment_times
 from avarnet.store import FeatureStore
-from avarnet.synth import synthesize_dataset
 
 
 def test_segment_times():
@@ -112,14 +111,8 @@ def _finished(feats: Path) -> int:
 @pytest.mark.slow
 def test_sigkill_mid_extraction_then_resume(tiny_backbones, tmp_path):
     data = tmp_path / "data"
-    synthesize_dataset(
-        data,
-        clips_per_class=4,
-        seed=3,
-        duration=(3.0, 4.0),
-        size=(96, 64),
-        classes=("abuse", "crash", "normal"),
-        progress=False,
+    small_dataset(
+        data, ("abuse", "crash", "normal"), clips_per_class=4, seed=3, duration=(3.0, 4.0)
     )
     feats = tmp_path / "feats"
     cmd = [
