@@ -655,9 +655,8 @@ def run_bench(
     sample = segments[: min(len(segments), AGREEMENT_SEGMENTS)]
     references: dict[tuple[str, float], dict] = {}
     exports: dict[str, Path] = {}
-    bundles: dict[
-        tuple[str, str], OnnxBundle
-    ] = {}  # ONNX sessions hold no state: loaded once per look-back
+    # ONNX sessions hold no state: one bundle per (backbone, precision) serves every look-back
+    bundles: dict[tuple[str, str], OnnxBundle] = {}
     gflops: dict[tuple[str, str, float], float] = {}
     for backbone, dev, runtime, precision, context in _configs(options, device):
         name = (
