@@ -42,8 +42,15 @@ def small_dataset(
     """Synthetic 96x64 clips in ROOT/<class>/, without a progress bar."""
     from avarnet.synth import synthesize_dataset
 
-    synthesize_dataset(root, clips_per_class=clips_per_class, seed=seed, duration=duration,
-                       size=(96, 64), classes=classes, progress=False)  # fmt: skip
+    synthesize_dataset(
+        root,
+        clips_per_class=clips_per_class,
+        seed=seed,
+        duration=duration,
+        size=(96, 64),
+        classes=classes,
+        progress=False,
+    )
     return root
 
 
@@ -317,12 +324,7 @@ def predict_argv(video, checkpoint, out, *extra: str) -> list[str]:
 def pytest_collection_modifyitems(session, config, items):
     """Within each module, the slow tests first: a worker that ends on a module ends on its quick
     tests, which another worker can take over, rather than on one long test."""
-    order = {}
+    first = {}
     for i, item in enumerate(items):
-        order.setdefault(item.module.__name__ if item.module else "", i)
-    items.sort(
-        key=lambda it: (
-            order[it.module.__name__ if it.module else ""],
-            it.get_closest_marker("slow") is None,
-        )
-    )
+        first.setdefault(item.path, i)
+    items.sort(key=lambda it: (first[it.path], it.get_closest_marker("slow") is None))
