@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -100,6 +101,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def fresh_gc():
+    """A fresh interpreter's garbage-collection thresholds, for a test that measures memory in-process
+    (the test workers collect young objects less often)."""
+    before = gc.get_threshold()
+    gc.set_threshold(*launcher.GC_THRESHOLDS)
+    gc.collect()
+    yield
+    gc.set_threshold(*before)
 
 
 @pytest.fixture

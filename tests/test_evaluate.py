@@ -13,12 +13,13 @@ from avarnet.store import FeatureStore
 
 def test_evaluate_metrics_contract(factory_store, trained, tmp_path):
     store = factory_store
-    m = evaluate(trained.checkpoint, store, split="test", out=tmp_path)
+    m = evaluate(trained.checkpoint, store, split="test", out=tmp_path, report=False)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("classes", "accuracy", "precision", "recall", "f1", "ap", "binary_ap",
                 "per_class", "confusion_matrix", "n"):  # fmt: skip
         assert key in on_disk
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000 and m["dropped_sense"] is None
+    assert not (tmp_path / "report.html").exists()  # the report page has tests of its own
     assert m["n"] == len(store.split("test")) == sum(map(sum, m["confusion_matrix"]))
     # the factory's classes are well separated when both senses are used
     assert m["accuracy"] >= 0.8

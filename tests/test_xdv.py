@@ -389,7 +389,7 @@ def _peak_import_bytes(root: Path, n: int) -> int:
     return peak
 
 
-def test_import_streams_with_bounded_memory_and_shows_progress(tmp_path, capsys):
+def test_import_streams_with_bounded_memory_and_shows_progress(tmp_path, capsys, fresh_gc):
     per_video = STREAM_T * (5 * DV + DA) * 4  # bytes of one video's features
     peak_small = _peak_import_bytes(tmp_path / "a", 20)
     peak_big = _peak_import_bytes(tmp_path / "b", 80)
