@@ -27,6 +27,7 @@ APPS = (
 )
 CORE = (
     "errors",
+    "redact",
     "config",
     "runtime",
     "io",
