@@ -62,7 +62,7 @@ def child(video: Path, threads: int) -> dict:
 
 
 def make_clip(out: Path, minutes: float) -> Path:
-    from avarnet.bench import write_scene_clip
+    from avarnet.apps.bench import write_scene_clip
 
     path = out / f"scene_{minutes:g}min_{SIZE[0]}x{SIZE[1]}_{FPS:g}fps.mp4"
     if not path.exists():

@@ -116,7 +116,7 @@ def child_extract(a: argparse.Namespace) -> dict:
     tree = TreeMemory()
     t0 = time.perf_counter()
     if a.engine == "ray":
-        from avarnet.extract_ray import extract_dataset_ray
+        from avarnet.apps.extract_ray import extract_dataset_ray
 
         r = extract_dataset_ray(a.data, a.store, **common)
     else:
@@ -146,14 +146,13 @@ def child_limit(a: argparse.Namespace) -> dict:
     from avarnet import media
     from avarnet.encoders import AudioEncoder, VideoEncoder
     from avarnet.extract import audio_input, encode_audio_batch, encode_pixels
-    from avarnet.extract import precision_dtype as dtype_of
     from avarnet.features import audio_batch, frame_batch
-    from avarnet.runtime import cast_for_autocast, configure_cpu
+    from avarnet.runtime import cast_for_autocast, check_precision, configure_cpu
 
     configure_cpu()
     v = VideoEncoder.load(a.video_backbone, device="cpu")
     au = AudioEncoder.load(a.audio_backbone, device="cpu")
-    dtype = dtype_of(a.precision, torch.device("cpu"))
+    dtype = check_precision(a.precision, torch.device("cpu"))
     for model in (v.model, au.model):  # as the engines hold them
         cast_for_autocast(model, dtype)
     clip = Path(a.clip)
@@ -242,7 +241,7 @@ def save_backbones(folder: Path) -> tuple[str, str]:
 def make_dataset(root: Path, videos: int, seconds: float) -> Path:
     """``videos`` clips of 0.5-1.5 x ``seconds`` (seeded): lengths vary as in a real corpus, so the
     last audio chunk of each video has a length of its own."""
-    from avarnet.bench import write_scene_clip
+    from avarnet.apps.bench import write_scene_clip
 
     data = root / f"data_{videos}x{seconds:g}s_varied"
     for i in range(videos):
@@ -341,8 +340,9 @@ def main() -> None:
         print(json.dumps(fn(a)))
         return
 
+    from avarnet.config import ENCODER_PRECISIONS
     from avarnet.encoders import resolve_device
-    from avarnet.extract import supported_precisions
+    from avarnet.runtime import supported_precisions
 
     a.out.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}", flush=True)
@@ -350,7 +350,7 @@ def main() -> None:
     data = make_dataset(a.out, a.videos, a.seconds)
     clip = next(data.rglob("*.mp4"))
     cores = os.cpu_count() or 1
-    precisions = supported_precisions(resolve_device("cpu"))
+    precisions = supported_precisions(resolve_device("cpu"), ENCODER_PRECISIONS)
     common = {"video_backbone": vb, "audio_backbone": ab}
     limits = {
         p: run_child(

@@ -1,19 +1,26 @@
-"""Does `avarnet serve` keep N cameras in real time, and what does it cost next to N `stream`s?
+"""How many cameras does `avarnet serve` keep in real time, per runtime and precision?
 
 Builds an untrained checkpoint over default-size backbones (random weights, offline; timing does
-not depend on the weights) unless ``--checkpoint`` is given, writes a surveillance-like clip, then:
+not depend on the weights) unless ``--checkpoint`` is given, exports it to ONNX for the ``onnx``
+rows, writes a surveillance-like clip, then for every runtime x precision asked:
 
-1. runs one ``avarnet stream CLIP --realtime`` for ``--minutes`` (the baseline: CPU seconds per
-   media second and peak memory of one camera in its own process);
-2. runs ``avarnet serve`` with N cameras, each the clip looped at its own speed, with a real
-   mosquitto and a subscriber, for ``--minutes``; samples CPU time and memory of the server at
-   the start (after warm-up) and the end, reads dropped segments and lag from its API, and counts
-   event messages against the events in its database.
+* **search** (the default): runs ``avarnet serve`` with N file-backed cameras, each the clip looped
+  with ``realtime: true`` (read at its own speed, as a camera sends it), pinned to ``--cores``
+  cores, with a real mosquitto and a subscriber, for ``--minutes`` after a warm-up; N starts at
+  ``--start`` and grows by one until a run drops a segment (or falls more than ``--max-lag``
+  seconds behind at its end: a server that cannot keep up drops once its queue is full). The
+  answer is the largest N kept with 0 dropped segments;
+* ``--cameras N ...``: those counts only (each measured the same way).
 
-    python benchmarks/bench_serve.py --out /tmp/bench_serve --cameras 1 2 4 --minutes 3
+A single ``avarnet stream CLIP --realtime`` (torch fp32) is the baseline unless ``--no-baseline``.
 
-Prints a Markdown table and writes ``bench_serve.json``. CPU seconds are the processes' own
-(user + system), so they mean the same on a loaded machine; lag and drops do not (say the load).
+    python benchmarks/bench_serve.py --out /tmp/bench_serve --cores 2            # 10 min a point
+    python benchmarks/bench_serve.py --runtimes onnx --precisions fp32 --start 6 --minutes 2
+
+Prints a Markdown table and writes ``bench_serve.json`` with the machine (CPU model, flags,
+cores), the load average before, during and after, and the CPU seconds the rest of the machine
+used during each run. CPU seconds are the processes' own (user + system), so they mean the same
+on a loaded machine; lag and drops do not (say the load).
 """
 
 from __future__ import annotations
@@ -32,13 +39,21 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
-from avarnet.bench import bench_checkpoint, write_scene_clip
+from avarnet.apps.bench import bench_checkpoint, write_scene_clip
 from avarnet.checkpoint import save_checkpoint
-from avarnet.config import DEFAULT_AUDIO_BACKBONE, DEFAULT_VIDEO_BACKBONE
+from avarnet.config import (
+    DEFAULT_AUDIO_BACKBONE,
+    DEFAULT_VIDEO_BACKBONE,
+    ONNX_PRECISIONS,
+    PRECISIONS,
+    RUNTIMES,
+)
 from avarnet.encoders import AudioEncoder, VideoEncoder
 from avarnet.extract import Extractor, build_spec
+from avarnet.runtime import supported_precisions
 from avarnet.stream import SegmentSource
 
 TOKEN = "bench-token"
@@ -165,10 +180,45 @@ def run_stream_baseline(clip: Path, ckpt: Path, minutes: float, out: Path, threa
     }
 
 
+def cpu_times() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far (/proc/stat)."""
+    first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    values = [int(x) for x in first[1:9]]  # user .. steal (guest time is already in user)
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return (sum(values) - idle) / TICK, sum(values) / TICK
+
+
+def machine() -> dict:
+    """The CPU model, the flags that decide what runs fast, and the cores."""
+    model, flags = None, set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name") and model is None:
+            model = line.split(":", 1)[1].strip()
+        elif line.startswith("flags") and not flags:
+            flags = set(line.split(":", 1)[1].split())
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+    return {
+        "cpu": model,
+        "nproc": os.cpu_count(),
+        "flags": [f for f in wanted if f in flags],
+    }
+
+
 def run_serve(
-    clip: Path, ckpt: Path, n: int, minutes: float, out: Path, threads: int, batch: int
+    clip: Path,
+    model: Path,
+    n: int,
+    minutes: float,
+    out: Path,
+    *,
+    runtime: str = "torch",
+    precision: str = "fp32",
+    threads: int = 0,
+    batch: int = 16,
+    cores: list[int] | None = None,
 ) -> dict:
-    folder = out / f"serve_{n}"
+    """One serve run of ``n`` cameras; the row of the table."""
+    folder = out / f"serve_{runtime}_{precision}_{n}"
     folder.mkdir(parents=True, exist_ok=True)
     mq_port, web_port = free_port(), free_port()
     conf = folder / "mosquitto.conf"
@@ -210,7 +260,9 @@ def run_serve(
         for i in range(n)
     }
     cfg = {
-        "checkpoint": str(ckpt),
+        "checkpoint": str(model),
+        "runtime": runtime,
+        "precision": precision,
         "device": "cpu",
         "cameras": cameras,
         "batch_segments": batch,
@@ -221,31 +273,43 @@ def run_serve(
     if threads:
         cfg["threads"] = threads
     (folder / "serve.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.Popen(
         [sys.executable, "-m", "avarnet", "serve", str(folder / "serve.yaml")],
         stdout=subprocess.DEVNULL,
         stderr=(folder / "serve.log").open("w"),
+        env=env,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
     )
     try:
         wait_until(
-            lambda: _up(web_port) and api(web_port, "/api/stats")["cameras"][0]["segments"] > 0,
+            lambda: (
+                _up(web_port)
+                and all(c["segments"] > 0 for c in api(web_port, "/api/stats")["cameras"])
+            ),
             proc,
         )
         time.sleep(WARMUP_S)
         first, stats0 = proc_sample(proc.pid), api(web_port, "/api/stats")
+        busy0, total0 = cpu_times()
         deadline = time.monotonic() + minutes * 60
         last = first
         lags: list[float] = []
+        loads: list[float] = []
         series = [first]  # one sample a minute: a plateau and a leak look alike at the ends only
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(5)
             last = proc_sample(proc.pid)
+            loads.append(os.getloadavg()[0])
             if last["t"] - series[-1]["t"] >= 60:
                 series.append(last)
             lags += [
                 c["lag_s"] for c in api(web_port, "/api/stats")["cameras"] if c["lag_s"] is not None
             ]
         stats1 = api(web_port, "/api/stats")
+        busy1, total1 = cpu_times()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=120)
         time.sleep(1.0)
@@ -262,22 +326,33 @@ def run_serve(
     segs = sum(c["segments"] for c in stats1["cameras"]) - sum(
         c["segments"] for c in stats0["cameras"]
     )
+    own = last["cpu_s"] - first["cpu_s"]
+    final_lags = [c["lag_s"] for c in stats1["cameras"] if c["lag_s"] is not None]
+    dropped = sum(c["dropped"] for c in stats1["cameras"])
     return {
         "cameras": n,
         "process": "serve",
+        "runtime": runtime,
+        "precision": precision,
         "seconds": round(wall, 1),
         "exit_code": code,
-        "cpu_per_camera": round((last["cpu_s"] - first["cpu_s"]) / wall / n, 3),
+        "cpu_per_camera": round(own / wall / n, 3),
         "rss_start_mib": first["rss_mib"],
         "rss_end_mib": last["rss_mib"],
         "rss_half_mib": series[len(series) // 2]["rss_mib"],
         "rss_by_minute": [x["rss_mib"] for x in series + [last]],
         "peak_rss_mib": last["peak_rss_mib"],
-        "cpu_per_segment": round((last["cpu_s"] - first["cpu_s"]) / max(1, segs), 3),
+        "cpu_per_segment": round(own / max(1, segs), 3),
         "segments_per_s": round(segs / wall, 2),
-        "dropped": sum(c["dropped"] for c in stats1["cameras"]),
+        "dropped": dropped - sum(c["dropped"] for c in stats0["cameras"]),
+        "dropped_warmup": sum(c["dropped"] for c in stats0["cameras"]),
         "lag_mean_s": round(float(np.mean(lags)), 2) if lags else None,
         "lag_max_s": round(float(np.max(lags)), 2) if lags else None,
+        "lag_end_s": round(max(final_lags), 2) if final_lags else None,
+        "load_mean": round(float(np.mean(loads)), 2) if loads else None,
+        # CPU seconds per second the rest of the machine used meanwhile (0: this run alone)
+        "others_cores": round(max(0.0, (busy1 - busy0) - own) / wall, 2),
+        "machine_busy": round((busy1 - busy0) / max(1e-9, total1 - total0), 3),  # of all cores
         "mean_batch": stats1["engines"][0]["mean_batch"],
         "events_db": events,
         "msgs_new": counts["new"],
@@ -286,19 +361,48 @@ def run_serve(
     }
 
 
+KEEP_PACE = 0.9  # segments processed per second / cameras, at least (a looped file's restarts
+# cost a little media time, so a server that keeps up measures a bit under 1)
+
+
+def kept(row: dict, max_lag: float) -> bool:
+    """The run kept every camera in real time: nothing dropped, keeping pace, and not more than
+    ``max_lag`` seconds behind at its end (a short run ends before a slow server's queue
+    overflows; these say it would)."""
+    lag_ok = row["lag_end_s"] is None or row["lag_end_s"] <= max_lag
+    pace_ok = row["segments_per_s"] >= KEEP_PACE * row["cameras"]
+    return row["dropped"] == 0 and lag_ok and pace_ok
+
+
+def search(run, start: int, most: int, max_lag: float, rows: list[dict], say) -> int:
+    """Add cameras from ``start`` until a run is not kept; the largest kept count (0: none)."""
+    best = 0
+    for n in range(start, most + 1):
+        row = run(n)
+        row["kept"] = kept(row, max_lag)
+        rows.append(row)
+        say(row)
+        if not row["kept"]:
+            break
+        best = n
+    return best
+
+
 def table(rows: list[dict]) -> str:
     head = (
-        "| process | cameras | s | segments/s (need) | CPU s per segment | CPU s per media s per camera"
-        " | RSS start / half-time / end MiB | dropped | lag mean s | lag max s | events (DB) | new / end messages |"
+        "| process | runtime | precision | cameras | s | segments/s (need) | CPU s per segment"
+        " | RSS start / end MiB | dropped | lag mean / max / end s | others' cores busy"
+        " | load | kept |"
     )
     lines = [head, "|" + "---|" * 13]
     for r in rows:
-        msgs = f"{r['msgs_new']} / {r['msgs_end']}" if "msgs_new" in r else "-"
+        lag = f"{r['lag_mean_s']} / {r['lag_max_s']} / {r.get('lag_end_s', '-')}"
         lines.append(
-            f"| {r['process']} | {r['cameras']} | {r['seconds']} | {r['segments_per_s']} ({r['cameras']}) | "
-            f"{r['cpu_per_segment']} | {r['cpu_per_camera']} | "
-            f"{r['rss_start_mib']} / {r.get('rss_half_mib', '-')} / {r['rss_end_mib']} | {r['dropped']} | {r['lag_mean_s']} | "
-            f"{r['lag_max_s']} | {r.get('events_db', '-')} | {msgs} |"
+            f"| {r['process']} | {r.get('runtime', 'torch')} | {r.get('precision', 'fp32')} | "
+            f"{r['cameras']} | {r['seconds']} | {r['segments_per_s']} ({r['cameras']}) | "
+            f"{r['cpu_per_segment']} | {r['rss_start_mib']} / {r['rss_end_mib']} | "
+            f"{r['dropped']} | {lag} | {r.get('others_cores', '-')} | {r.get('load_mean', '-')} | "
+            f"{'yes' if r.get('kept') else ('no' if 'kept' in r else '-')} |"
         )
     return "\n".join(lines)
 
@@ -306,8 +410,29 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/bench_serve"))
-    ap.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
-    ap.add_argument("--minutes", type=float, default=3.0)
+    ap.add_argument(
+        "--cameras", type=int, nargs="+", help="measure these counts (default: search upwards)"
+    )
+    ap.add_argument("--start", type=int, default=1, help="search: the first camera count")
+    ap.add_argument("--max-cameras", type=int, default=32, help="search: stop here")
+    ap.add_argument(
+        "--max-lag",
+        type=float,
+        default=5.0,
+        help="search: a run whose cameras end more than this many seconds behind, or that "
+        "processes under 0.9 segments per second per camera, is not kept",
+    )
+    ap.add_argument("--minutes", type=float, default=10.0, help="measured time per point")
+    ap.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=PRECISIONS,
+        help="default: every precision this CPU runs (bf16 only where it is native)",
+    )
+    ap.add_argument(
+        "--cores", type=int, default=2, help="pin the server to this many cores (0: all)"
+    )
     ap.add_argument("--clip-seconds", type=float, default=60.0, help="length of the looped clip")
     ap.add_argument(
         "--checkpoint",
@@ -316,7 +441,7 @@ def main() -> None:
     )
     ap.add_argument("--video-backbone", default=DEFAULT_VIDEO_BACKBONE)
     ap.add_argument("--audio-backbone", default=DEFAULT_AUDIO_BACKBONE)
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", type=int, help="encoder threads (default: --cores)")
     ap.add_argument("--batch", type=int, default=16, help="serve: most segments encoded together")
     ap.add_argument("--no-baseline", action="store_true", help="skip the single `stream` run")
     ap.add_argument(
@@ -326,42 +451,77 @@ def main() -> None:
     )
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
+    cores = sorted(os.sched_getaffinity(0))[: a.cores] if a.cores else None
+    threads = a.threads if a.threads is not None else (len(cores) if cores else 0)
     clip = a.out / f"scene_{a.clip_seconds:g}s.mp4"
     if not clip.exists():
         write_scene_clip(clip, a.clip_seconds)
     ckpt = a.checkpoint or a.out / "bench.ckpt"
     if not ckpt.exists():
         build_checkpoint(clip, ckpt, a.video_backbone, a.audio_backbone)
-    base_minutes = a.baseline_minutes or a.minutes
-    long_clip = a.out / f"scene_{base_minutes:g}min.mp4"
+    export = a.out / f"export-{ckpt.stem}"
+    if "onnx" in a.runtimes and not (export / "manifest.json").exists():
+        from avarnet.export import export_checkpoint
+
+        export_checkpoint(ckpt, export)
     info = {
-        "nproc": os.cpu_count(),
+        **machine(),
+        "cores_used": cores,
         "load_before": [round(x, 2) for x in os.getloadavg()],
-        "cpu": next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in open("/proc/cpuinfo")
-                if line.startswith("model name")
-            ),
-            None,
-        ),
         "minutes": a.minutes,
         "video_backbone": a.video_backbone,
         "audio_backbone": a.audio_backbone,
     }
-    rows = []
+    cpu = torch.device("cpu")
+    plan = []
+    for runtime in a.runtimes:
+        allowed = ONNX_PRECISIONS if runtime == "onnx" else PRECISIONS
+        runs = supported_precisions(cpu, allowed)  # never bf16 where this CPU lacks it
+        plan += [(runtime, p) for p in (a.precisions or runs) if p in runs]
+    rows: list[dict] = []
+    base_minutes = a.baseline_minutes or a.minutes
     if not a.no_baseline:
+        long_clip = a.out / f"scene_{base_minutes:g}min.mp4"
         if not long_clip.exists():
             write_scene_clip(long_clip, base_minutes * 60 + WARMUP_S + 10)
-        rows.append(run_stream_baseline(long_clip, ckpt, base_minutes, a.out, a.threads))
+        rows.append(run_stream_baseline(long_clip, ckpt, base_minutes, a.out, threads))
         print(table(rows), flush=True)
-    for n in a.cameras:
-        rows.append(run_serve(clip, ckpt, n, a.minutes, a.out, a.threads, a.batch))
-        print(table(rows), flush=True)
+    results = {}
+    for runtime, precision in plan:
+        model = export if runtime == "onnx" else ckpt
+
+        def run(n: int, runtime=runtime, precision=precision, model=model) -> dict:
+            return run_serve(
+                clip,
+                model,
+                n,
+                a.minutes,
+                a.out,
+                runtime=runtime,
+                precision=precision,
+                threads=threads,
+                batch=a.batch,
+                cores=cores,
+            )
+
+        def say(row: dict) -> None:
+            print(table([row]).splitlines()[-1], flush=True)
+
+        if a.cameras:
+            for n in a.cameras:
+                rows.append(run(n))
+                say(rows[-1])
+            continue
+        best = search(run, a.start, a.max_cameras, a.max_lag, rows, say)
+        results[f"{runtime} {precision}"] = best
+        print(f"{runtime} {precision}: {best} camera(s) kept", flush=True)
     info["load_after"] = [round(x, 2) for x in os.getloadavg()]
-    (a.out / "bench_serve.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
+    result = {"machine": info, "largest_kept": results, "rows": rows}
+    (a.out / "bench_serve.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(info))
     print(table(rows))
+    for key, best in results.items():
+        print(f"largest camera count kept with 0 dropped segments, {key}: {best}")
 
 
 if __name__ == "__main__":

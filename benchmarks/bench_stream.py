@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avarnet.bench import bench_checkpoint, write_scene_clip
+from avarnet.apps.bench import bench_checkpoint, write_scene_clip
 from avarnet.checkpoint import load_checkpoint
 from avarnet.encoders import AudioEncoder, VideoEncoder
 from avarnet.extract import Extractor, build_spec

@@ -2,7 +2,7 @@
 
 Writes official-format features for as many videos as the real dataset has (3,954 training and
 800 test videos, five crops each, list files and a gt.npy), imports them with
-``avarnet.xdv.import_official`` and prints, per list size, the wall time, the peak of Python
+``avarnet.apps.xdv.import_official`` and prints, per list size, the wall time, the peak of Python
 allocations (tracemalloc) and the process's peak resident memory. Features are short (``--snippets``)
 so the files fit on a laptop disk; what could grow with the list is the import's bookkeeping.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avarnet.xdv import FRAMES_PER_SNIPPET, NUM_CROPS, import_official
+from avarnet.apps.xdv import FRAMES_PER_SNIPPET, NUM_CROPS, import_official
 
 TRAIN, TEST = 3954, 800  # videos in the official lists
 CODES = ["A", "B1-0-0", "B2-G-0", "B4-0-0", "B5-0-0", "B6-B2-0", "G-0-0"]

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from avarnet.apps.xdv import import_extracted
 from avarnet.config import SAMPLE_RATE
 from avarnet.extract import extract_dataset
 from avarnet.synth import render_untrimmed, write_av
 from avarnet.weak import WeakConfig, evaluate_weak, train_weak
-from avarnet.xdv import import_extracted
 
 FPS = 25.0
 SEGMENT_SECONDS = 0.64  # 16 frames at 25 fps, the official snippet length in frames

@@ -32,7 +32,7 @@ def pytest_runtestloop(session):
 
 @pytest.fixture(scope="session")
 def tiny_backbones(tmp_path_factory) -> tuple[Path, Path]:
-    from avarnet.encoders import save_tiny_backbones
+    from backbone_factory import save_tiny_backbones
 
     return save_tiny_backbones(tmp_path_factory.mktemp("backbones"))
 

@@ -36,7 +36,7 @@ PRELOAD = [
     "avarnet.extract",
     "avarnet.predict",
     "avarnet.stream",
-    "avarnet.serve.app",
+    "avarnet.apps.serve.app",
     "avarnet.report",  # matplotlib, for predict's timeline
     "scipy.signal",  # the timeline's peaks
     "transformers.models.mobilevit.modeling_mobilevit",

@@ -157,6 +157,8 @@ class Subscriber:
             protocol=mqtt.MQTTv311,
         )
         self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe("avarnet/#", qos=1)
+        self.subscribed = threading.Event()  # set once the broker confirmed the subscription
+        self.client.on_subscribe = lambda *args: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 1)
         self.client.connect("127.0.0.1", port, keepalive=5)
@@ -283,3 +285,89 @@ def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
         time.sleep(0.2)
     tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})\n{tail}")
+
+
+# ------------------------------------------------------------------ the server in this process
+
+
+class Capture:
+    """Every message the server publishes, kept in memory (a Publisher of the server, or its
+    whole output where the server has a single MQTT slot)."""
+
+    name = "capture"
+    error = None
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.anomalies: list[dict] = []
+        self.states: list[dict] = []
+        self.events: list[tuple[str, dict]] = []
+
+    def start(self) -> None:
+        pass
+
+    def event(self, kind, before, after, record=None) -> None:
+        with self.lock:
+            self.events.append((kind, dict(after)))
+
+    def anomaly(self, camera, payload) -> None:
+        with self.lock:
+            self.anomalies.append(dict(payload))
+
+    def state(self, camera, payload) -> None:
+        with self.lock:
+            self.states.append(dict(payload))
+
+    def cameras(self, cameras) -> None:
+        pass
+
+    def flush(self, timeout_s: float = 0.0) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+    def stats(self):
+        return None
+
+    def scores(self, camera: str) -> list[float]:
+        """Per-segment scores of ``camera`` in segment order (the last session's)."""
+        with self.lock:
+            rows = [a for a in self.anomalies if a["camera"] == camera]
+        return [a["score"] for a in sorted(rows, key=lambda a: a["segment"])]
+
+    def ended(self) -> list[dict]:
+        with self.lock:
+            return [after for kind, after in self.events if kind == "end"]
+
+
+def attach(server, publisher) -> None:
+    """Add ``publisher`` to the server's outputs."""
+    if hasattr(server, "publishers"):
+        server.publishers.add(publisher)
+    else:  # a server with one MQTT output
+        server.mqtt = publisher
+
+
+def serve_here(config, publisher=None, until=None, timeout: float = 60.0, patch=None):
+    """Run a :class:`Server` for ``config`` in this process until ``until(server)`` (default: every
+    camera thread ended) or ``timeout``; stop it and return (server, capture)."""
+    from avarnet.apps.serve.app import Server
+
+    capture = publisher or Capture()
+    server = Server(config)
+    attach(server, capture)
+    server.load_models()
+    if patch is not None:
+        patch(server)
+    server.start()
+    until = until or (lambda s: not any(r.is_alive() for r in s.readers))
+    deadline = time.monotonic() + timeout
+    try:
+        while not until(server) and time.monotonic() < deadline:
+            if hasattr(server, "tick"):
+                server.tick()
+            time.sleep(0.05)
+    finally:
+        server.shutdown()
+    return server, capture

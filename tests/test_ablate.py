@@ -9,20 +9,18 @@ import shutil
 import pytest
 from feature_factory import make_store
 
-import avarnet.ablate as ablate
-from avarnet.ablate import (
-    CSV_COLUMNS,
+import avarnet.apps.ablate as ablate
+from avarnet.apps.ablate import (
     RESULT_FILE,
     RUNS_DIR,
     AblationError,
     AblationGrid,
     Cell,
     load_result,
-    main_table,
     run_ablation,
-    winner_line,
 )
 from avarnet.cli import main
+from avarnet.report.ablation import CSV_COLUMNS, main_table, winner_line
 
 TINY = dict(hidden=8, stages=2, layers=2, heads=2)
 EPOCHS = 2
@@ -48,7 +46,7 @@ def finished(store, tmp_path_factory):
 
 
 def counting_train(monkeypatch) -> list[str]:
-    """Wrap avarnet.ablate.train; returns the list that collects the run folder of every call."""
+    """Wrap avarnet.apps.ablate.train; returns the list that collects the run folder of every call."""
     calls: list[str] = []
     real = ablate.train
 

@@ -171,3 +171,29 @@ def test_webhook_queue_is_bounded():
 def test_webhook_rejects_non_http_urls():
     with pytest.raises(ValueError):
         WebhookPoster("ftp://127.0.0.1/x")
+
+
+def test_webhook_shows_its_url_through_the_one_redaction_helper(caplog):
+    """Logs and statistics show the webhook as `scheme://host:port/...` (tokens live in webhook
+    paths and queries); a refused URL's error line has no password either."""
+    import logging
+    import socket
+
+    from avarnet.errors import InvalidArgumentError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://bob:hunter2@127.0.0.1:{port}/services/T0/B0/PATHSECRET?token=T0KEN&room=7"
+    with caplog.at_level(logging.WARNING, logger="avarnet"):
+        poster = WebhookPoster(url, attempts=2, backoff_s=0.01, timeout_s=0.5)
+        poster.post({"type": "event"})
+        stats = poster.close()
+    assert poster.display_url == f"http://***@127.0.0.1:{port}/..."
+    text = " ".join(r.getMessage() for r in caplog.records) + json.dumps(stats.to_dict())
+    assert poster.display_url in text
+    assert "hunter2" not in text and "T0KEN" not in text and "bob" not in text
+    assert "PATHSECRET" not in text
+    with pytest.raises(InvalidArgumentError) as err:
+        WebhookPoster("ftp://bob:pw5678x@127.0.0.1/x")
+    assert "pw5678x" not in str(err.value) and "ftp://bob:***@127.0.0.1/x" in str(err.value)

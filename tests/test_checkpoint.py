@@ -81,6 +81,14 @@ def test_checkpoint_metadata_is_checked_before_the_model_is_built(tiny_ckpt_path
         ({"meta": {"model_config": "{not json"}}, "'model_config' is not valid JSON"),
         ({"drop": ("train_config",)}, "'train_config' is missing"),
         ({"meta": {"feature_spec": json.dumps({"bogus": 1})}}, "'feature_spec' is invalid"),
+        # parsing recursion: bounded before the parser sees the text
+        ({"meta": {"extra": "[" * 200_000 + "]" * 200_000}}, "nested 200000 levels deep"),
+        ({"meta": {"classes": '{"a": ' * 5000 + "1" + "}" * 5000}}, "nested 5000 levels deep"),
+        # a class name is a dataset folder name (export-reviewed writes OUT/<class>/)
+        (
+            {"meta": {"classes": json.dumps(["../crash", "normal", "pain"])}},
+            "class name '../crash' is not a plain folder name",
+        ),
     ],
 )
 def test_damaged_checkpoints_are_one_line_naming_the_file(

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from avarnet.apps.demo import DemoOptions, run_demo
 from avarnet.cli import build_parser, main
 from avarnet.config import (
     AUDIO_MODES,
@@ -29,7 +30,6 @@ from avarnet.config import (
     ModelConfig,
     TrainConfig,
 )
-from avarnet.demo import DemoOptions, run_demo
 from avarnet.store import FeatureStore
 
 
@@ -44,7 +44,7 @@ def test_demo_runs_every_stage_and_falls_back_to_random_weights_with_a_warning(
     tiny_backbones, tmp_path, monkeypatch, caplog
 ):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from avarnet import demo
+    from avarnet.apps import demo
 
     # the requested pretrained video backbone cannot be loaded; the random fallback uses the tiny configs
     opts = tiny_demo(tiny_backbones, duration=(1.5, 2.0), epochs=3)
@@ -77,7 +77,7 @@ def test_demo_runs_every_stage_and_falls_back_to_random_weights_with_a_warning(
 
 def test_choose_weights_reports_why(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from avarnet.demo import choose_weights
+    from avarnet.apps.demo import choose_weights
 
     weights, reason = choose_weights(DemoOptions(video_backbone="no-such-org/no-model"))
     assert weights == "random" and "random weights" in reason
@@ -130,9 +130,9 @@ def subcommand_parsers(parser: argparse.ArgumentParser, prefix: str = "") -> dic
 
 def option_config_map() -> dict[str, tuple[type, ...]]:
     """The dataclasses whose fields a command's options set."""
-    from avarnet.ablate import AblationGrid
     from avarnet.alerts import AlertRule
-    from avarnet.bench import BenchOptions
+    from avarnet.apps.ablate import AblationGrid
+    from avarnet.apps.bench import BenchOptions
     from avarnet.stream import StreamOptions
     from avarnet.weak import WeakConfig
 

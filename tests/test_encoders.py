@@ -381,3 +381,77 @@ def test_video_forward_is_the_batch_method(video_dir: Path) -> None:
     enc = VideoEncoder.load(str(video_dir), device="cpu")
     frames = np.random.default_rng(6).integers(0, 255, (3, 50, 70, 3), dtype=np.uint8)
     np.testing.assert_allclose(enc.forward(enc.preprocess(frames)), enc.encode(frames), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the defaults stay as they were
+
+
+def test_default_backbones_are_bit_identical_to_the_plain_models(
+    video_dir: Path, audio_dir: Path
+) -> None:
+    """MobileViT and Wav2Vec2 through the encoder interface give exactly what the bare models give
+    on the preprocessing they always had (resize, crop, flip, /255; zero-mean unit-variance audio),
+    and record nothing new in the feature spec (old stores and checkpoints compare equal)."""
+    import torch.nn.functional as F
+    from transformers import MobileViTModel, Wav2Vec2Model
+
+    video = VideoEncoder.load(str(video_dir), device="cpu")
+    audio = AudioEncoder.load(str(audio_dir), device="cpu")
+    assert video.entry == {} and audio.entry == {} and video.kind == "frame"
+    frames = synthetic_frames(3, 90, 120, seed=5)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(72, 96), mode="bilinear", antialias=True, align_corners=False)
+    x = x[..., 4:68, 16:80] * (1.0 / 255.0)
+    with torch.inference_mode():
+        expected = MobileViTModel.from_pretrained(video_dir).eval()(pixel_values=x).pooler_output
+    assert torch.equal(torch.from_numpy(video.encode(frames)), expected)
+    samples = np.random.default_rng(6).normal(size=5000).astype(np.float32)
+    norm = (samples - samples.mean()) / np.sqrt(samples.var() + 1e-7)
+    with torch.inference_mode():
+        model = Wav2Vec2Model.from_pretrained(audio_dir).eval()
+        hidden = model(input_values=torch.from_numpy(norm[None].astype(np.float32)))
+    assert torch.equal(torch.from_numpy(audio.encode_chunk(samples)), hidden.last_hidden_state[0])
+
+
+def test_specs_without_encoder_fields_still_load() -> None:
+    from avarnet.config import FeatureSpec, spec_problem
+
+    old = {k: v for k, v in FeatureSpec().to_dict().items() if not k.endswith("_encoder")}
+    spec = FeatureSpec.from_dict(old)
+    assert spec == FeatureSpec() and spec.video_encoder == spec.audio_encoder == {}
+    assert spec_problem(spec) is None
+    assert "video_encoder" in spec_problem(spec.replace(video_encoder="onnx"))
+
+
+# --------------------------------------------------------------------------- any transformers model
+
+
+def test_other_image_family_matches_its_own_processor(tmp_path: Path) -> None:
+    """A ViT folder loads through AutoModel, takes its processor's rescale and mean/std, and gives
+    its pooler output; the feature spec entry says so."""
+    import encoder_factory as ef
+    from transformers import AutoImageProcessor, ViTModel
+
+    folder = ef.save_tiny_vit(tmp_path / "vit")
+    encoder = VideoEncoder.load(str(folder), device="cpu")
+    assert encoder.entry["model_type"] == "vit" and encoder.entry["pooling"] == "pooler_output"
+    assert encoder.dim == 16 and encoder.image_size == 32
+    frames = synthetic_frames(2, 32, 32, seed=7)  # already the model's size: no resampling
+    pixels = AutoImageProcessor.from_pretrained(folder)(list(frames), return_tensors="pt")
+    with torch.inference_mode():
+        expected = ViTModel.from_pretrained(folder).eval()(**pixels).pooler_output
+    np.testing.assert_allclose(encoder.encode(frames), expected.numpy(), atol=1e-5)
+
+
+def test_other_waveform_family_and_wrong_sense(tmp_path: Path, video_dir: Path) -> None:
+    import encoder_factory as ef
+
+    folder = ef.save_tiny_hubert(tmp_path / "hubert")
+    audio = AudioEncoder.load(str(folder), device="cpu")
+    assert audio.entry == {"backend": "transformers", "kind": "waveform", "model_type": "hubert"}
+    assert (audio.hop, audio.receptive_field, audio.dim) == (320, 400, 16)
+    assert audio.encode_chunk(np.zeros(16_000, np.float32)).shape == (49, 16)
+    with pytest.raises(EncoderLoadError, match="another image model"):
+        VideoEncoder.load(str(folder), device="cpu")
+    random = AudioEncoder.load(str(folder), weights="random", seed=3, device="cpu")
+    assert random.describe() == {"seed": 3, "init": "transformers default init"}

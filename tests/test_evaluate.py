@@ -76,3 +76,51 @@ def test_a_store_with_other_classes_or_an_empty_split_is_refused(trained, tmp_pa
     same = make_store(tmp_path / "same", per_class=1)  # one clip per class, all in test
     with pytest.raises(EvaluateError, match="empty"):
         evaluate(trained.checkpoint, same, split="val")
+
+
+@pytest.fixture(scope="module")
+def causal_store(tiny_backbones, tiny_dataset, tmp_path_factory):
+    """``tiny_dataset`` extracted with the features a stream computes (look-back 0)."""
+    from conftest import extract_argv
+
+    from avarnet.cli import main
+
+    feats = tmp_path_factory.mktemp("causal") / "feats"
+    argv = extract_argv(tiny_backbones, tiny_dataset, feats, "--workers", "0")
+    assert main([*argv, "--audio-features", "causal", "--audio-context", "0"]) == 0
+    return FeatureStore.open(feats)
+
+
+def test_live_accuracy_is_what_predict_causal_gives(causal_store, tmp_path, one_thread):
+    """metrics.json's live section scores each test clip as `predict --causal` does: the same
+    per-segment probabilities, hence the same verdicts and accuracy."""
+    from conftest import untrained_checkpoint
+
+    from avarnet.checkpoint import save_checkpoint
+    from avarnet.cli import main
+    from avarnet.evaluate import score_clips
+
+    ckpt_path = tmp_path / "c.ckpt"
+    save_checkpoint(ckpt_path, untrained_checkpoint(causal_store.spec, seq_len=3, std=0.05))
+    ckpt = load_checkpoint(ckpt_path)
+    assert main(["-q", "evaluate", str(ckpt_path), str(causal_store.root), "--out",
+                 str(tmp_path / "eval"), "--no-report", "--device", "cpu"]) == 0  # fmt: skip
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    live: list = []
+    clips = score_clips(ckpt, causal_store, "test", live=live)
+    root = causal_store.info["data_root"]
+    hits, differs = [], False
+    for clip, steps, row in zip(clips, live, m["live"]["predictions"], strict=True):
+        out = tmp_path / "pred" / clip.entry.id
+        video = f"{root}/{clip.entry.source}"
+        assert main(["-q", "predict", video, "--checkpoint", str(ckpt_path), "--out", str(out),
+                     "--causal", "--device", "cpu"]) == 0  # fmt: skip
+        pred = json.loads((out / "prediction.json").read_text())
+        got = np.array([[s["probabilities"][c] for c in ckpt.classes] for s in pred["segments"]])
+        np.testing.assert_allclose(got, steps, atol=1e-4)
+        differs |= bool(np.abs(steps - clip.steps).max() > 1e-3)  # live is not the offline score
+        assert row["id"] == clip.entry.id and row["predicted"] == pred["label"]
+        hits.append(pred["label"] == clip.entry.label)
+    assert differs
+    assert m["live"]["accuracy"] == pytest.approx(np.mean(hits))
+    assert sum(map(sum, m["live"]["confusion_matrix"])) == len(hits) == m["n"]

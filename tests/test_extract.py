@@ -77,6 +77,9 @@ def test_hostile_inputs_never_crash_extraction(hostile_dataset, tiny_backbones, 
     assert len(store.failures) == 5 and all(f["path"].startswith("crash/") for f in store.failures)
     failed_lines = [ln for ln in out.out.splitlines() if ln.strip().startswith("failed:")]
     assert len(failed_lines) == 5 and "Traceback" not in out.err + out.out
+    for f in store.failures:  # each failure is printed once, on stdout or stderr
+        said = [ln for ln in (out.out + out.err).splitlines() if f["path"] in ln]
+        assert len(said) == 1, said
     by_name = {Path(e.source).name: e for e in store.entries}
     silent = [e for e in store.entries if not e.has_audio]
     assert len(silent) == 1 and not store.load(silent[0])["audio_mask"].any()
@@ -201,3 +204,50 @@ def test_missing_pretrained_weights_one_clear_line(tiny_dataset, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and "--weights random" in err[0] and "Traceback" not in err[0]
+
+
+def test_every_engine_takes_one_options_object_and_refuses_unknown_settings(tmp_path):
+    """ExtractOptions: keyword settings replace its fields by name; unknown names and bad values are
+    one-line input errors before anything is read or written, in the local and the Ray engine."""
+    from avarnet.apps.extract_ray import extract_dataset_ray
+    from avarnet.errors import InvalidArgumentError
+    from avarnet.extract import ExtractOptions, extract_dataset
+
+    base = ExtractOptions(weights="random", workers=0, seed=3)
+    o = ExtractOptions.of(base, precision="bf16", segment_seconds=0.5)
+    assert (o.weights, o.workers, o.seed, o.precision, o.segment_seconds) == (
+        "random", 0, 3, "bf16", 0.5,
+    )  # fmt: skip
+    assert ExtractOptions.of() == ExtractOptions()
+    for bad, words in (
+        ({"workers": -1}, "workers must be >= 0"),
+        ({"precision": "fp64"}, "precision must be one of fp32, bf16, fp16"),
+        ({"audio_mode": "live"}, "audio_mode must be one of chunked, causal"),
+    ):
+        with pytest.raises(InvalidArgumentError, match=words):
+            ExtractOptions.of(**bad)
+    out = tmp_path / "o"
+    with pytest.raises(InvalidArgumentError, match="unexpected keyword argument 'engine'"):
+        extract_dataset(tmp_path, out, base, engine="ray")
+    with pytest.raises(InvalidArgumentError, match="workers"):
+        extract_dataset_ray(tmp_path, out, settings=base)  # the Ray engine decodes in Ray tasks
+    assert not out.exists()
+
+
+def test_decoded_pieces_are_typed_messages_in_order(tmp_path):
+    """A decoding worker's pieces: VideoInfo, Frames covering the T * k frames in order, AudioChunks
+    with rising offsets, then End counting what was sent."""
+    from avarnet.decode import AudioChunk, DecodePlan, End, Frames, VideoInfo, decode_pieces
+
+    path = mf.clip(tmp_path / "c.mp4", seconds=3.0)
+    plan = DecodePlan(1.0, 12, 32, 1.0, 16_000)  # 36 frames: two Frames pieces
+    pieces = list(decode_pieces(str(path), plan))
+    info, *frames, end = [p for p in pieces if not isinstance(p, AudioChunk)]
+    chunks = [p for p in pieces if isinstance(p, AudioChunk)]
+    assert isinstance(info, VideoInfo) and info.T == 3 and isinstance(end, End)
+    assert all(isinstance(f, Frames) for f in frames) and len(frames) == 2
+    assert [f.start for f in frames] == [0, len(frames[0].frames)]
+    assert end.frames == sum(len(f.frames) for f in frames) == 36
+    assert end.chunks == len(chunks) >= 3 and [c.index for c in chunks] == list(range(len(chunks)))
+    assert [round(c.offset, 3) for c in chunks[:3]] == [0.0, 1.0, 2.0]  # 1-s chunks
+    assert pieces.index(chunks[0]) > pieces.index(frames[-1])

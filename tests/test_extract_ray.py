@@ -13,7 +13,7 @@ import pytest
 from conftest import backbones
 from test_extract_scale import assert_same_store, index_ids
 
-from avarnet.extract_ray import RayOptions, extract_dataset_ray
+from avarnet.apps.extract_ray import RayOptions, extract_dataset_ray
 from avarnet.store import FeatureStore
 
 # Ray is imported where a cluster starts: of the test workers, only the one that runs it pays for it
@@ -124,3 +124,39 @@ def test_ray_engine_takes_the_local_engines_settings_and_refuses_the_rest(tmp_pa
     with pytest.raises(InvalidArgumentError, match="unexpected keyword argument 'engine'"):
         extract_dataset_ray(tmp_path, tmp_path / "o", engine="ray")
     assert not (tmp_path / "o").exists()
+
+
+def test_pipeline_asks_resources_by_name_and_keeps_decoding_apart(
+    cluster, tiny_store, tmp_path, capsys
+):
+    """No argument Ray Data has deprecated (free-form remote arguments, ``concurrency``), and
+    decoding stays an operator of its own: never fused into the encoder actors."""
+    import warnings
+
+    import ray
+
+    from avarnet.apps.extract_ray import build_pipeline
+
+    spec = FeatureStore.open(tiny_store).spec
+    rows = [{"path": f"/x/{i}.mp4", "rel_path": f"c/{i}.mp4", "vid": str(i), "label": "c",
+             "split": "train"} for i in range(3)]  # fmt: skip
+    for res in (  # a CPU cluster, and a GPU one
+        {"actors": 2, "actor": {"num_cpus": 1.0}, "decode_cpus": 1.0},
+        {"actors": 1, "actor": {"num_cpus": 1.0, "num_gpus": 0.5}, "decode_cpus": 1.0},
+    ):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = build_pipeline(ray, rows, spec, tmp_path, "cpu", res, RayOptions())
+        deprecated = [  # Ray's own settings may warn too: only what this call site asks counts
+            w
+            for w in caught
+            if issubclass(w.category, DeprecationWarning)
+            and (w.filename.endswith("extract_ray.py") or "remote_args" in str(w.message))
+        ]
+        assert not deprecated, [str(w.message) for w in deprecated]
+        capsys.readouterr()
+        ds.explain()
+        physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[-1]
+        decode = [line for line in physical.splitlines() if "decode_row" in line]
+        assert len(decode) == 1 and "Encoder" not in decode[0], physical
+        assert "MapBatches(VideoEncoderActor)" in physical

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -67,13 +71,14 @@ def test_parallel_random_weights_match_in_process(tiny_dataset, tiny_backbones, 
 
 
 def test_precision_is_recorded_and_refused_where_missing(tiny_dataset, tiny_backbones, tmp_path):
+    from avarnet.config import ENCODER_PRECISIONS
     from avarnet.encoders import resolve_device
-    from avarnet.extract import supported_precisions
+    from avarnet.runtime import supported_precisions
 
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         extract_dataset(tiny_dataset, tmp_path / "x", precision="fp16", **backbones(tiny_backbones))
     assert not (tmp_path / "x").exists()
-    if "bf16" not in supported_precisions(resolve_device("cpu")):
+    if "bf16" not in supported_precisions(resolve_device("cpu"), ENCODER_PRECISIONS):
         pytest.skip("this CPU has no bf16")
     out = tmp_path / "bf16"
     extract_dataset(tiny_dataset, out, precision="bf16", workers=1, **backbones(tiny_backbones))
@@ -140,3 +145,104 @@ def test_waiting_audio_chunks_stay_bounded_when_decoders_stay_ahead(
     r = extract_dataset(tiny_dataset, tmp_path / "f", workers=1, **backbones(tiny_backbones))
     assert r.done == 9
     assert 0 < max(waiting) < batch
+
+
+def _session_members(sid: int) -> dict[int, str]:
+    """pid -> command line of every process in session ``sid`` (fields of /proc/PID/stat)."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, pgrp, session, ...
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found[int(d.name)] = cmdline
+    return found
+
+
+def test_sigkill_of_extract_leaves_no_worker_behind(tiny_dataset, tiny_backbones, tmp_path):
+    """`extract --workers 2` killed outright: its decoding workers (and whatever they keep alive)
+    end within 5 s instead of waiting forever on their task queues."""
+    cmd = [sys.executable, "-m", "avarnet"]
+    cmd += extract_argv(tiny_backbones, tiny_dataset, tmp_path / "f", "--workers", "2")
+    proc = launcher.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        workers: dict[int, str] = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = {p: c for p, c in _session_members(proc.pid).items() if p != proc.pid}
+            if sum("multiprocessing" in c for c in workers.values()) >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "extraction finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)  # the parent only, as the OOM killer or `kill -9` would
+        proc.wait(10)
+        deadline = time.monotonic() + 5
+        left = _session_members(proc.pid)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = _session_members(proc.pid)
+        assert not left, f"still running after the parent was killed: {left}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:  # a loopback port nothing listens on (once this socket is closed)
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["::garbage::", "ray://", "ray://host:port", "127.0.0.1:{closed}", "ray://127.0.0.1:{closed}"],
+)
+def test_ray_engine_refuses_a_bad_or_unreachable_address_in_one_line(
+    address, tiny_dataset, tiny_backbones, tmp_path, capsys
+):
+    pytest.importorskip("ray.data")
+    from avarnet.cli import main
+
+    out = tmp_path / "f"
+    argv = extract_argv(tiny_backbones, tiny_dataset, out, "--engine", "ray")
+    start = time.monotonic()
+    code = main([*argv, "--address", address.format(closed=_closed_port())])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "Ray" in err[0], err
+    assert time.monotonic() - start < 15 and not out.exists()
+
+
+def test_a_dead_decoding_worker_fails_only_its_video_and_hands_the_rest_on(
+    tiny_dataset, tiny_backbones, tmp_path, monkeypatch
+):
+    """The worker decoding a video is killed as its first piece arrives: that video fails with one
+    line, the worker's other video goes (with its claim) to the worker started in its place, and
+    every other video is written."""
+    import avarnet.extract as ex
+    from avarnet.decode import VideoInfo
+
+    handle, killed = ex.ParallelExtraction._handle, []
+
+    def kill_first(self, msg):
+        if not killed and isinstance(msg.piece, VideoInfo):
+            proc = self.procs[msg.wid][0]
+            killed.append((msg.wid, len(self.assigned[msg.wid])))
+            proc.kill()
+            proc.join(10)
+            self._check_workers()
+        handle(self, msg)
+
+    monkeypatch.setattr(ex.ParallelExtraction, "_handle", kill_first)
+    out = tmp_path / "f"
+    r = extract_dataset(tiny_dataset, out, workers=1, **backbones(tiny_backbones))
+    assert killed == [(0, ex.TASKS_PER_WORKER)]  # one video in decoding, one waiting behind it
+    assert [f["reason"] for f in r.failures] == ["the decoding process died (exit code -9)"]
+    assert r.done == 8 and len(index_ids(out)) == 8
+    assert not list((out / ".claims").glob("*.lock"))  # every claim released

@@ -18,7 +18,7 @@ from conftest import make_tiny_extractor as tiny_extractor
 from avarnet import features
 from avarnet.checkpoint import save_checkpoint
 from avarnet.cli import main
-from avarnet.cli_stream import LiveView
+from avarnet.cli.stream_view import LiveView
 from avarnet.config import FeatureSpec
 from avarnet.features import SegmentEncoder, live_spec
 from avarnet.media import SegmentSource

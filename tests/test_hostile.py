@@ -37,7 +37,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file as save_numpy
 
 from avarnet import alerts, media
-from avarnet.alerts import AlertRule, AlertTracker, WebhookPoster, redact_url
+from avarnet.alerts import AlertRule, AlertTracker, WebhookPoster
 from avarnet.checkpoint import load_checkpoint
 from avarnet.cli import main
 from avarnet.data import read_splits_csv, scan_dataset
@@ -553,10 +553,7 @@ def test_webhook_credentials_are_sent_as_basic_auth_and_never_logged(caplog):
         stats = dead.close()
     text = " ".join(r.getMessage() for r in caplog.records) + str(stats.to_dict())
     assert stats.failed == 1 and "hunter2" not in text and "T0KEN" not in text and "bob" not in text
-    assert (
-        redact_url("https://u:p@hooks.example.com:8443/services/T/B/XYZ?k=v")
-        == "https://***@hooks.example.com:8443/..."
-    )
+    assert dead.display_url == "http://***@127.0.0.1:9/..."
 
 
 def test_stream_with_an_undelivered_webhook_exits_partial(

@@ -65,3 +65,32 @@ def test_written_files_follow_the_umask(umask, tmp_path):
     ]
     for f in files:
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f
+
+
+def test_atomic_copy_replaces_a_planted_link_and_follows_the_umask(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"payload" * 1000)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    target = tmp_path / "out" / "copy.bin"
+    target.parent.mkdir()
+    target.symlink_to(victim)  # a link where the copy goes: replaced, never written through
+    old = os.umask(0o027)
+    try:
+        io.atomic_copy(src, target)
+    finally:
+        os.umask(old)
+    assert victim.read_text() == "precious"
+    assert not target.is_symlink() and target.read_bytes() == src.read_bytes()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert [p.name for p in target.parent.iterdir()] == ["copy.bin"]  # no temporary left
+
+
+def test_json_nesting_is_bounded_before_parsing():
+    assert io.json_depth('{"a": [1, {"b": "[[[{{{"}], "c": "\\"]"}') == 3
+    assert io.loads('[[["]]]]]"]]]') == [[["]]]]]"]]]
+    with pytest.raises(ValueError, match="nested 200000 levels deep"):
+        io.loads("[" * 200_000 + "]" * 200_000)  # json.loads alone: RecursionError
+    # hostile strings are scanned in one pass (an unterminated one, escaped quotes)
+    for text in ('"' + '\\"' * 300_000, '"' + '\\"' * 300_000 + "\\", '["a\\\\"' * 100_000):
+        io.json_depth(text)  # finishes at once (quadratic scanning would take minutes)

@@ -24,3 +24,11 @@ def test_redact_masks_passwords_and_secret_parameters(raw, expected):
 def test_redact_secrets_masks_a_configured_secret_repeated_outside_a_url():
     line = "login refused for user cam with password hunter22"
     assert "hunter22" not in redact_secrets(line, ["hunter22"])
+
+
+def test_redact_endpoint_hides_a_webhooks_path_and_credentials():
+    from avarnet.redact import redact_endpoint
+
+    url = "https://u:pw@hooks.example.com:8443/services/T0/B0/XYZSECRET?token=t"
+    assert redact_endpoint(url) == f"https://{MASK}@hooks.example.com:8443/..."
+    assert redact_endpoint("http://h:9") == "http://h:9"

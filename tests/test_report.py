@@ -18,7 +18,7 @@ from conftest import strict_load
 from feature_factory import make_store
 from media_factory import clip
 
-from avarnet.ablate import AblationGrid, run_ablation
+from avarnet.apps.ablate import AblationGrid, run_ablation
 from avarnet.config import ModelConfig, TrainConfig
 from avarnet.evaluate import evaluate
 from avarnet.models import create_model

@@ -41,6 +41,41 @@ def test_autocast_dtype_per_precision_and_device():
     assert set(PRECISIONS) == {"fp32", "bf16", "fp16", "int8"}
 
 
+def test_one_rule_per_precision_offers_bf16_only_where_native(monkeypatch):
+    """Every path asks runtime which precisions a device runs: a CPU without bf16 instructions is
+    never offered bf16 and refuses it in one line naming what it runs; dtypes come from one map."""
+    from avarnet import runtime
+    from avarnet.config import ENCODER_PRECISIONS
+    from avarnet.errors import InvalidArgumentError
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert [runtime.precision_dtype(p) for p in PRECISIONS] == [
+        None, torch.bfloat16, torch.float16, None,
+    ]  # fmt: skip
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    assert runtime.supported_precisions(cpu) == ["fp32", "int8"]
+    assert runtime.supported_precisions(cpu, ENCODER_PRECISIONS) == ["fp32"]
+    for check in (runtime.check_precision, runtime.autocast_dtype):
+        with pytest.raises(InvalidArgumentError, match="bf16 is not native on this CPU; .* fp32"):
+            check("bf16", cpu)
+    with pytest.raises(
+        InvalidArgumentError, match="^precision fp16 needs a GPU; on this CPU use fp32$"
+    ):
+        runtime.check_precision("fp16", cpu, ENCODER_PRECISIONS)
+    assert runtime.resolve_precision("auto", cpu) == "fp32"
+    a = torch.ones(4, 4)
+    with runtime.precision_autocast("auto", cpu):
+        assert (a @ a).dtype == torch.float32
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    assert runtime.supported_precisions(cpu) == ["fp32", "bf16", "int8"]
+    assert runtime.resolve_precision("auto", cpu) == "bf16"
+    with runtime.precision_autocast("auto", cpu):
+        assert (a @ a).dtype == torch.bfloat16
+    assert "fp16" in runtime.supported_precisions(
+        gpu
+    ) and "int8" not in runtime.supported_precisions(gpu)
+
+
 def test_autocast_runs_in_the_reduced_precision_or_not_at_all():
     a = torch.ones(4, 4)
     with autocast(torch.device("cpu"), torch.bfloat16):

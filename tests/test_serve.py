@@ -11,10 +11,10 @@ import av
 import pytest
 import serve_support as ss
 
+from avarnet.apps.serve.clips import prune
+from avarnet.apps.serve.config import ConfigError, load_config
+from avarnet.apps.serve.events import EventStore
 from avarnet.cli import main
-from avarnet.serve.clips import prune
-from avarnet.serve.config import ConfigError, load_config
-from avarnet.serve.events import EventStore
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_mqtt_messages_clip_snapshot_and_last_will(tmp_path, ckpt, clip6, broker
         late.close()
 
         # the event on disk: database row, clip with audio (remuxed), snapshot
-        store = EventStore(tmp_path / "store" / "events.db")
+        store = EventStore(tmp_path / "store" / "events.db", lock=False)  # the server runs
         (row,) = store.list()
         store.close()
         assert row["id"] == end["id"] and row["closed_by"] == "end of stream"
@@ -167,7 +167,9 @@ def test_mqtt_messages_clip_snapshot_and_last_will(tmp_path, ckpt, clip6, broker
 
 @pytest.mark.slow
 def test_broker_down_during_events_nothing_lost_in_order(tmp_path, ckpt, broker, tiny_backbones):
-    short = ss.make_clip(tmp_path / "loop.mp4", 1.0)
+    # 2 s a pass: the event of a pass is open for its second second (segments are handed out as
+    # the source's audio and video arrive in real time, as `stream --realtime` hands them out)
+    short = ss.make_clip(tmp_path / "loop.mp4", 2.0)
     sub = ss.Subscriber(
         broker.port, "sub-outage"
     )  # persistent session: the broker keeps its messages
@@ -182,7 +184,7 @@ def test_broker_down_during_events_nothing_lost_in_order(tmp_path, ckpt, broker,
                 "realtime": True,
                 "alerts": ALWAYS | {"min_segments": 1},
             }
-        },  # one 1-s event per pass
+        },  # one event per pass
         tmp_path / "store",
         port,
         broker.port,
@@ -351,9 +353,9 @@ def test_batching_across_cameras_equals_one_stream_per_camera(tiny_backbones, tm
     import numpy as np
 
     from avarnet.alerts import AlertRule
+    from avarnet.apps.serve.engine import Engine
     from avarnet.checkpoint import load_checkpoint
     from avarnet.extract import Extractor
-    from avarnet.serve.engine import Engine
     from avarnet.stream import SegmentEncoder, SegmentSource, StreamingPredictor
 
     ckpt = load_checkpoint(ss.tiny_checkpoint(tiny_backbones, tmp_path / "t.ckpt"))

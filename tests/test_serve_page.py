@@ -1,5 +1,6 @@
 """The review page in real headless Chromium: log in, the event with its snapshot, its clip
-playing, marked a false alarm; the database and export-reviewed reflect it (extract takes it)."""
+playing, marked a false alarm; a page on another port of the same host cannot change a review;
+logging out ends that session; the database and export-reviewed reflect it (extract takes it)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,52 @@ import os
 import shutil
 import signal
 import sqlite3
+import threading
+import time
 
 import pytest
 import serve_support as ss
 from conftest import CHROMIUM, CHROMIUM_ARGS
 
 from avarnet.cli import main
+
+
+class OtherSite:
+    """A page on another port of 127.0.0.1 (same site, another origin) that tries to change a
+    review with the visitor's session: a JSON API call sent as text/plain, then a form post."""
+
+    def __init__(self, target: str, event_id: str) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        html = (
+            "<!doctype html><html><body><form id='f' method='post' "
+            f"action='{target}/events/{event_id}/review'>"
+            "<input name='review' value='true'></form><script>"
+            f"fetch('{target}/api/events/{event_id}/review', {{method: 'POST', mode: 'no-cors', "
+            "credentials: 'include', headers: {'Content-Type': 'text/plain'}, "
+            "body: JSON.stringify({review: 'true'})})"
+            ".finally(() => { document.title = 'sent'; document.getElementById('f').submit(); });"
+            "</script></body></html>"
+        ).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(html)))
+                self.end_headers()
+                self.wfile.write(html)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.mark.slow
@@ -93,6 +134,24 @@ def test_review_page_login_snapshot_clip_false_alarm_export(tmp_path, tiny_backb
             assert page.locator("#review").inner_text() == "false alarm"
             page.goto(base + "/?review=false")
             assert page.locator("tr.event").count() == 1
+            # a page on another port of this host, visited while logged in, changes nothing
+            other = OtherSite(base, first["id"])
+            try:
+                page.goto(other.url)
+                page.wait_for_url(lambda url: url.startswith(f"{base}/events/"), timeout=15000)
+            finally:
+                other.close()
+            time.sleep(0.5)
+            assert ss.api(port, f"/api/events/{first['id']}")[1]["review"] == "false"
+            assert page.url == f"{base}/events/{first['id']}/review" and "refused" in page.content()
+            # logging out ends this session: its cookie no longer opens anything
+            page.goto(base + "/")
+            session = page.context.cookies()
+            page.click("#logout")
+            page.wait_for_url("**/login")
+            page.context.add_cookies(session)
+            page.goto(base + "/")
+            assert "/login" in page.url
             browser.close()
         shutil.copy(tmp_path / "serve-index.png", tmp_path / "serve.png")
         target = os.environ.get("AVARNET_SCREENSHOT_DIR")

@@ -170,3 +170,31 @@ def test_concurrent_writers_index_each_video_once(tmp_path):
     again = FeatureStore.open(store.root)
     for e in again.entries:
         assert again.load(e)["video"].shape == (e.T, 12)
+
+
+def test_claim_queue_hands_each_video_to_one_writer_and_skips_done_ones(tmp_path):
+    """Two writers' queues over one store: a done video is skipped, a video the other writer holds
+    is put aside and handed out once that writer lets it go."""
+    from types import SimpleNamespace
+
+    from avarnet.store import Claimed, ClaimQueue
+
+    store = make_store(tmp_path / "s", per_class=1)
+    done = SimpleNamespace(rel_path=store.entries[0].source)
+    new = [SimpleNamespace(rel_path=f"abuse/new_{i}.mp4") for i in range(2)]
+    skipped_a: list = []
+    skipped_b: list = []
+    a = ClaimQueue(store, [done, new[0]], on_skip=skipped_a.append)
+    b = ClaimQueue(FeatureStore.open(tmp_path / "s"), [new[0], new[1]], on_skip=skipped_b.append)
+    first = a.next()
+    assert isinstance(first, Claimed) and first.item is new[0] and skipped_a == [done]
+    assert first.vid == video_id(new[0].rel_path) and a.empty
+    second = b.next()
+    assert second.item is new[1]  # new[0] is held by the other writer: put aside
+    assert b.next() is None and not b.empty
+    first.release()
+    again = b.next(block=True)
+    assert again.item is new[0] and b.empty and skipped_b == []
+    assert a.next() is None
+    again.release()
+    second.release()

@@ -29,7 +29,7 @@ from conftest import (
 
 from avarnet import media
 from avarnet.cli import main
-from avarnet.cli_stream import LiveView
+from avarnet.cli.stream_view import LiveView
 from avarnet.config import FeatureSpec
 from avarnet.extract import Extractor, segment_times
 from avarnet.predict import model_input, step_probabilities

@@ -140,3 +140,36 @@ def test_streaming_normaliser_equals_the_concatenated_fit(rng):
     full, stream = Normalizer.fit(parts), Normalizer.fit_stream(iter(parts))
     np.testing.assert_allclose(stream.mean, full.mean, rtol=1e-6)
     np.testing.assert_allclose(stream.std, full.std, rtol=1e-6)
+
+
+def test_live_windows_are_the_ones_a_stream_scores_with(store, tmp_path):
+    """--windows live draws one window per segment, ending at it (short ones at the start of a
+    clip included), supervised at its last step; the streaming and in-memory datasets agree and
+    the choice is recorded in the checkpoint."""
+    from avarnet.data import IGNORE_INDEX, StreamingWindowDataset, WindowDataset, load_clips
+    from avarnet.train import fit_normalizer
+
+    norm = fit_normalizer(store, "fused")
+    entries = store.split("train")
+    L = 4
+    offline = StreamingWindowDataset(store, entries, "fused", store.classes, norm, L, 2)
+    live = StreamingWindowDataset(store, entries, "fused", store.classes, norm, L, 2, "live")
+    ref = WindowDataset(load_clips(store, entries, "fused", store.classes, norm), L, 2, "live")
+    assert len(live) == len(ref) == sum(e.T for e in entries) != len(offline)
+    first = entries[0]
+    for t in range(first.T):  # the first clip's windows, in order
+        item = live[t]
+        n = min(L, t + 1)
+        assert int(item["mask"].sum()) == n
+        assert (item["y"][: n - 1] == IGNORE_INDEX).all() and item["y"][n - 1] != IGNORE_INDEX
+        assert (item["y"][n:] == IGNORE_INDEX).all()
+        rows = store.load_rows(first, max(0, t - L + 1), t + 1)
+        x = norm(np.concatenate([rows["video"], rows["audio"]], axis=1))
+        np.testing.assert_allclose(item["x"][:n].numpy(), x, atol=1e-6)
+    for i in range(len(ref)):
+        for k in ("x", "mask", "y"):
+            assert torch.equal(ref[i][k], live[i][k])
+    cfg = TrainConfig(**{**FAST, "epochs": 2, "seq_len": L, "windows": "live"})
+    r = train(store, tmp_path / "live", cfg, model_overrides=SMALL, progress=False)
+    assert load_checkpoint(r.checkpoint).train_config.windows == "live"
+    assert evaluate(r.checkpoint, store)["train_windows"] == "live"

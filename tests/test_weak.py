@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 from feature_factory import make_store
+from test_xdv import DA as DA_XD
+from test_xdv import DV as DV_XD
 from test_xdv import FakeVideo, official_gt, write_official
 
+from avarnet.apps.xdv import import_official
 from avarnet.checkpoint import load_checkpoint
 from avarnet.cli import main
 from avarnet.config import TrainConfig
@@ -40,7 +43,6 @@ from avarnet.weak import (
     untrimmed_metrics,
     video_label,
 )
-from avarnet.xdv import import_official
 
 TINY = dict(hidden=16, stages=2, layers=3, heads=2)
 # weak_run's frame AP with these on training seeds 0, 1, 2: 0.914, 0.968, 0.952 (the test asks
@@ -234,23 +236,55 @@ def test_weak_training_is_reproducible(xd_store, tmp_path):
     )
 
 
+def _test_frames(ck, store: FeatureStore) -> tuple[np.ndarray, np.ndarray]:
+    """Frame truth and frame scores of the test split, built here from snippet_scores."""
+    ys, ss = [], []
+    for e in store.split("test"):
+        t = store.load(e)
+        ys.append(t["frame_labels"])
+        ss.append(np.repeat(snippet_scores(ck, t), 16))
+    return np.concatenate(ys), np.concatenate(ss)
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_trains_through_the_same_loop(xd_store, tmp_path, name):
-    cfg = WeakConfig(**(FAST | {"epochs": 1, "model": name, "all_crops": False}))
+    from avarnet.inference import model_input
+
+    cfg = WeakConfig(**(FAST | {"epochs": 6, "lr": 1e-3, "model": name}))
     r = train_weak(xd_store, tmp_path, cfg, model_overrides=TINY, progress=False)
+    assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
     ck = load_checkpoint(r.checkpoint)
-    e = xd_store.split("test")[0]
-    s = snippet_scores(ck, xd_store.load(e))
-    assert s.shape == (e.T,) and np.all((s >= 0) & (s <= 1))
+    assert ck.model_config.name == name and ck.extra["task"] == "weak-detection"
+    t = xd_store.load(xd_store.split("test")[1])
+    # the score is the trained model's p(anomaly), crop-averaged (centre crop here: crop 0)
+    x = torch.from_numpy(model_input(ck, t | {"video": t["video_crops"][0]}))[None]
+    with torch.no_grad():
+        p0 = torch.softmax(ck.model.eval()(x, torch.ones(x.shape[:2], dtype=torch.bool))[-1, 0], -1)
+    crops = [snippet_scores(ck, {k: v for k, v in t.items() if k != "video_crops"} | {"video": c})
+             for c in t["video_crops"]]  # fmt: skip
+    np.testing.assert_allclose(crops[0], p0[:, 1].numpy(), rtol=1e-4, atol=1e-6)
+    # it has learned where the events are: frame ROC-AUC well above chance (0.5)
+    y, s = _test_frames(ck, xd_store)
+    assert frame_level_metrics(y, s)["frame_roc_auc"] > 0.75
 
 
 def test_late_fusion_trains_weakly(xd_store, tmp_path):
-    cfg = WeakConfig(**(FAST | {"epochs": 1, "fusion": "late"}))
+    from avarnet.inference import model_input
+
+    cfg = WeakConfig(**(FAST | {"epochs": 6, "lr": 1e-3, "fusion": "late"}))
     ck = load_checkpoint(
         train_weak(xd_store, tmp_path, cfg, model_overrides=TINY, progress=False).checkpoint
     )
     assert ck.model_config.fusion == "late"
-    assert snippet_scores(ck, xd_store.load(xd_store.split("test")[0])).min() >= 0
+    t = xd_store.load(xd_store.split("test")[1])
+    full = snippet_scores(ck, t)
+    # both senses reach the score: blanking either one changes it
+    for sense in ("audio", "video"):
+        assert np.abs(snippet_scores(ck, t, drop=sense) - full).max() > 1e-3, sense
+    assert model_input(ck, t).shape[1] == DV_XD + DA_XD
+    y, s = _test_frames(ck, xd_store)
+    m = frame_level_metrics(y, s)
+    assert m["frame_roc_auc"] > 0.75 and m["frame_ap"] > 2 * y.mean()
 
 
 def test_test_time_crops_are_averaged(xd_store, weak_run):
@@ -283,8 +317,13 @@ def test_evaluate_adds_frame_metrics_for_stores_with_frame_truth(xd_store, tmp_p
     ckpt = train(xd_store, tmp_path, TrainConfig(epochs=2, batch_size=16, device="cpu"), model_overrides=TINY,
                  progress=False).checkpoint  # fmt: skip
     m = evaluate(ckpt, xd_store, split="test", extra=untrimmed_metrics)
-    assert {"frame_ap", "frame_pr_auc", "frame_roc_auc"} <= set(m)
-    assert 0 <= m["frame_ap"] <= 1 and m["frame_videos"] == len(xd_store.split("test"))
+    assert m["frame_videos"] == len(xd_store.split("test"))
+    # the same numbers from snippet_scores (1 - p(normal) per window, crop-averaged) by hand
+    y, s = _test_frames(load_checkpoint(ckpt), xd_store)
+    ref = frame_level_metrics(y, s)
+    for k in ("frame_ap", "frame_pr_auc", "frame_roc_auc", "frames"):
+        assert m[k] == pytest.approx(ref[k]), k
+    assert m["frames"] == len(official_gt_for(xd_store))
     plain = make_store(tmp_path / "plain", per_class=3)
     ckpt2 = train(
         plain,
@@ -304,8 +343,16 @@ def test_cli_xdv_train_and_evaluate(xd_store, tmp_path, capsys):
     assert main(["-q", "xdv", "evaluate", str(run / "best.ckpt"), str(xd_store.root), "--out", str(rep),
                  "--plots", "1"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert "frame AP (scikit-learn)" in out and "frame PR-AUC (trapezoid)" in out
-    assert json.loads((rep / "metrics.json").read_text())["n"] == 16
+    lines = [ln.strip() for ln in out.splitlines() if ln.strip().startswith("frame ")]
+    # the trapezoid AP of published XD-Violence code is the headline, the step-wise one beside it
+    assert lines[0].startswith("frame AP (trapezoid, as published)")
+    assert lines[1].startswith("frame AP (step-wise, scikit-learn)")
+    doc = json.loads((rep / "metrics.json").read_text())
+    assert doc["n"] == 16 and doc["headline"] == "frame_pr_auc"
+    shown = [float(ln.split(")")[1].split()[0]) for ln in lines[:2]]
+    assert shown == pytest.approx([doc["frame_pr_auc"], doc["frame_ap"]], abs=1e-4)
+    assert "auc(recall, precision)" in doc["ap_definitions"]["frame_pr_auc"]
+    assert "average_precision_score" in doc["ap_definitions"]["frame_ap"]
     assert (
         main(
             [
@@ -473,3 +520,99 @@ def test_bad_objective_settings_are_refused(xd_store, tmp_path):
     for bad in ({"objective": "nope"}, {"layers": -1}, {"local_epochs": 0}):
         with pytest.raises(TrainError):
             train_weak(xd_store, tmp_path, WeakConfig(**(FAST | bad)), progress=False)
+
+
+# -- training at scale: batching, loading, dropout ---------------------------------------------
+
+
+def test_length_batches_group_similar_lengths_and_cover_every_sample_once():
+    from avarnet.weak import BUCKET_POOL, LengthBatches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 200, 1000)
+    sampler = LengthBatches(lengths, 8, torch.Generator().manual_seed(1))
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(1000))  # every sample once
+    # padding: far below what random batches of the same size waste
+    pad = sum(len(b) * lengths[b].max() - lengths[b].sum() for b in map(np.array, batches))
+    perm = rng.permutation(1000).reshape(-1, 8)
+    pad_random = sum(8 * lengths[b].max() - lengths[b].sum() for b in perm)
+    assert pad < 0.15 * pad_random
+    # shuffled: another epoch (same generator) gives another order, the same seed the same one
+    assert list(sampler) != batches
+    again = list(LengthBatches(lengths, 8, torch.Generator().manual_seed(1)))
+    assert again == batches and BUCKET_POOL >= 1
+    fixed = list(LengthBatches(lengths, 8))  # no generator: sorted by length
+    assert [i for b in fixed for i in b] == np.argsort(lengths, kind="stable").tolist()
+
+
+def test_weak_collate_pads_to_the_batch_longest_with_masks_and_targets():
+    from avarnet.weak import weak_collate
+
+    a = {"x": np.ones((3, 2), np.float32), "y": 1.0, "i": 4, "target": np.full(3, 0.5, np.float32)}
+    b = {"x": np.full((5, 2), 2.0, np.float32), "y": 0.0, "i": 7, "target": np.ones(5, np.float32)}
+    out = weak_collate([a, b])
+    assert out["x"].shape == (2, 5, 2) and out["x"].dtype == torch.float32
+    assert out["x"][0, :3].eq(1).all() and out["x"][0, 3:].eq(0).all() and out["x"][1].eq(2).all()
+    assert out["mask"].tolist() == [[True] * 3 + [False] * 2, [True] * 5]
+    assert out["target"][0].tolist() == [0.5] * 3 + [0.0] * 2
+    assert out["y"].tolist() == [1.0, 0.0] and out["i"].tolist() == [4, 7]
+    assert "target" not in weak_collate([{k: v for k, v in a.items() if k != "target"}])
+
+
+def test_prefetch_yields_the_loader_batches_in_order_and_raises_its_errors():
+    from avarnet.weak import Prefetch
+
+    assert list(Prefetch(range(7), 2)) == list(range(7)) == list(Prefetch(range(7), 0))
+
+    def broken():
+        yield 1
+        raise ValueError("bad file")
+
+    it = iter(Prefetch(broken(), 3))
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="bad file"):
+        next(it)
+    # abandoning an iteration half-way stops the reading thread
+    import threading
+
+    gen = iter(Prefetch(range(10**6), 2))
+    next(gen)
+    gen.close()
+    assert not any(t.name == "weak-prefetch" for t in threading.enumerate())
+
+
+def test_mask_dropout_matches_dropout_in_distribution_and_replaces_it():
+    from avarnet.config import ModelConfig
+    from avarnet.models import create_model
+    from avarnet.weak import MaskDropout, cheap_dropout
+
+    torch.manual_seed(0)
+    d = MaskDropout(0.3).train()
+    y = d(torch.ones(200_000))
+    assert (y == 0).float().mean().item() == pytest.approx(0.3, abs=0.01)
+    assert torch.unique(y).tolist() == pytest.approx([0.0, 1 / 0.7])
+    assert y.mean().item() == pytest.approx(1.0, abs=0.01)
+    x = torch.randn(4, 5)
+    assert torch.equal(d.eval()(x), x)
+    m = create_model(ModelConfig(name="mtcn", input_dim=6, num_classes=2, video_dim=4,
+                                 audio_dim=2, **TINY))  # fmt: skip
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    n_drop = sum(type(x) is torch.nn.Dropout for x in m.modules())
+    cheap_dropout(m)
+    assert n_drop > 0 and not any(type(x) is torch.nn.Dropout for x in m.modules())
+    assert sum(isinstance(x, MaskDropout) for x in m.modules()) == n_drop
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_training_records_epoch_times_and_bf16_autocast_trains(xd_store, tmp_path):
+    cfg = WeakConfig(**(FAST | {"epochs": 2, "local_epochs": 2, "all_crops": False,
+                                "autocast": "bf16"}))  # fmt: skip
+    r = train_weak(xd_store, tmp_path, cfg, model_overrides=TINY, progress=False)
+    assert all(h["seconds"] > 0 and h["cpu_seconds"] > 0 for h in r.history)
+    scorer = json.loads((tmp_path / SCORER_HISTORY_FILE).read_text())
+    assert all(h["seconds"] > 0 for h in scorer) and np.isfinite(r.best_val_loss)
+    with pytest.raises(TrainError, match="unknown autocast type"):
+        train_weak(xd_store, tmp_path / "x", cfg.replace(autocast="fp8"), progress=False)

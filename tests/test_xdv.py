@@ -11,10 +11,7 @@ import numpy as np
 import pytest
 from conftest import SHARED_FIXTURES
 
-from avarnet.cli import main
-from avarnet.config import FeatureSpec
-from avarnet.store import Entry, FeatureStore, video_id
-from avarnet.xdv import (
+from avarnet.apps.xdv import (
     ANOMALY_CLASSES,
     FRAMES_PER_SNIPPET,
     XDV_CLASSES,
@@ -24,11 +21,15 @@ from avarnet.xdv import (
     gt_layout,
     import_extracted,
     import_official,
+    official_frame_count,
     pair_lists,
     parse_annotations,
     parse_label,
     recognition_store,
 )
+from avarnet.cli import main
+from avarnet.config import FeatureSpec
+from avarnet.store import Entry, FeatureStore, video_id
 
 # Real test-set annotations from nwpu-zxr/VadCLIP `list/` (Apache-2.0), XD-Violence (Wu et al., ECCV 2020).
 XD_FIXTURES = SHARED_FIXTURES / "xd-violence"
@@ -426,7 +427,7 @@ def test_import_extracted_relabels_splits_and_builds_frame_truth(tmp_path):
             ("test", "E2__#1_label_A", 8)]  # fmt: skip
     fake_extracted(tmp_path / "raw", vids)
     ann = tmp_path / "annotations.txt"
-    ann.write_text("E1__#1_label_B6-0-0.mp4 16 48 150 400\n")
+    ann.write_text("E1__#1_label_B6-0-0.mp4 16 48 130 400\n")
     r = import_extracted(
         tmp_path / "raw", tmp_path / "xd", annotations=ann, val_fraction=0.0, progress=False
     )
@@ -439,13 +440,9 @@ def test_import_extracted_relabels_splits_and_builds_frame_truth(tmp_path):
     ]
     assert e["E1__#1_label_B6-0-0"].split == "test" and e["T1__#1_label_A"].split == "train"
     y = store.load(e["E1__#1_label_B6-0-0"])["frame_labels"]
-    assert (
-        len(y) == 160
-        and y[16:48].all()
-        and y[150:].all()
-        and not y[:16].any()
-        and y.sum() == 32 + 10
-    )
+    # 10 snippets of 0.64 s at 25 fps = 160 frames; the official grid keeps 16 * floor(159 / 16)
+    assert len(y) == 144 and y[16:48].all() and y[130:].all() and not y[:16].any()
+    assert y.sum() == 32 + 14
     assert not store.load(e["E2__#1_label_A"])["frame_labels"].any()
     assert "frame_labels" not in store.load(e["T2__#1_label_B4-G-0"])
 
@@ -507,3 +504,45 @@ def test_cli_import_official(tmp_path, official, capsys):
         )
         == 2
     )
+
+
+@pytest.mark.parametrize(
+    "frames, kept",
+    [(2, 2), (16, 16), (17, 16), (18, 16), (32, 16), (33, 32), (160, 144), (161, 160), (1000, 992),
+     (24 * 60 * 5 + 7, 7200)],
+)  # fmt: skip
+def test_official_truth_grid_is_16_times_floor_of_frames_minus_one_over_16(frames, kept):
+    assert official_frame_count(frames) == kept
+    if frames > 16:  # the make_gt.py formula itself
+        assert kept == 16 * ((frames - 1) // 16)
+
+
+def test_extracted_truth_follows_the_official_grid_for_several_lengths(tmp_path):
+    # 16-frame snippets at 24 fps (0.666667 s, as docs/xd-violence.md says to extract)
+    seg, counts = 16 / 24, (1, 2, 7, 31, 100)
+    vids = [("test", f"V{T}__#1_label_B1-0-0", T) for T in counts]
+    fake_extracted(tmp_path / "raw", vids, fps=24.0, seg=seg)
+    ann = tmp_path / "annotations.txt"
+    ann.write_text("".join(f"V{T}__#1_label_B1-0-0 0 100000\n" for T in counts))
+    import_extracted(tmp_path / "raw", tmp_path / "xd", annotations=ann, progress=False)
+    store = FeatureStore.open(tmp_path / "xd")
+    for e in store.entries:
+        frames = round(e.duration * e.fps)  # 16 T
+        y = store.load(e)["frame_labels"]
+        expected = 16 * ((frames - 1) // 16) if frames > 16 else frames
+        assert len(y) == expected and y.all(), (e.T, len(y))
+
+
+def test_cli_import_of_a_non_utf8_list_is_one_line_exit_2(tmp_path, official, capsys):
+    bad = tmp_path / "latin1.list"
+    bad.write_bytes("/data/Caf\xe9__#1_label_A__0.npy\n".encode("latin-1"))
+    args = ["-q", "xdv", "import", "--out", str(tmp_path / "s"), "--rgb-list", str(bad),
+            "--audio-list", str(official["audio_list"])]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not UTF-8" in err and "latin1.list" in err
+    assert "Traceback" not in err
+    ann = tmp_path / "ann.txt"
+    ann.write_bytes(b"V\xff 1 2\n")
+    with pytest.raises(XdvError, match="annotation file .* is not UTF-8"):
+        parse_annotations(ann)

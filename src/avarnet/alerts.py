@@ -20,8 +20,8 @@ or extends an event, and counts towards closing one); non-finite probabilities a
 :class:`WebhookPoster` POSTs event records as JSON from a background thread with a bounded queue,
 retrying failures with exponential back-off; it never blocks the caller. Credentials in the URL
 (``https://user:pass@host/...``) are sent as HTTP Basic authorisation, never as part of the URL;
-logs and statistics show the URL redacted by :func:`redact_url` (no credentials, no path or query,
-where tokens usually live).
+logs and statistics show only ``scheme://host[:port]/...``
+(:func:`avarnet.redact.redact_endpoint`: no credentials, no path or query, where tokens live).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from urllib.parse import unquote, urlparse, urlunparse
 
 from .config import NORMAL_CLASS
 from .errors import InvalidArgumentError
+from .redact import redact, redact_endpoint
 
 log = logging.getLogger("avarnet")
 
@@ -256,7 +257,7 @@ class WebhookPoster:
         queue_size: int = WEBHOOK_QUEUE,
     ) -> None:
         self.url, self.headers = split_credentials(url)
-        self.display_url = redact_url(url)
+        self.display_url = redact_endpoint(url)  # tokens often live in a webhook's path
         if attempts < 1:
             raise InvalidArgumentError("attempts must be >= 1")
         self.attempts = attempts
@@ -368,7 +369,7 @@ class WebhookPoster:
             return f"HTTP {e.code}"
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = str(getattr(e, "reason", e)).replace(self.url, self.display_url)
-            return f"{type(e).__name__}: {reason}"
+            return f"{type(e).__name__}: {redact(reason)}"
 
 
 def _parse_http_url(url: str):
@@ -378,23 +379,8 @@ def _parse_http_url(url: str):
     except ValueError:
         parsed = None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise InvalidArgumentError(
-            f"webhook must be an http:// or https:// URL, got {redact_url(url)}"
-        )
+        raise InvalidArgumentError(f"webhook must be an http:// or https:// URL, got {redact(url)}")
     return parsed
-
-
-def redact_url(url: str) -> str:
-    """``scheme://host[:port]`` plus ``/...`` when the URL has a path or query (tokens live there)."""
-    parsed = urlparse(url)
-    try:
-        port = f":{parsed.port}" if parsed.port else ""
-    except ValueError:
-        port = ""
-    host = parsed.hostname or "?"
-    rest = "/..." if parsed.path.strip("/") or parsed.query or parsed.fragment else ""
-    user = "***@" if parsed.username or parsed.password else ""
-    return f"{parsed.scheme}://{user}{host}{port}{rest}"
 
 
 def split_credentials(url: str) -> tuple[str, dict[str, str]]:
@@ -408,7 +394,9 @@ def split_credentials(url: str) -> tuple[str, dict[str, str]]:
     plain = urlunparse(parsed._replace(netloc=netloc))
     pair = f"{unquote(parsed.username or '')}:{unquote(parsed.password or '')}"
     if parsed.scheme == "http":
-        log.warning("webhook %s: credentials are sent unencrypted over http://", redact_url(url))
+        log.warning(
+            "webhook %s: credentials are sent unencrypted over http://", redact_endpoint(url)
+        )
     return plain, {
         "Authorization": "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
     }

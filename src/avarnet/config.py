@@ -78,6 +78,11 @@ class DictMixin:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            # YAML and JSON booleans are ints to Python: `seq_len: true` must not read as 1
+            numeric = str(f.type).split(" | ")[0] in ("int", "float")
+            if numeric and isinstance(d.get(f.name), bool):
+                raise ValueError(f"{cls.__name__}.{f.name} must be a number, got {d[f.name]!r}")
         return cls(**d)
 
     def replace(self, **changes):
@@ -122,6 +127,11 @@ class FeatureSpec(DictMixin):
     audio_mode: str = "chunked"
     audio_context_seconds: float = 0.0  # look-back of causal audio (0 allowed); 0 when chunked
     precision: str = "fp32"  # encoders' compute precision: fp32 | bf16 | fp16 (autocast)
+    # The encoders beyond their name and digest: backend, input kind (frame, clip, waveform,
+    # logmel) and its settings, output, licence and source (see avarnet.encoders). {}: MobileViT /
+    # Wav2Vec2 through transformers, as in every store and checkpoint made before these fields.
+    video_encoder: dict = field(default_factory=dict)
+    audio_encoder: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.audio_mode not in AUDIO_MODES:
@@ -195,6 +205,9 @@ def spec_problem(spec: FeatureSpec) -> str | None:
             return f"feature spec {name} = {value!r} is outside [{low}, {high}]"
     if spec.weights not in WEIGHTS:
         return f"feature spec weights = {spec.weights!r} is neither 'pretrained' nor 'random'"
+    for name in ("video_encoder", "audio_encoder"):
+        if not isinstance(getattr(spec, name), dict):
+            return f"feature spec {name} = {getattr(spec, name)!r} is not an object"
     return None
 
 
@@ -239,6 +252,10 @@ class TrainConfig(DictMixin):
     fusion: str = "early"
     seq_len: int = 10  # L: segments per window (the paper's sequence length)
     window_stride: int = 5  # hop between training windows, in segments
+    # offline: windows of L segments every window_stride, every step supervised (what evaluate
+    # scores); live: one window per segment t ending at t (segments max(0, t-L+1)..t), supervised
+    # at its last step only, as stream and predict --causal score segment t
+    windows: str = "offline"
     epochs: int = 50
     batch_size: int = 32
     lr: float = 1e-3
@@ -256,4 +273,5 @@ class TrainConfig(DictMixin):
     def __post_init__(self) -> None:
         check_choice("TrainConfig", "modality", self.modality, MODALITIES)
         check_choice("TrainConfig", "fusion", self.fusion, FUSIONS)
+        check_choice("TrainConfig", "windows", self.windows, ("offline", "live"))
         check_device("TrainConfig", self.device)

@@ -26,6 +26,9 @@ MEDIA_EXTENSIONS = frozenset(
 )
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)  # train / val / test
 IGNORE_INDEX = -100  # label of padded steps (torch cross-entropy's ignore_index)
+# Training windows (TrainConfig.windows): "offline" as evaluate scores a clip, "live" as a stream
+# scores each segment (the window ending at it, read at its last step)
+WINDOWS = ("offline", "live")
 
 
 class DatasetError(AvarnetError):
@@ -288,30 +291,67 @@ def window_starts(T: int, L: int, stride: int) -> list[int]:
     return starts
 
 
-class WindowDataset(Dataset):
-    """Windows of L consecutive segments drawn from each clip; shorter clips are padded and masked."""
+def live_windows(T: int, L: int) -> list[tuple[int, int]]:
+    """(start, length) of the window that scores each segment t of a live stream: segments
+    max(0, t-L+1) .. t, so the first L-1 windows are shorter than L."""
+    return [(max(0, t - L + 1), min(L, t + 1)) for t in range(T)]
 
-    def __init__(self, clips: Sequence[Clip], seq_len: int, stride: int):
+
+def training_windows(
+    T: int, L: int, stride: int, windows: str = "offline"
+) -> list[tuple[int, int]]:
+    """(start, length) of the training windows of a clip of T segments.
+
+    ``offline``: windows of L segments every ``stride`` (:func:`window_starts`), every step
+    supervised. ``live``: :func:`live_windows`, one per segment, supervised at the last step only
+    (``stride`` does not apply: each live decision is one window).
+    """
+    if windows == "live":
+        return live_windows(T, L)
+    if windows != "offline":
+        raise ValueError(f"unknown training windows {windows!r}; use one of {WINDOWS}")
+    return [(s, min(L, T - s)) for s in window_starts(T, L, stride)]
+
+
+def window_labels(labels: int | np.ndarray, n: int, seq_len: int, live: bool) -> np.ndarray:
+    """(L,) targets of a window of n real steps: ``labels`` (one class or (n,) per step) on the
+    real steps, or on the last one only for a live window; IGNORE_INDEX elsewhere."""
+    y = np.full(seq_len, IGNORE_INDEX, dtype=np.int64)
+    if live:
+        y[n - 1] = labels[n - 1] if isinstance(labels, np.ndarray) else labels
+    else:
+        y[:n] = labels
+    return y
+
+
+class WindowDataset(Dataset):
+    """Windows of L consecutive segments drawn from each clip; shorter clips are padded and masked.
+
+    ``windows``: ``offline`` (every ``stride`` segments) or ``live`` (one window per segment,
+    ending at it, supervised at its last step), see :func:`training_windows`.
+    """
+
+    def __init__(self, clips: Sequence[Clip], seq_len: int, stride: int, windows: str = "offline"):
         self.clips = list(clips)
         self.seq_len = seq_len
+        self.live = windows == "live"
         self.index = [
-            (c, s)
+            (c, s, n)
             for c, clip in enumerate(self.clips)
-            for s in window_starts(len(clip.x), seq_len, stride)
+            for s, n in training_windows(len(clip.x), seq_len, stride, windows)
         ]
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        c, s = self.index[i]
+        c, s, n = self.index[i]
         clip = self.clips[c]
-        x = clip.x[s : s + self.seq_len]  # (l, D), l <= L
-        n = len(x)
+        x = clip.x[s : s + n]  # (n, D), n <= L
         xs = np.zeros((self.seq_len, x.shape[1]), dtype=np.float32)
         xs[:n] = x
-        y = np.full(self.seq_len, IGNORE_INDEX, dtype=np.int64)
-        y[:n] = clip.step_labels[s : s + n] if clip.step_labels is not None else clip.label
+        labels = clip.step_labels[s : s + n] if clip.step_labels is not None else clip.label
+        y = window_labels(labels, n, self.seq_len, self.live)
         mask = np.zeros(self.seq_len, dtype=bool)
         mask[:n] = True
         return {
@@ -323,14 +363,14 @@ class WindowDataset(Dataset):
 
 
 def window_item(
-    x: np.ndarray, seq_len: int, label: int | np.ndarray, clip: int
+    x: np.ndarray, seq_len: int, label: int | np.ndarray, clip: int, live: bool = False
 ) -> dict[str, torch.Tensor]:
-    """One window (l, D), l <= L, padded to L: x (L, D), mask (L,), y (L,) with IGNORE_INDEX on padding."""
+    """One window (l, D), l <= L, padded to L: x (L, D), mask (L,), y (L,) with IGNORE_INDEX on
+    padding (and, for a ``live`` window, on every step but the last)."""
     n = len(x)
     xs = np.zeros((seq_len, x.shape[1]), dtype=np.float32)
     xs[:n] = x
-    y = np.full(seq_len, IGNORE_INDEX, dtype=np.int64)
-    y[:n] = label
+    y = window_labels(label, n, seq_len, live)
     mask = np.zeros(seq_len, dtype=bool)
     mask[:n] = True
     return {
@@ -358,6 +398,7 @@ class StreamingWindowDataset(Dataset):
         norm: Normalizer | None,
         seq_len: int,
         stride: int,
+        windows: str = "offline",
     ):
         self.store, self.entries, self.modality, self.norm, self.seq_len = (
             store,
@@ -366,6 +407,7 @@ class StreamingWindowDataset(Dataset):
             norm,
             seq_len,
         )
+        self.live = windows == "live"
         index = {c: i for i, c in enumerate(classes)}
         for e in self.entries:
             if e.label not in index:
@@ -373,29 +415,26 @@ class StreamingWindowDataset(Dataset):
                     f"{store.root}: {e.source} has class {e.label!r}, not one of {list(classes)}"
                 )
         self.labels = np.array([index[e.label] for e in self.entries], dtype=np.int64)
-        counts = [len(window_starts(e.T, seq_len, stride)) for e in self.entries]
-        self.clip = np.repeat(np.arange(len(self.entries), dtype=np.int64), counts)
-        self.start = (
-            np.concatenate(
-                [
-                    np.asarray(window_starts(e.T, seq_len, stride), dtype=np.int64)
-                    for e in self.entries
-                ]
+        spans = [
+            np.asarray(training_windows(e.T, seq_len, stride, windows), dtype=np.int64).reshape(
+                -1, 2
             )
-            if self.entries
-            else np.zeros(0, np.int64)
-        )
+            for e in self.entries
+        ]
+        self.clip = np.repeat(np.arange(len(self.entries), dtype=np.int64), [len(w) for w in spans])
+        both = np.concatenate(spans) if spans else np.zeros((0, 2), np.int64)
+        self.start, self.length = both[:, 0].copy(), both[:, 1].copy()
 
     def __len__(self) -> int:
         return len(self.clip)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        c, s = int(self.clip[i]), int(self.start[i])
-        tensors = self.store.load_rows(self.entries[c], s, s + self.seq_len)
+        c, s, n = int(self.clip[i]), int(self.start[i]), int(self.length[i])
+        tensors = self.store.load_rows(self.entries[c], s, s + n)
         x = select_inputs(tensors, self.modality)
         if self.norm is not None:
             x = self.norm(x, missing_mask(tensors, self.modality))
-        return window_item(x, self.seq_len, int(self.labels[c]), c)
+        return window_item(x, self.seq_len, int(self.labels[c]), c, self.live)
 
 
 def collate(batch: list[dict]) -> dict[str, torch.Tensor]:

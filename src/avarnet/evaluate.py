@@ -1,4 +1,9 @@
-"""Evaluation on a split of a feature store: metrics.json, a confusion-matrix plot and report.html."""
+"""Evaluation on a split of a feature store: metrics.json, a confusion-matrix plot and report.html.
+
+Two scorings of the same features: *offline* (each segment the mean over every window of L
+segments that holds it, windows on both sides: the headline metrics) and *live* (each segment
+from the window ending at it, what ``stream`` and ``predict --causal`` give: ``metrics["live"]``).
+"""
 
 from __future__ import annotations
 
@@ -65,12 +70,19 @@ def check_compatible(ckpt: Checkpoint, store: FeatureStore) -> None:
 
 
 def score_clips(
-    ckpt: Checkpoint, store: FeatureStore, split: str, drop: str | None = None, embed: bool = False
+    ckpt: Checkpoint,
+    store: FeatureStore,
+    split: str,
+    drop: str | None = None,
+    embed: bool = False,
+    live: list | None = None,
 ) -> list:
     """Per-segment probabilities of every video of a split, as report.ClipScores.
 
     With ``embed`` each clip also gets its mean input features and mean penultimate features
-    (for the report's t-SNE); otherwise those are left empty.
+    (for the report's t-SNE); otherwise those are left empty. A ``live`` list receives each
+    clip's live per-segment probabilities (T, C) in the same order (the window ending at each
+    segment, as a stream scores it).
     """
     from .report import ClipScores, clip_embedding
 
@@ -88,6 +100,8 @@ def score_clips(
         if drop:
             x = blank_sense(x, drop, ckpt)
         steps = step_probabilities(ckpt.model, x, L)
+        if live is not None:
+            live.append(step_probabilities(ckpt.model, x, L, causal=True))
         inputs = x.mean(axis=0) if embed else np.zeros(0, np.float32)
         clips.append(
             ClipScores(e, steps, inputs, clip_embedding(ckpt.model, x, L) if embed else None)
@@ -105,6 +119,26 @@ def predict_clips(
     return [c.entry for c in clips], y, np.stack([clip_probabilities(c.steps) for c in clips])
 
 
+LIVE_KEYS = ("accuracy", "precision", "recall", "f1", "ap", "confusion_matrix")
+
+
+def live_metrics(
+    y: np.ndarray, live_steps: list[np.ndarray], classes: list[str], entries: list
+) -> dict:
+    """metrics.json's ``live`` section: the clip metrics (accuracy, macro P/R/F1/AP, confusion
+    matrix) when each segment is scored from the window ending at it (``predict --causal``,
+    ``stream``), each clip's verdict the mean of those; and each clip's live verdict."""
+    probs = np.stack([clip_probabilities(s) for s in live_steps])
+    m = classification_metrics(y, probs, classes)
+    out = {k: m[k] for k in LIVE_KEYS}
+    out["windows"] = "causal"
+    out["predictions"] = [
+        {"id": e.id, "predicted": classes[int(p.argmax())]}
+        for e, p in zip(entries, probs, strict=True)
+    ]
+    return out
+
+
 def evaluate(
     checkpoint: str | Path | Checkpoint,
     feats: str | Path | FeatureStore,
@@ -115,7 +149,7 @@ def evaluate(
     report: bool = True,
     extra: Callable[[Checkpoint, FeatureStore, list, str | None], dict] | None = None,
 ) -> dict:
-    """Clip-level metrics (DESIGN.md's metrics.json).
+    """Clip-level metrics (DESIGN.md's metrics.json), offline, with the live ones under ``live``.
 
     With ``out``: writes metrics.json (strict JSON), confusion_matrix.png and, unless ``report``
     is False, report.html (one self-contained page with the paper's figures for this split).
@@ -125,13 +159,16 @@ def evaluate(
     ckpt, store = open_inputs(checkpoint, feats, device)
     check_compatible(ckpt, store)
     want_report = out is not None and report
-    clips = score_clips(ckpt, store, split, drop, embed=want_report)
+    live_steps: list[np.ndarray] = []
+    clips = score_clips(ckpt, store, split, drop, embed=want_report, live=live_steps)
     entries = [c.entry for c in clips]
     index = {c: i for i, c in enumerate(ckpt.classes)}
     y = np.array([index[e.label] for e in entries])
     probs = np.stack([clip_probabilities(c.steps) for c in clips])
     metrics = classification_metrics(y, probs, ckpt.classes)
     metrics.update(
+        live=live_metrics(y, live_steps, ckpt.classes, entries),
+        train_windows=ckpt.train_config.windows,  # the windows the checkpoint was trained on
         checkpoint=str(checkpoint) if not isinstance(checkpoint, Checkpoint) else None,
         features=str(store.root),
         split=split,

@@ -3,7 +3,7 @@
 Two local engines write the same store: the in-process path (``workers=0``: decode and encode one
 video after another) and the parallel engine (``workers=N``: N decoding processes feed encoders that
 batch frames and 10-s audio chunks across videos, through bounded queues). The Ray engine lives in
-:mod:`avarnet.extract_ray`. Every engine claims a video in the store before extracting it, so
+:mod:`avarnet.apps.extract_ray`. Every engine claims a video in the store before extracting it, so
 several extraction processes can fill one store at once (docs/scale.md).
 """
 
@@ -14,32 +14,54 @@ import logging
 import multiprocessing as mp
 import os
 import queue
-import sys
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from . import media
-from .config import DEFAULT_AUDIO_CONTEXT_S, ENCODER_PRECISIONS, FeatureSpec
+from .config import (
+    AUDIO_MODES,
+    DEFAULT_AUDIO_CONTEXT_S,
+    ENCODER_PRECISIONS,
+    WEIGHTS,
+    FeatureSpec,
+    check_choice,
+)
 from .data import VideoItem, scan_dataset
-from .decode import DecodePlan, decode_worker
+from .decode import (
+    AudioChunk,
+    DecodePlan,
+    End,
+    Failed,
+    Frames,
+    VideoInfo,
+    WorkerMessage,
+    decode_worker,
+)
 from .encoders import (
     AudioEncoder,
     VideoEncoder,
     absolute_source,
-    backbone_digest,
 )
 from .errors import InvalidArgumentError, NonFiniteError
 from .features import Extractor, audio_batch, frame_batch, pool_audio_frames
 from .media import segment_times  # noqa: F401  (re-exported)
-from .runtime import autocast, cast_for_autocast, configure_cpu, cpu_has_bf16, resolve_device
-from .store import Entry, FeatureStore, StoreError, VideoClaim, store_lock, video_id
+from .progress import ProgressBar, progress_bar, write_line
+from .runtime import autocast, cast_for_autocast, check_precision, configure_cpu, resolve_device
+from .store import (
+    Claimed,
+    ClaimQueue,
+    Entry,
+    FeatureStore,
+    StoreError,
+    VideoClaim,
+    store_lock,
+)
 
 log = logging.getLogger("avarnet")
 
@@ -58,29 +80,48 @@ class ExtractResult:
     failures: list[dict] = field(default_factory=list)
 
 
-def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a precision on a device (None: fp32); refuses what the device lacks.
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How a dataset is extracted: the settings every engine takes (the local engines of
+    :func:`extract_dataset`, the Ray engine of :func:`avarnet.apps.extract_ray.extract_dataset_ray`).
 
-    bf16 needs a GPU or a CPU with bf16 instructions (AVX-512 BF16 / AMX); fp16 needs a GPU.
+    ``workers``: decoding processes of the local engine (None: one per core; 0: decode and encode
+    in this process, one video at a time). ``precision``: the encoders' autocast (fp32, bf16 where
+    the device runs it natively, fp16 on a GPU).
     """
-    if precision not in ENCODER_PRECISIONS:
-        raise InvalidArgumentError(
-            f"precision must be one of {', '.join(ENCODER_PRECISIONS)}, got {precision!r}"
-        )
-    if precision == "fp16" and device.type != "cuda":
-        raise InvalidArgumentError(
-            "precision fp16 needs a GPU; on a CPU use bf16 (where supported) or fp32"
-        )
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        raise InvalidArgumentError("precision bf16: this CPU has no bf16 instructions; use fp32")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
+    weights: str = "pretrained"
+    video_backbone: str = "apple/mobilevit-small"
+    audio_backbone: str = "facebook/wav2vec2-base"
+    segment_seconds: float = 1.0
+    frames_per_segment: int = 1
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+    audio_mode: str = "chunked"
+    audio_context_seconds: float = DEFAULT_AUDIO_CONTEXT_S
+    workers: int | None = None
+    precision: str = "fp32"
 
-def supported_precisions(device: torch.device) -> list[str]:
-    """The precisions :func:`precision_dtype` accepts on ``device``."""
-    if device.type == "cuda":
-        return list(ENCODER_PRECISIONS)
-    return ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
+    def __post_init__(self) -> None:
+        check_choice("ExtractOptions", "weights", self.weights, WEIGHTS)
+        check_choice("ExtractOptions", "audio_mode", self.audio_mode, AUDIO_MODES)
+        check_choice("ExtractOptions", "precision", self.precision, ENCODER_PRECISIONS)
+        if self.workers is not None and self.workers < 0:
+            raise InvalidArgumentError(f"workers must be >= 0, got {self.workers}")
+
+    @classmethod
+    def of(cls, base: ExtractOptions | None = None, **settings: object) -> ExtractOptions:
+        """``base`` (default: the defaults) with ``settings`` replacing its fields by name; a
+        one-line :class:`InvalidArgumentError` for a name that is not a field."""
+        names = {f.name for f in fields(cls)}
+        for name in settings:
+            if name not in names:
+                raise InvalidArgumentError(
+                    f"unexpected keyword argument {name!r}; extraction settings: "
+                    + ", ".join(sorted(names))
+                )
+        return replace(base or cls(), **settings)
 
 
 def decode_plan(spec: FeatureSpec) -> DecodePlan:
@@ -146,14 +187,18 @@ def build_spec(
     precision: str = "fp32",
 ) -> FeatureSpec:
     pretrained = weights == "pretrained"
+    if video.kind == "clip":  # a clip encoder: each segment is one clip of its frames
+        frames_per_segment, segment_seconds = video.clip_frames, video.clip_seconds
     return FeatureSpec(
         audio_mode=audio_mode,
         audio_context_seconds=audio_context_seconds,
         precision=precision,
         video_backbone=absolute_source(video.source),
         audio_backbone=absolute_source(audio.source),
-        video_backbone_sha256=backbone_digest(video.model) if pretrained else "",
-        audio_backbone_sha256=backbone_digest(audio.model) if pretrained else "",
+        video_backbone_sha256=video.digest() if pretrained else "",
+        audio_backbone_sha256=audio.digest() if pretrained else "",
+        video_encoder=video.entry,
+        audio_encoder=audio.entry,
         weights=weights,
         seed=seed,
         segment_seconds=segment_seconds,
@@ -211,59 +256,47 @@ def _prepare_store_locked(
 def extract_dataset(
     data: str | Path,
     out: str | Path,
-    weights: str = "pretrained",
-    video_backbone: str = "apple/mobilevit-small",
-    audio_backbone: str = "facebook/wav2vec2-base",
-    segment_seconds: float = 1.0,
-    frames_per_segment: int = 1,
-    device: str = "auto",
-    seed: int = 0,
-    progress: bool = True,
-    audio_mode: str = "chunked",
-    audio_context_seconds: float = DEFAULT_AUDIO_CONTEXT_S,
-    workers: int | None = None,
-    precision: str = "fp32",
+    settings: ExtractOptions | None = None,
+    **overrides: object,
 ) -> ExtractResult:
     """Extract features for every video of a VAAR-style dataset folder into the store at ``out``.
 
     Finished videos are skipped, so an interrupted run resumes. Unreadable inputs are reported one line
-    each, recorded in the store, and the run continues. ``workers``: decoding processes (None: one per
-    core; 0: decode and encode in this process, one video at a time). The Ray engine,
-    :func:`avarnet.extract_ray.extract_dataset_ray`, takes the same arguments.
+    each, recorded in the store, and the run continues. ``settings``: :class:`ExtractOptions`, whose
+    fields ``overrides`` may also set by name (``extract_dataset(data, out, workers=0)``). The Ray
+    engine, :func:`avarnet.apps.extract_ray.extract_dataset_ray`, takes the same settings.
     """
-    if workers is not None and workers < 0:
-        raise InvalidArgumentError(f"workers must be >= 0, got {workers}")
+    o = ExtractOptions.of(settings, **overrides)
     data, out = Path(data), Path(out)
-    scan = scan_dataset(data, seed=seed)
+    scan = scan_dataset(data, seed=o.seed)
     items, classes = scan.items, scan.classes
-    precision_dtype(
-        precision, resolve_device(device)
-    )  # refuse an unsupported precision before loading
+    # refuse a precision the device lacks before loading anything
+    check_precision(o.precision, resolve_device(o.device), ENCODER_PRECISIONS)
     # every video ends in an audio chunk of its own length
-    configure_cpu(varying_shapes=True, precision=precision)
-    video = VideoEncoder.load(video_backbone, weights=weights, seed=seed, device=device)
-    audio = AudioEncoder.load(audio_backbone, weights=weights, seed=seed, device=device)
+    configure_cpu(varying_shapes=True, precision=o.precision)
+    video = VideoEncoder.load(o.video_backbone, weights=o.weights, seed=o.seed, device=o.device)
+    audio = AudioEncoder.load(o.audio_backbone, weights=o.weights, seed=o.seed, device=o.device)
     spec = build_spec(
         video,
         audio,
-        weights,
-        seed,
-        segment_seconds,
-        frames_per_segment,
-        audio_mode,
-        audio_context_seconds,
-        precision,
+        o.weights,
+        o.seed,
+        o.segment_seconds,
+        o.frames_per_segment,
+        o.audio_mode,
+        o.audio_context_seconds,
+        o.precision,
     )
-    info = {"classes": classes, "data_root": str(data.resolve()), "split_seed": seed}
+    info = {"classes": classes, "data_root": str(data.resolve()), "split_seed": o.seed}
     store = prepare_store(out, spec, video, items, info)
     store.check_classes(classes)
     extractor = Extractor(store.spec, video, audio)
     for model in (video.model, audio.model):  # from here on they run under the spec's autocast
         cast_for_autocast(model, extractor.dtype)
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = (os.cpu_count() or 1) if o.workers is None else o.workers
     result = ExtractResult()
-    bar = tqdm(
-        total=len(items), desc="extract", unit="video", disable=not progress, dynamic_ncols=True
+    bar = progress_bar(
+        total=len(items), desc="extract", unit="video", disable=not o.progress, dynamic_ncols=True
     )
     for rel, reason in scan.problems:  # folders and links that could not be scanned
         report_failure(store, result, bar, rel, reason)
@@ -274,7 +307,14 @@ def extract_dataset(
             "causal audio features: extracting in this process (worker processes decode for chunked audio only)"
         )
         workers = 0
-    claims = ClaimQueue(store, items, result, bar)
+    if video.kind == "clip" and workers:  # whole clips per pass: encoded in process
+        workers = 0
+
+    def skip(item: VideoItem) -> None:
+        result.skipped += 1
+        bar.update(1)
+
+    claims = ClaimQueue(store, items, on_skip=skip)
     try:
         if workers == 0:
             _extract_in_process(store, extractor, claims, result, bar)
@@ -303,89 +343,31 @@ def entry_for(
 
 
 def report_failure(
-    store: FeatureStore, result: ExtractResult, bar: tqdm, rel_path: str, reason: str
+    store: FeatureStore, result: ExtractResult, bar: ProgressBar, rel_path: str, reason: str
 ) -> None:
-    """Record one failed input: a line on stderr, failures.jsonl, the result; the run goes on."""
-    tqdm.write(f"failed: {rel_path}: {reason}", file=sys.stderr)
+    """Record one failed input: its one line on stdout, failures.jsonl, the result; the run goes on.
+
+    The line is printed here, as the failure happens, and nowhere else.
+    """
+    write_line(f"failed: {rel_path}: {reason}")
     store.record_failure(rel_path, reason)
     result.failures.append({"path": rel_path, "reason": reason})
     bar.set_postfix(failed=len(result.failures))
 
 
-class ClaimQueue:
-    """The videos still to extract, each handed out with this writer's claim on it.
-
-    Videos already in the store are counted as skipped. A video another live writer has claimed is
-    put aside and looked at again later; :meth:`next` with ``block=True`` waits for such a claim,
-    which callers do only while they hold no claim of their own (so two writers never wait on
-    each other).
-    """
-
-    def __init__(
-        self, store: FeatureStore, items: list[VideoItem], result: ExtractResult, bar: tqdm
-    ):
-        self.store, self.result, self.bar = store, result, bar
-        self.todo: deque[VideoItem] = deque(items)
-        self.deferred: deque[VideoItem] = deque()
-
-    @property
-    def empty(self) -> bool:
-        return not self.todo and not self.deferred
-
-    def _skip(self) -> None:
-        self.result.skipped += 1
-        self.bar.update(1)
-
-    def _take(
-        self, item: VideoItem, vid: str, claim: VideoClaim
-    ) -> tuple[VideoItem, str, VideoClaim] | None:
-        if self.store.is_done_now(vid):  # another writer finished it before we claimed it
-            claim.release()
-            self._skip()
-            return None
-        return item, vid, claim
-
-    def next(self, block: bool = False) -> tuple[VideoItem, str, VideoClaim] | None:
-        """The next claimed video, or None when none can be claimed now (or none is left)."""
-        while self.todo:
-            item = self.todo.popleft()
-            vid = video_id(item.rel_path)
-            if self.store.is_done(vid):
-                self._skip()
-                continue
-            claim = self.store.claim(vid)
-            if claim is None:
-                self.deferred.append(item)
-                continue
-            taken = self._take(item, vid, claim)
-            if taken is not None:
-                return taken
-        while self.deferred:
-            item = self.deferred[0]
-            vid = video_id(item.rel_path)
-            if self.store.is_done_now(vid):
-                self.deferred.popleft()
-                self._skip()
-                continue
-            claim = self.store.claim(vid, wait=block)
-            if claim is None:
-                return None
-            self.deferred.popleft()
-            taken = self._take(item, vid, claim)
-            if taken is not None:
-                return taken
-        return None
-
-
 def _extract_in_process(
-    store: FeatureStore, extractor: Extractor, claims: ClaimQueue, result: ExtractResult, bar: tqdm
+    store: FeatureStore,
+    extractor: Extractor,
+    claims: ClaimQueue[VideoItem],
+    result: ExtractResult,
+    bar: ProgressBar,
 ) -> None:
     """Decode and encode one video after another in this process."""
     while not claims.empty:
         taken = claims.next(block=True)
         if taken is None:
             continue
-        item, vid, claim = taken
+        item, vid = taken.item, taken.vid
         try:
             try:
                 tensors, minfo = extractor(item.path)
@@ -408,7 +390,7 @@ def _extract_in_process(
             report_failure(store, result, bar, item.rel_path, reason)
             bar.update(1)
         finally:
-            claim.release()
+            taken.release()
 
 
 @dataclass
@@ -426,7 +408,7 @@ class _Job:
     counts: np.ndarray | None = None  # (T,)
     frames_done: int = 0
     chunks_done: int = 0
-    end: tuple[int, int] | None = None  # (frames, chunks) the decoder sent, once it is finished
+    end: End | None = None  # the frames and chunks the decoder sent, once it is finished
     failed: bool = False
 
     @property
@@ -434,8 +416,8 @@ class _Job:
         return (
             not self.failed
             and self.end is not None
-            and self.frames_done == self.end[0]
-            and self.chunks_done == self.end[1]
+            and self.frames_done == self.end.frames
+            and self.chunks_done == self.end.chunks
         )
 
 
@@ -455,9 +437,9 @@ class ParallelExtraction:
         store: FeatureStore,
         extractor: Extractor,
         workers: int,
-        claims: ClaimQueue,
+        claims: ClaimQueue[VideoItem],
         result: ExtractResult,
-        bar: tqdm,
+        bar: ProgressBar,
         start_method: str = "spawn",
     ):
         self.store, self.ex, self.claims, self.result, self.bar = (
@@ -490,7 +472,7 @@ class ParallelExtraction:
         self.next_wid += 1
         tasks = self.ctx.Queue()
         proc = self.ctx.Process(
-            target=decode_worker, args=(wid, tasks, self.out, self.plan), daemon=True
+            target=decode_worker, args=(wid, tasks, self.out, self.plan, os.getpid()), daemon=True
         )
         proc.start()
         self.procs[wid] = (proc, tasks)
@@ -510,18 +492,14 @@ class ParallelExtraction:
 
     def _next_job(self) -> _Job | None:
         if self.retry:
-            old = self.retry.popleft()
-            taken = (
-                old.item,
-                old.vid,
-                old.claim,
-            )  # a fresh key: late pieces of the dead worker are ignored
+            old = self.retry.popleft()  # a fresh key: late pieces of the dead worker are ignored
+            taken = Claimed(old.item, old.vid, old.claim)
         else:
             taken = self.claims.next(block=not self.jobs)
             if taken is None:
                 return None
         self.next_key += 1
-        return _Job(self.next_key, *taken)
+        return _Job(self.next_key, taken.item, taken.vid, taken.claim)
 
     def _check_workers(self) -> None:
         """Replace dead workers: the video being decoded fails, the others are handed out again."""
@@ -587,45 +565,38 @@ class ParallelExtraction:
             for job in self.retry:
                 job.claim.release()
 
-    def _handle(self, msg: tuple) -> None:
-        kind, wid, key = msg[:3]
+    def _handle(self, msg: WorkerMessage) -> None:
+        piece, key = msg.piece, msg.key
         job = self.jobs.get(key)
-        if (
-            kind in ("end", "error")
-            and wid in self.assigned
-            and self.assigned[wid]
-            and self.assigned[wid][0] == key
-        ):
-            self.assigned[wid].popleft()
+        if isinstance(piece, End | Failed) and (self.assigned.get(msg.wid) or [None])[0] == key:
+            self.assigned[msg.wid].popleft()
         if job is None or job.failed:
             return
-        if kind == "info":
-            job.info, job.T = msg[3], msg[4]
+        if isinstance(piece, VideoInfo):
+            job.info, job.T = piece.info, piece.T
             k = self.ex.spec.frames_per_segment
             job.video = np.zeros((job.T * k, self.ex.video.dim), dtype=np.float32)
             job.sums = np.zeros((job.T, self.ex.audio.dim), dtype=np.float64)
             job.counts = np.zeros(job.T, dtype=np.int64)
-        elif kind == "frames":
-            start, frames = msg[3], msg[4]
+        elif isinstance(piece, Frames):
             try:
-                pixels = self.ex.video.preprocess(frames)
+                pixels = self.ex.video.preprocess(piece.frames)
             except Exception as e:
                 self._fail(job, f"{type(e).__name__}: {e}")
                 return
-            self.frame_pieces.append((job, start, pixels))
+            self.frame_pieces.append((job, piece.start, pixels))
             self.frame_count += len(pixels)
-        elif kind == "audio":
-            offset, chunk = msg[4], msg[5]
-            x = audio_input(self.ex.audio, chunk)
-            self.audio_groups.setdefault(len(x), []).append((job, offset, x))
-        elif kind == "end":
-            job.end = (msg[3], msg[4])
-            if job.end[0] != job.T * self.ex.spec.frames_per_segment:
-                self._fail(job, f"decoder returned {job.end[0]} frames for {job.T} segments")
+        elif isinstance(piece, AudioChunk):
+            x = audio_input(self.ex.audio, piece.samples)
+            self.audio_groups.setdefault(len(x), []).append((job, piece.offset, x))
+        elif isinstance(piece, End):
+            job.end = piece
+            if piece.frames != job.T * self.ex.spec.frames_per_segment:
+                self._fail(job, f"decoder returned {piece.frames} frames for {job.T} segments")
                 return
             self._maybe_finish(job)
-        elif kind == "error":
-            self._fail(job, msg[3])
+        elif isinstance(piece, Failed):
+            self._fail(job, piece.reason)
 
     # -- encoding ----------------------------------------------------------------------------
     def _flush_frames(self) -> None:
@@ -732,13 +703,11 @@ class ParallelExtraction:
 
 
 __all__ = [
-    "ClaimQueue",
+    "ExtractOptions",
     "ExtractResult",
     "Extractor",
     "ParallelExtraction",
     "build_spec",
     "extract_dataset",
-    "precision_dtype",
     "segment_times",
-    "supported_precisions",
 ]

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from .config import DEFAULT_AUDIO_CONTEXT_S, FeatureSpec
 from .encoders import AudioEncoder, VideoEncoder, check_backbone
 from .errors import AvarnetError
 from .media import Segment, SegmentSource, segment_times
-from .runtime import autocast, configure_cpu
+from .runtime import autocast, configure_cpu, precision_dtype
 
 log = logging.getLogger("avarnet")
 
@@ -111,9 +112,19 @@ def live_spec(spec: FeatureSpec, audio_context_seconds: float | None = None) -> 
     return spec.replace(audio_mode="causal", audio_context_seconds=float(context))
 
 
+@dataclass
+class _Context:
+    """What a :class:`SegmentEncoder` keeps per source between calls."""
+
+    tail: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # audio look-back
+    last_index: int | None = None
+    last_frames: np.ndarray | None = None
+    last_video: np.ndarray | None = None  # the feature of last_frames
+
+
 class SegmentEncoder:
-    """Causal features of consecutive segments, using only the past: stream, predict --causal and
-    extract with a causal spec all encode through this.
+    """Causal features of consecutive segments, using only the past: stream, serve, predict
+    --causal and extract with a causal spec all encode through this.
 
     Video: MobileViT on each segment's frames (mean over its k frames), as for whole files. Audio:
     Wav2Vec2 over [context | segment], context being the last ``audio_context_seconds`` of audio
@@ -121,6 +132,10 @@ class SegmentEncoder:
     segment without samples gets a zero vector and ``audio_mask`` False; a gap in segment indices
     (dropped segments) or in the audio clears the context. A segment whose frames are the previous
     segment's (a gap in the video) reuses its video vector.
+
+    One encoder serves many sources at once (a server's cameras): :meth:`encode` takes a ``keys``
+    list naming each segment's source; the audio context and the last video vector are kept per
+    key, and one batch may mix sources (and frame sizes).
     """
 
     def __init__(
@@ -140,24 +155,33 @@ class SegmentEncoder:
         self.context_samples = round(audio_context_seconds * spec.sample_rate)
         self.autocast_dtype = autocast_dtype
         self.frames_encoded = 0  # video frames run through MobileViT so far
-        self._tail = np.zeros(0, np.float32)
-        self._last_index: int | None = None
-        self._last_video: tuple[np.ndarray, np.ndarray] | None = None  # (frames, feature)
+        self._contexts: dict[Hashable, _Context] = {}
 
-    def reset(self) -> None:
-        """Forget the audio context (a new, unrelated stream follows)."""
-        self._tail = np.zeros(0, np.float32)
-        self._last_index = None
-        self._last_video = None
+    def reset(self, key: Hashable | None = None) -> None:
+        """Forget a source's context (a new, unrelated stream follows); every source's without
+        ``key``."""
+        if key is None:
+            self._contexts.clear()
+        else:
+            self._contexts.pop(key, None)
 
-    def encode(self, segments: Sequence[Segment]) -> dict[str, np.ndarray]:
-        """{"video": (n, Dv), "audio": (n, Da), "audio_mask": (n,) bool} for segments in order."""
+    def encode(
+        self, segments: Sequence[Segment], keys: Sequence[Hashable] | None = None
+    ) -> dict[str, np.ndarray]:
+        """{"video": (n, Dv), "audio": (n, Da), "audio_mask": (n,) bool} for segments in order
+        (per key: ``keys[i]`` names segment i's source; None: all from one source)."""
         if not segments:
             raise ValueError("encode() needs at least one segment")
+        keys = [None] * len(segments) if keys is None else list(keys)
+        if len(keys) != len(segments):
+            raise ValueError("encode() needs one key per segment")
         with self._autocast():
-            video = self._video(segments)
-            audio, mask = self.encode_audio(segments)
+            video = self._video(segments, keys)
+            audio, mask = self.encode_audio(segments, keys)
         return {"video": video, "audio": audio, "audio_mask": mask}
+
+    def _context(self, key: Hashable) -> _Context:
+        return self._contexts.setdefault(key, _Context())
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -165,38 +189,47 @@ class SegmentEncoder:
         device = self.extractor.video.device
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
-    def _video(self, segments: Sequence[Segment]) -> np.ndarray:
-        enc = self.extractor.video
-        prev_frames, prev_vec = self._last_video or (None, None)
-        todo: list[int] = []  # segments whose frames are encoded
-        source: list[int] = []  # per segment: its row in the encoded ones, -1: the last batch's
-        for i, seg in enumerate(segments):
-            if prev_frames is not None and _same_frames(seg.frames, prev_frames):
-                source.append(source[-1] if i > 0 else -1)
+    def _video(self, segments: Sequence[Segment], keys: list) -> np.ndarray:
+        source: list[int | np.ndarray] = []  # per segment: the segment it copies, or a vector
+        for i, (seg, key) in enumerate(zip(segments, keys, strict=True)):
+            ctx = self._context(key)
+            if ctx.last_frames is not None and _same_frames(seg.frames, ctx.last_frames):
+                source.append(ctx.last_video)  # a repeated frame (a gap): the same vector
             else:
-                todo.append(i)
-                source.append(len(todo) - 1)
-            prev_frames = seg.frames
-        feats = np.zeros((0, enc.dim), np.float32)
-        if todo:
-            k = segments[todo[0]].frames.shape[0]
-            frames = np.concatenate([segments[i].frames for i in todo])  # (n*k, H, W, 3)
-            feats = (
-                enc.encode(frames, batch_size=frame_batch(enc.device))
-                .reshape(len(todo), k, -1)
-                .mean(axis=1)
-            )
-            self.frames_encoded += len(frames)
-        out = np.stack([prev_vec if s < 0 else feats[s] for s in source]).astype(np.float32)
-        self._last_video = (segments[-1].frames, out[-1].copy())
+                source.append(i)
+            ctx.last_frames, ctx.last_video = seg.frames, source[-1]
+        encoded = self._encode_frames(
+            segments, [i for i, s in enumerate(source) if isinstance(s, int) and s == i]
+        )
+        out = np.stack([encoded[s] if isinstance(s, int) else s for s in source])
+        out = out.astype(np.float32)
+        for ctx in {id(c): c for c in map(self._context, keys)}.values():
+            if isinstance(ctx.last_video, int):
+                ctx.last_video = out[ctx.last_video].copy()
         return out
 
-    def encode_audio(self, segments: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
-        """Causal audio vectors (n, Da) and mask (n,) of consecutive segments (no video)."""
+    def _encode_frames(self, segments: Sequence[Segment], todo: list[int]) -> dict[int, np.ndarray]:
+        """MobileViT vector (mean over k frames) of segments ``todo``; one pass per frame shape."""
+        enc = self.extractor.video
+        out: dict[int, np.ndarray] = {}
+        for shape in dict.fromkeys(segments[i].frames.shape for i in todo):
+            group = [i for i in todo if segments[i].frames.shape == shape]
+            frames = np.concatenate([segments[i].frames for i in group])  # (n*k, H, W, 3)
+            feats = enc.encode(frames, batch_size=frame_batch(enc.device))
+            feats = feats.reshape(len(group), shape[0], -1).mean(axis=1)
+            out.update(zip(group, feats, strict=True))
+            self.frames_encoded += len(frames)
+        return out
+
+    def encode_audio(
+        self, segments: Sequence[Segment], keys: Sequence[Hashable] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Causal audio vectors (n, Da) and mask (n,) of segments, consecutive per key."""
+        keys = [None] * len(segments) if keys is None else list(keys)
         enc = self.extractor.audio
         audio = np.zeros((len(segments), enc.dim), np.float32)
         mask = np.zeros(len(segments), bool)
-        windows = self._windows(segments)  # i -> (window, context samples)
+        windows = self._windows(segments, keys)  # i -> (window, context samples)
         feats = enc.encode_batch([w for w, _ in windows.values()])
         for (i, (_, context)), f in zip(windows.items(), feats, strict=True):
             times = enc.frame_times(len(f), -context / enc.sample_rate)  # s from the segment start
@@ -206,20 +239,21 @@ class SegmentEncoder:
                 mask[i] = True
         return audio, mask
 
-    def _windows(self, segments: Sequence[Segment]) -> dict[int, tuple[np.ndarray, int]]:
+    def _windows(self, segments: Sequence[Segment], keys: list) -> dict:
         """[context | segment] windows of the segments with audio, and their context lengths."""
         out = {}
-        for i, seg in enumerate(segments):
-            if self._last_index is not None and seg.index != self._last_index + 1:
-                self._tail = self._tail[:0]  # a gap: the context is not this segment's past
-            self._last_index = seg.index
+        for i, (seg, key) in enumerate(zip(segments, keys, strict=True)):
+            ctx = self._context(key)
+            if ctx.last_index is not None and seg.index != ctx.last_index + 1:
+                ctx.tail = ctx.tail[:0]  # a gap: the context is not this segment's past
+            ctx.last_index = seg.index
             if seg.audio.size == 0:
-                self._tail = self._tail[:0]
+                ctx.tail = ctx.tail[:0]
                 continue
-            window = np.concatenate([self._tail, seg.audio])  # (C + S,)
-            out[i] = (window, len(self._tail))
+            window = np.concatenate([ctx.tail, seg.audio])  # (C + S,)
+            out[i] = (window, len(ctx.tail))
             keep = min(self.context_samples, len(window))
-            self._tail = window[len(window) - keep :]
+            ctx.tail = window[len(window) - keep :]
         return out
 
 
@@ -235,9 +269,7 @@ class Extractor:
         self.spec = spec
         self.video = video_encoder
         self.audio = audio_encoder
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-            spec.precision
-        )  # the spec's own
+        self.dtype = precision_dtype(spec.precision)  # the spec's own
 
     @classmethod
     def from_spec(
@@ -252,8 +284,8 @@ class Extractor:
         a = AudioEncoder.load(
             spec.audio_backbone, weights=spec.weights, seed=spec.seed, device=device
         )
-        check_backbone(v, "video", spec.video_dim, spec.video_backbone_sha256)
-        check_backbone(a, "audio", spec.audio_dim, spec.audio_backbone_sha256)
+        check_backbone(v, "video", spec.video_dim, spec.video_backbone_sha256, spec.video_encoder)
+        check_backbone(a, "audio", spec.audio_dim, spec.audio_backbone_sha256, spec.audio_encoder)
         if spec.weights == "random":
             if encoder_state is None:
                 raise FeatureError(
@@ -284,7 +316,7 @@ class Extractor:
 
     def _encode_batches(self, frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         batch: list[np.ndarray] = []
-        size = frame_batch(self.video.device)
+        size = frame_batch(self.video.device) * self.video.clip_frames  # whole clips a pass
         for frame in frames:
             batch.append(frame)
             if len(batch) == size:

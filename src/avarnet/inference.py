@@ -13,8 +13,14 @@ import torch
 from .checkpoint import Checkpoint
 from .config import NORMAL_CLASS
 from .data import missing_mask, select_inputs
+from .errors import NonFiniteError
 
 WINDOW_BATCH = 256  # windows per forward pass
+
+
+class NonFiniteOutputError(NonFiniteError):
+    """The model produced NaN or infinite probabilities (e.g. weights that overflow): no score
+    can be given, and none is made up."""
 
 
 @torch.no_grad()
@@ -39,7 +45,18 @@ def window_probs(
             torch.from_numpy(xb).to(device), torch.from_numpy(mb).to(device)
         )  # (S, W, L, C)
         out.append(torch.softmax(logits[-1].float(), dim=-1).cpu().numpy())
-    return np.concatenate(out, axis=0)
+    probs = np.concatenate(out, axis=0)
+    if not np.isfinite(probs[mask_of(lengths, L)]).all():
+        raise NonFiniteOutputError(
+            "the model's output is not finite (NaN or infinity): the checkpoint's weights "
+            "overflow or are damaged; no scores were made"
+        )
+    return probs
+
+
+def mask_of(lengths: list[int], L: int) -> np.ndarray:
+    """(W, L) bool: the first ``lengths[w]`` steps of each window."""
+    return np.arange(L)[None, :] < np.asarray(lengths)[:, None]
 
 
 def step_probabilities(

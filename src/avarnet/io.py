@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,10 @@ import numpy as np
 
 TEMP_PREFIX = ".tmp-"
 FILE_MODE = 0o666  # before the umask, as open() creates files
+MAX_JSON_DEPTH = 100  # nesting of JSON read from files (the parser recurses once per level)
+# a string literal, or an unterminated one up to the end: every match attempt succeeds, so one
+# linear pass (no backtracking) whatever the text
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.DOTALL)
 
 
 def current_umask() -> int:
@@ -57,6 +63,25 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def atomic_copy(src: str | Path, path: str | Path) -> None:
+    """Copy ``src`` to ``path`` atomically, through a new temporary file that only this call
+    created (``O_EXCL``, random name): a file or link planted in the folder is never written through.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=path.suffix)
+    try:
+        with open(src, "rb") as source, os.fdopen(fd, "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+            target.flush()
+            os.fsync(target.fileno())
+            os.fchmod(target.fileno(), FILE_MODE & ~current_umask())
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
@@ -83,6 +108,27 @@ def strict(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def json_depth(text: str) -> int:
+    """How deeply the arrays and objects of JSON ``text`` nest (brackets inside strings ignored);
+    counted without parsing, so a hostile document cannot exhaust the parser's recursion."""
+    body = np.frombuffer(_JSON_STRING.sub("", text).encode("utf-8", "replace"), np.uint8)
+    if body.size == 0:
+        return 0
+    steps = np.isin(body, (ord("["), ord("{"))).astype(np.int64) - np.isin(
+        body, (ord("]"), ord("}"))
+    )
+    return int(max(0, np.cumsum(steps).max()))
+
+
+def loads(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` of text from a file; ValueError (one line) when it nests deeper than
+    ``max_depth`` levels or is not JSON."""
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise ValueError(f"JSON nested {depth} levels deep (at most {max_depth})")
+    return json.loads(text)
 
 
 def dumps(value: Any, indent: int | None = 1, **kwargs: Any) -> str:

@@ -25,13 +25,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import av
 import numpy as np
 
 from avarnet.config import SAMPLE_RATE, FeatureSpec
 from avarnet.errors import AvarnetError
+from avarnet.redact import redact
 
 log = logging.getLogger("avarnet")
 
@@ -68,8 +69,8 @@ class MediaError(AvarnetError):
 
     def __init__(self, path: str | Path, reason: str) -> None:
         self.path = str(path)
-        self.reason = " ".join(str(reason).split())  # one line
-        super().__init__(f"{self.path}: {self.reason}")
+        self.reason = " ".join(redact(reason).split())  # one line, credentials masked
+        super().__init__(f"{redact(self.path)}: {self.reason}")
 
 
 class UnreadableMediaError(MediaError):
@@ -478,8 +479,8 @@ def _iter_audio(path: Path, size: int, sample_rate: int, info: MediaInfo) -> Ite
             container.streams[info.video_stream]
         )
         skip = max(0, round(-offset * sample_rate))  # audio that starts before the video
-        if offset > 0:
-            yield from buffer.push(np.zeros(round(offset * sample_rate), np.float32))
+        for piece in silence(round(offset * sample_rate), size):  # audio that starts late
+            yield from buffer.push(piece)
         decoded = bad = 0
         for samples in _resampled(path, container, stream, sample_rate):
             decoded += samples.size
@@ -548,6 +549,15 @@ def _resampled(path: Path, container, stream, sample_rate: int) -> Iterator[np.n
             raise UnreadableMediaError(
                 path, f"cannot decode the audio stream ({_reason(e)})"
             ) from e
+
+
+def silence(samples: int, piece: int) -> Iterator[np.ndarray]:
+    """``samples`` zeros as float32 pieces of at most ``piece`` samples (bounded memory, however
+    late a track starts)."""
+    while samples > 0:
+        n = min(samples, piece)
+        yield np.zeros(n, np.float32)
+        samples -= n
 
 
 def finite_samples(samples: np.ndarray) -> tuple[np.ndarray, int]:
@@ -687,9 +697,10 @@ class SegmentCutter:
         self._seen_t: float | None = None  # time of the newest frame given to add_frame
         self._frame_seconds = 0.0  # duration of the last frame
         self._emit = 0  # next segment to hand out
-        self._audio: list[np.ndarray] = []
+        self._audio: list[np.ndarray | int] = []  # held samples; an int: that many zeros
         self._audio_base = 0  # absolute index of the first held sample
         self._audio_total = 0  # samples received so far
+        self._real_held = 0  # held samples that are not silence
 
     @property
     def last_time(self) -> float | None:
@@ -698,8 +709,8 @@ class SegmentCutter:
 
     @property
     def audio_held(self) -> int:
-        """Audio samples held for segments not yet handed out."""
-        return self._audio_total - self._audio_base
+        """Decoded audio samples held for segments not yet handed out (held silence is a count)."""
+        return self._real_held
 
     @property
     def media_end(self) -> float:
@@ -752,10 +763,31 @@ class SegmentCutter:
         if samples.size:
             self._audio.append(samples)
             self._audio_total += samples.size
-        excess = self.audio_held - round(MAX_AUDIO_HELD_S * self.sr)
+            self._real_held += samples.size
+        excess = self._real_held - round(MAX_AUDIO_HELD_S * self.sr)
         if excess > 0:
-            self._take_audio(self._audio_base, self._audio_base + excess)
+            self._take_audio(self._audio_base, self._after_real(excess))
         return list(self._finished())
+
+    def add_silence(self, samples: int) -> list[Segment]:
+        """``samples`` zeros continuing the track (audio that starts late), held as a count, so a
+        track starting hours after the video costs no memory."""
+        if samples > 0:
+            self._audio.append(samples)
+            self._audio_total += samples
+        return list(self._finished())
+
+    def _after_real(self, n: int) -> int:
+        """Absolute sample index just past the first ``n`` held real (non-silence) samples."""
+        pos = self._audio_base
+        for chunk in self._audio:
+            size = chunk if isinstance(chunk, int) else chunk.size
+            if not isinstance(chunk, int):
+                if size >= n:
+                    return pos + n
+                n -= size
+            pos += size
+        return pos
 
     def _bounds(self, i: int) -> tuple[int, int]:
         return round(i * self.seg * self.sr), round((i + 1) * self.seg * self.sr)
@@ -771,14 +803,26 @@ class SegmentCutter:
             yield self._make(self._emit, (self._emit + 1) * self.seg)
 
     def _take_audio(self, lo: int, hi: int) -> np.ndarray:
-        """Samples [lo, hi) that were received; older ones are released."""
-        held = np.concatenate(self._audio) if self._audio else np.zeros(0, np.float32)
-        a, b = max(0, lo - self._audio_base), max(0, hi - self._audio_base)
-        out = held[a:b].copy()
-        rest = held[b:]
-        self._audio = [rest] if rest.size else []
-        self._audio_base += min(b, held.size)
-        return out
+        """Samples [lo, hi) that were received (held silence as zeros); older ones are released."""
+        out: list[np.ndarray] = []
+        keep: list[np.ndarray | int] = []
+        pos = self._audio_base
+        for chunk in self._audio:
+            size = chunk if isinstance(chunk, int) else chunk.size
+            a, b = max(lo, pos) - pos, min(hi, pos + size) - pos  # the part inside [lo, hi)
+            if b > a:
+                out.append(np.zeros(b - a, np.float32) if isinstance(chunk, int) else chunk[a:b])
+            rest = max(0, min(size, pos + size - hi))  # the part at or after hi
+            if rest:
+                keep.append(rest if isinstance(chunk, int) else chunk[size - rest :])
+            pos += size
+        released = sum(c if isinstance(c, int) else c.size for c in self._audio) - sum(
+            c if isinstance(c, int) else c.size for c in keep
+        )
+        self._audio = keep
+        self._audio_base += released
+        self._real_held = sum(c.size for c in keep if not isinstance(c, int))
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def _make(self, i: int, end: float) -> Segment:
         chosen = self._chosen[: self.k]
@@ -824,12 +868,49 @@ class _LiveClock:
         return t
 
 
+class PacketHook(Protocol):
+    """Receives a source's demuxed packets (e.g. a clip recorder's ring buffer), in the decoder
+    thread. :meth:`set_origin` maps media time 0 to source time (called at the first video frame,
+    and again when the live clock closes a timestamp jump); :meth:`end_session` comes when the
+    segments are over, while the streams given to :meth:`begin_session` are still open."""
+
+    def begin_session(self, streams: dict, video_index: int) -> None: ...
+
+    def set_origin(self, source_time: float) -> None: ...
+
+    def add(self, packet) -> None: ...
+
+    def end_session(self) -> None: ...
+
+
+@dataclass
+class ReconnectPolicy:
+    """How long to wait before opening a source again: ``first_s``, doubling up to ``max_s``
+    while attempts keep failing; a session that delivered video starts over at ``first_s``."""
+
+    first_s: float = 1.0
+    max_s: float = 30.0
+    attempts: int = 0  # failed attempts since the last session that delivered video
+
+    def failed(self) -> float:
+        """One more failed attempt; returns the wait (s) before the next one."""
+        self.attempts += 1
+        return min(self.max_s, self.first_s * 2.0 ** min(self.attempts - 1, 32))
+
+    def delivered(self) -> None:
+        """A session delivered video: the next failure waits ``first_s`` again."""
+        self.attempts = 0
+
+
 class SegmentSource:
     """Opens a source and yields its :class:`Segment` s; decoding problems end it, never raise.
 
     Raises :class:`SourceError` (or another :class:`MediaError` for files) when the source cannot
     be opened or has no video. After iteration, ``end_reason`` says why it ended and ``complete``
-    whether it ended normally (end of file/stream or a stop request).
+    whether it ended normally (end of file/stream or a stop request). ``packets`` receives every
+    demuxed packet before it is decoded (see :class:`PacketHook`); an application that reads a
+    source again after it ends (a camera reconnecting) opens a new SegmentSource per session,
+    waiting as a :class:`ReconnectPolicy` says.
     """
 
     def __init__(
@@ -841,15 +922,18 @@ class SegmentSource:
         stop: threading.Event | None = None,
         input_format: str | None = None,
         options: dict[str, str] | None = None,
+        packets: PacketHook | None = None,
     ) -> None:
         self.source = str(source)
         self.spec = spec
         self.realtime = realtime
+        self.packets = packets
         self.stop = stop or threading.Event()
         kind = source_kind(self.source)
         self.kind = "device" if input_format is not None and kind == "file" else kind
         self.end_reason = "not started"
         self.complete = False
+        self.failure: Exception | None = None  # an error raised while reading (a defect)
         self.clock0: float | None = None  # time.monotonic() at media time 0 (live and realtime)
         self.segments = 0
         self.media_end = 0.0  # s of video decoded
@@ -910,8 +994,15 @@ class SegmentSource:
             raise SourceError(self.source, "already read")
         try:
             yield from self._segments()
+        except Exception as e:
+            self.failure = e
+            raise
         finally:
-            self.close()
+            try:
+                if self.packets is not None:
+                    self.packets.end_session()
+            finally:
+                self.close()
 
     def _new_cutter(self) -> SegmentCutter:
         size = None
@@ -930,11 +1021,15 @@ class SegmentSource:
         cutter = self._cutter = self._new_cutter()
         self._start_decoding(cutter)
         streams = [s for s in (self._video, self._audio) if s is not None]
+        if self.packets is not None:
+            self.packets.begin_session({s.index: s for s in streams}, self._video.index)
         broke = None
         try:
             for packet in self._container.demux(*streams):
                 if self.stop.is_set():
                     break
+                if self.packets is not None and (packet.size or packet.dts is not None):
+                    self.packets.add(packet)
                 frames, ok = _decode(packet)
                 self._bad += not ok
                 if self._bad > MAX_BAD_PACKETS:
@@ -968,17 +1063,19 @@ class SegmentSource:
         )
         if not self.live:
             offset = _stream_start_seconds(self._audio) - _stream_start_seconds(self._video)
-            if offset > 0:
-                cutter.add_audio(np.zeros(round(offset * self.spec.sample_rate), np.float32))
+            cutter.add_silence(round(offset * self.spec.sample_rate))  # audio that starts late
             self._skip = max(0, round(-offset * self.spec.sample_rate))
 
     def _on_video(self, frame, cutter: SegmentCutter) -> list[Segment]:
         if self._video_start is None:  # live: the first frame is time 0
             self._video_start = _frame_seconds(frame, 0.0, None, self.info.fps)
         step = 1.0 / self.info.fps if self.info.fps > 0 else 0.0
+        shift = self._clock.shift if cutter.last_time is not None else None
         t = self._clock(
             _frame_seconds(frame, self._video_start, cutter.last_time, self.info.fps), step
         )
+        if self.packets is not None and self._clock.shift != shift:  # first frame, or a jump
+            self.packets.set_origin(self._video_start - self._clock.shift)
         self._pace(t)
         return cutter.add_frame(frame, t, _frame_duration(frame))
 
@@ -986,9 +1083,10 @@ class SegmentSource:
         if self._video_start is None:  # live: audio before the first video frame is dropped
             return []
         if not self.live and frame.pts is not None and frame.time_base is not None:
-            self._pace(
-                float(frame.pts * frame.time_base) - self._video_start
-            )  # files lead with audio
+            # Files lead with audio; audio stamped far ahead of the pictures (a track starting
+            # 1e5 s late) must not hold the reader: pace at most AUDIO_LAG_LIMIT_S past them.
+            t = float(frame.pts * frame.time_base) - self._video_start
+            self._pace(min(t, (cutter.last_time or 0.0) + AUDIO_LAG_LIMIT_S))
         frame.pts = None  # the resampler counts samples; gaps are not padded (as iter_audio)
         out: list[Segment] = []
         for piece in self._resampler.resample(frame):

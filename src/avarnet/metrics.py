@@ -149,9 +149,10 @@ def strict_metrics_json(metrics: dict) -> str:
 def pr_auc_trapezoid(y_true: np.ndarray, scores: np.ndarray) -> float:
     """Area under the precision-recall curve by the trapezoid rule (sklearn ``auc(recall, precision)``).
 
-    What most public XD-Violence code reports as "AP". It interpolates linearly between operating
-    points, which is optimistic: a constant score gets (1 + positive rate) / 2, not the positive rate.
-    NaN without positives.
+    What most public XD-Violence code (XDVioDet, RTFM) reports as "AP". It interpolates linearly
+    between the curve's operating points (including sklearn's end point recall 0, precision 1), so
+    it can be above or below the step-wise ``average_precision_score``; a constant score gets
+    (1 + positive rate) / 2, not the positive rate. NaN without positives.
     """
     from sklearn.metrics import auc, precision_recall_curve
 

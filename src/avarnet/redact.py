@@ -57,3 +57,17 @@ def redact_secrets(text: object, secrets: tuple[str, ...] | list[str]) -> str:
         if secret and len(secret) >= 3:
             s = s.replace(secret, MASK)
     return s
+
+
+def redact_endpoint(url: str) -> str:
+    """A URL whose path may itself be a secret (webhooks: ``/services/T0/B0/XYZ``) shown as
+    ``scheme://host[:port]/...``: the credentials, path, query and fragment all hidden."""
+    m = re.match(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<netloc>[^/?#\s]*)(?P<rest>.*)", url)
+    if m is None:
+        return redact(url)
+    netloc = m["netloc"]
+    user = ""
+    if "@" in netloc:
+        user, netloc = f"{MASK}@", netloc.rsplit("@", 1)[1]
+    rest = "/..." if m["rest"].strip("/") else ""
+    return f"{m['scheme']}{user}{netloc}{rest}"

@@ -1,10 +1,12 @@
-"""Process-wide CPU settings for heavy inference (denormals, threads, allocator)."""
+"""Devices and precisions (which precision a device runs, its autocast), and process-wide CPU
+settings for heavy inference (denormals, threads, allocator)."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import platform
@@ -16,6 +18,8 @@ from .config import PRECISIONS
 from .errors import InvalidArgumentError
 
 logger = logging.getLogger("avarnet")
+
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the rest: none (fp32)
 
 # glibc mallopt() parameters (malloc.h).
 M_TRIM_THRESHOLD = -1  # free memory above this at the heap top is returned to the OS
@@ -93,27 +97,88 @@ def _keep_freed_memory() -> bool:
     return trim_ok and mmap_ok
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 instructions (AVX-512 BF16 / AMX), i.e. bf16 can be faster."""
-    return bool(
-        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    )
+    try:
+        return bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a GPU with bf16, a CPU with bf16
+    instructions. Elsewhere bf16 is emulated and slower than fp32, so it is never offered."""
+    if device.type == "cuda":  # a GPU this process cannot see is taken to have it
+        return not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_has_bf16()
+    return False
+
+
+def precision_dtype(name: str) -> torch.dtype | None:
+    """The autocast dtype of a precision name: bf16 -> bfloat16, fp16 -> float16, None for fp32
+    and int8 (fp32 weights and activations; int8 quantises layers instead of autocasting)."""
+    if name not in PRECISIONS:
+        raise InvalidArgumentError(
+            f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}"
+        )
+    return PRECISION_DTYPES.get(name)
+
+
+def supported_precisions(device: torch.device, choices: tuple[str, ...] = PRECISIONS) -> list[str]:
+    """The precisions among ``choices`` that ``device`` runs: fp32 everywhere; bf16 where it is
+    native (:func:`bf16_native`); fp16 on a GPU; int8 on the CPU."""
+    runs = {
+        "fp32": True,
+        "bf16": bf16_native(device),
+        "fp16": device.type == "cuda",
+        "int8": device.type == "cpu",
+    }
+    return [p for p in choices if runs.get(p, False)]
+
+
+def check_precision(
+    name: str, device: torch.device, choices: tuple[str, ...] = PRECISIONS
+) -> torch.dtype | None:
+    """:func:`precision_dtype` of a precision ``device`` runs; a one-line
+    :class:`InvalidArgumentError` (a ValueError) for a name outside ``choices`` or a precision the
+    device lacks, naming what it does run."""
+    if name not in choices:
+        raise InvalidArgumentError(f"precision must be one of {', '.join(choices)}, got {name!r}")
+    supported = supported_precisions(device, choices)
+    if name not in supported:
+        where = "this GPU" if device.type == "cuda" else f"this {device.type.upper()}"
+        why = {
+            "fp16": "needs a GPU",
+            "int8": "runs on the CPU only",
+            "bf16": f"is not native on {where}",
+        }[name]
+        raise InvalidArgumentError(
+            f"precision {name} {why}; on {where} use {' or '.join(supported)}"
+        )
+    return precision_dtype(name)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype a precision runs the encoders in (None: fp32 weights and activations).
+    """The autocast dtype the live encoders run at ``precision`` on ``device`` (None: fp32 or
+    int8); refuses a precision the device lacks (:func:`check_precision` over all precisions)."""
+    return check_precision(precision, device)
 
-    bf16 runs on CPUs with bf16 instructions (AVX-512 BF16 / AMX) and on GPUs; fp16 on GPUs only.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 needs a GPU; on a CPU use bf16 or int8")
-    if precision == "int8" and device.type != "cpu":
-        raise ValueError("int8 dynamic quantisation runs on the CPU only; on a GPU use fp16")
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        logger.warning("this CPU has no bf16 instructions: bf16 will be slower than fp32")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` -> bf16 where ``device`` computes it natively, else fp32; others unchanged."""
+    if precision == "auto":
+        return "bf16" if bf16_native(device) else "fp32"
+    return precision
+
+
+def precision_autocast(precision: str, device: torch.device, choices: tuple[str, ...] = PRECISIONS):
+    """The autocast context of ``precision`` (``"auto"`` allowed) on ``device``: a no-op for fp32
+    and int8, refused where the device lacks it (:func:`check_precision`)."""
+    return autocast(device, check_precision(resolve_precision(precision, device), device, choices))
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

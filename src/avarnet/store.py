@@ -35,11 +35,12 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 from safetensors import safe_open
@@ -64,6 +65,8 @@ LOCK_FILE = ".lock"
 WRITERS_DIR = ".writers"
 CLAIMS_DIR = ".claims"
 TEMP_GLOB = f"{TEMP_PREFIX}*"
+
+Item = TypeVar("Item")
 
 
 class StoreError(AvarnetError):
@@ -97,9 +100,12 @@ class Entry:
 
 
 __all__ = [
+    "ClaimQueue",
+    "Claimed",
     "Entry",
     "FeatureStore",
     "StoreError",
+    "VideoClaim",
     "atomic_write_bytes",
     "atomic_write_text",
     "video_id",
@@ -551,3 +557,83 @@ class VideoClaim:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def source_id(item: Any) -> str:
+    """The store id of a dataset item with a ``rel_path`` (:func:`video_id` of it)."""
+    return video_id(item.rel_path)
+
+
+@dataclass(frozen=True)
+class Claimed(Generic[Item]):
+    """A video handed out by :class:`ClaimQueue`, with this writer's claim on it."""
+
+    item: Item
+    vid: str
+    claim: VideoClaim
+
+    def release(self) -> None:
+        self.claim.release()
+
+
+class ClaimQueue(Generic[Item]):
+    """The videos still to extract into ``store``, each handed out with this writer's claim on it.
+
+    ``vid``: an item's store id (by default :func:`video_id` of its ``rel_path``). Videos already in
+    the store are passed to ``on_skip``. A video another live writer has claimed is put aside and
+    looked at again later; :meth:`next` with ``block=True`` waits for such a claim, which callers
+    do only while they hold no claim of their own (so two writers never wait on each other).
+    """
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        items: Iterable[Item],
+        vid: Callable[[Item], str] = source_id,
+        on_skip: Callable[[Item], None] = lambda item: None,
+    ):
+        self.store, self.vid, self.on_skip = store, vid, on_skip
+        self.todo: deque[Item] = deque(items)
+        self.deferred: deque[Item] = deque()
+
+    @property
+    def empty(self) -> bool:
+        return not self.todo and not self.deferred
+
+    def _take(self, item: Item, vid: str, claim: VideoClaim) -> Claimed[Item] | None:
+        if self.store.is_done_now(vid):  # another writer finished it before we claimed it
+            claim.release()
+            self.on_skip(item)
+            return None
+        return Claimed(item, vid, claim)
+
+    def next(self, block: bool = False) -> Claimed[Item] | None:
+        """The next claimed video, or None when none can be claimed now (or none is left)."""
+        while self.todo:
+            item = self.todo.popleft()
+            vid = self.vid(item)
+            if self.store.is_done(vid):
+                self.on_skip(item)
+                continue
+            claim = self.store.claim(vid)
+            if claim is None:
+                self.deferred.append(item)
+                continue
+            taken = self._take(item, vid, claim)
+            if taken is not None:
+                return taken
+        while self.deferred:
+            item = self.deferred[0]
+            vid = self.vid(item)
+            if self.store.is_done_now(vid):
+                self.deferred.popleft()
+                self.on_skip(item)
+                continue
+            claim = self.store.claim(vid, wait=block)
+            if claim is None:
+                return None
+            self.deferred.popleft()
+            taken = self._take(item, vid, claim)
+            if taken is not None:
+                return taken
+        return None

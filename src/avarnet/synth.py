@@ -53,10 +53,10 @@ from pathlib import Path
 
 import av
 import numpy as np
-from tqdm import tqdm
 
 from avarnet.config import NORMAL_CLASS, SAMPLE_RATE, VAAR_CLASSES
 from avarnet.io import atomic_write
+from avarnet.progress import progress_bar
 
 VISUAL_PATTERNS: tuple[str, ...] = ("figure", "scuffle", "flare", "crowd", "strobe")
 SOUND_PATTERNS: tuple[str, ...] = ("impacts", "cry", "rumble", "murmur", "siren")
@@ -668,7 +668,7 @@ def synthesize_dataset(
     out = Path(out)
     jobs = [(label, i) for label in classes for i in range(clips_per_class)]
     paths = []
-    for label, i in tqdm(jobs, desc="synth", unit="clip", disable=not progress):
+    for label, i in progress_bar(jobs, desc="synth", unit="clip", disable=not progress):
         rng = clip_rng(seed, label, i)
         frames, audio = render_clip(label, rng, rng.uniform(*duration), fps, size, sample_rate)
         path = out / label / f"{label}_{i:03d}.mp4"

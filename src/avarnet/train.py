@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -14,7 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from .checkpoint import Checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
@@ -34,6 +34,7 @@ from .data import (
 from .errors import AvarnetError
 from .io import write_json
 from .models import count_parameters, create_model
+from .progress import progress_bar
 from .runtime import resolve_device
 from .store import FeatureStore
 
@@ -152,8 +153,9 @@ def evaluate_loss(
         total += float(stage_loss(logits, y, mask, cfg)) * len(x)
         n += len(x)
         pred = logits[-1].argmax(-1)
-        correct += int(((pred == y) & mask).sum())
-        steps += int(mask.sum())
+        scored = y != IGNORE_INDEX  # the real steps; of a live window, its last one
+        correct += int(((pred == y) & scored).sum())
+        steps += int(scored.sum())
     return total / max(n, 1), correct / max(steps, 1)
 
 
@@ -176,20 +178,25 @@ def _datasets(
     cfg: TrainConfig,
     in_memory: bool,
 ) -> tuple[Dataset, Dataset]:
-    """Training windows (stride cfg.window_stride) and validation windows (non-overlapping)."""
+    """Training windows (stride cfg.window_stride) and validation windows (non-overlapping);
+    with ``cfg.windows == "live"`` both are the windows a stream scores each segment with, so the
+    validation accuracy (and loss) that pick the checkpoint are the live ones too."""
+    w = cfg.windows
     if in_memory:
         train_clips = load_clips(store, train, cfg.modality, classes, norm)
         val_clips = (
             load_clips(store, val, cfg.modality, classes, norm) if val is not train else train_clips
         )
-        return WindowDataset(train_clips, cfg.seq_len, cfg.window_stride), WindowDataset(
-            val_clips, cfg.seq_len, cfg.seq_len
+        return WindowDataset(train_clips, cfg.seq_len, cfg.window_stride, w), WindowDataset(
+            val_clips, cfg.seq_len, cfg.seq_len, w
         )
     return (
         StreamingWindowDataset(
-            store, train, cfg.modality, classes, norm, cfg.seq_len, cfg.window_stride
+            store, train, cfg.modality, classes, norm, cfg.seq_len, cfg.window_stride, w
         ),
-        StreamingWindowDataset(store, val, cfg.modality, classes, norm, cfg.seq_len, cfg.seq_len),
+        StreamingWindowDataset(
+            store, val, cfg.modality, classes, norm, cfg.seq_len, cfg.seq_len, w
+        ),
     )
 
 
@@ -246,6 +253,29 @@ def run_epoch(
     return total / max(n, 1)
 
 
+def improves(key: tuple[float, ...], best: tuple[float, ...], tol: float = 1e-6) -> bool:
+    """Lexicographic ``key < best``: a first element smaller by more than ``tol``, or one equal
+    within ``tol`` and the rest improving."""
+    for k, b in zip(key, best, strict=True):
+        if k < b - tol:
+            return True
+        if k > b + tol:
+            return False
+    return False
+
+
+def select_by_accuracy(metrics: dict[str, float]) -> tuple[float, float]:
+    """Best epoch of :func:`train`: the highest validation step accuracy, then the lowest loss.
+
+    The loss alone keeps an untrained model when validation clips come from other scenes than
+    the training clips: a model that has learnt anything is confidently wrong on some unseen
+    scenes, so its loss rises from the first epochs while its accuracy rises too. On real
+    CCTV clips split by source video (docs/real-footage.md) the loss kept epoch 1 or 2, whose
+    scores hardly vary (every test clip got the same class).
+    """
+    return (-metrics["val_step_acc"], metrics["val_loss"])
+
+
 def fit(
     model: torch.nn.Module,
     train_loader: DataLoader,
@@ -259,12 +289,16 @@ def fit(
     out: Path,
     desc: str,
     progress: bool = True,
+    select: Callable[[dict[str, float]], tuple[float, ...]] | None = None,
 ) -> tuple[list[dict], int, float]:
     """The training loop of every objective: Adam, LR drop on a validation plateau, early stop.
 
     ``batch_loss(model, batch)`` is the objective; ``validate(model, loader)`` returns metrics
-    with ``val_loss``; ``save(epoch, metrics)`` is called at each new best. Writes
-    ``OUT/history.json`` every epoch; returns (history, best epoch, best validation loss).
+    with ``val_loss``; ``save(epoch, metrics)`` is called at each new best. ``select(metrics)``
+    is the key the best epoch minimises, compared element by element (default: the validation
+    loss alone); early stopping counts epochs without a better key, the LR drop follows the
+    validation loss. Only epochs with a finite validation loss are kept. Writes
+    ``OUT/history.json`` every epoch; returns (history, best epoch, its validation loss).
     """
     opt = adam(model.parameters(), cfg.lr, cfg.weight_decay, device)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -273,7 +307,8 @@ def fit(
     drop_gen = torch.Generator().manual_seed(cfg.seed + 1)
     history: list[dict] = []
     best, best_epoch, stale = float("inf"), 0, 0
-    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not progress)
+    best_key: tuple[float, ...] | None = None
+    bar = progress_bar(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not progress)
     for epoch in bar:
         train_loss = run_epoch(
             model, train_loader, opt, batch_loss, cfg, video_dim, device, drop_gen
@@ -284,8 +319,9 @@ def fit(
         history.append(
             {"epoch": epoch, "train_loss": train_loss} | metrics | {"lr": opt.param_groups[0]["lr"]}
         )
-        if val_loss < best - 1e-6:
-            best, best_epoch, stale = val_loss, epoch, 0
+        key = select(metrics) if select is not None else (val_loss,)
+        if math.isfinite(val_loss) and (best_key is None or improves(key, best_key)):
+            best, best_key, best_epoch, stale = val_loss, key, epoch, 0
             save(epoch, metrics)
         else:
             stale += 1
@@ -363,7 +399,7 @@ def train(
 
     history, best_epoch, best = fit(
         model, train_loader, val_loader, batch_loss, validate, save, cfg, mcfg.video_dim, device,
-        out, f"train {mcfg.name}/{cfg.modality}", progress,
+        out, f"train {mcfg.name}/{cfg.modality}", progress, select_by_accuracy,
     )  # fmt: skip
     return TrainResult(
         ckpt_path, history, best_epoch, best, count_parameters(model), time.time() - start

@@ -24,8 +24,12 @@ its frames (16 for the official features) and are compared with the frame truth 
 from __future__ import annotations
 
 import logging
+import math
+import queue
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,17 +37,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .checkpoint import Checkpoint, save_checkpoint
 from .config import NORMAL_CLASS, WEAK_OBJECTIVES, DictMixin, TrainConfig
-from .data import MODALITIES, Normalizer, collate, missing_mask, select_inputs
+from .data import MODALITIES, Normalizer, missing_mask, select_inputs
 from .inference import anomaly_scores, model_input, step_probabilities
 from .io import write_json
 from .metrics import frame_level_metrics, snippet_to_frame_scores
 from .models import count_parameters, create_model
-from .runtime import resolve_device
+from .progress import progress_bar
+from .runtime import precision_autocast, resolve_device
 from .store import Entry, FeatureStore, StoreError
 from .train import (
     BEST_CHECKPOINT,
@@ -69,10 +73,13 @@ FLANK_MARGIN = 4  # snippets around each annotated event compared with the event
 OBJECTIVES = WEAK_OBJECTIVES
 SCORER_HISTORY_FILE = "snippet_scorer_history.json"  # first stage of "refine"
 SCORER_LR = 1e-3  # learning rate of the per-snippet scorer
+HEADLINE_AP = "frame_pr_auc"  # the AP published XD-Violence numbers use
 AP_DEFINITIONS = {
-    "frame_ap": "scikit-learn average_precision_score over all test frames (step-wise, no interpolation)",
-    "frame_pr_auc": "trapezoidal area under precision_recall_curve (auc(recall, precision)), "
-    "what most public XD-Violence code reports as AP",
+    "frame_pr_auc": "headline AP, as published XD-Violence code (XDVioDet, RTFM) computes it: "
+    "sklearn.metrics.auc(recall, precision) on precision_recall_curve over all test frames "
+    "(trapezoid rule between operating points)",
+    "frame_ap": "step-wise AP: scikit-learn average_precision_score over all test frames "
+    "(sum over thresholds of (R_n - R_{n-1}) * P_n, no interpolation)",
     "frame_roc_auc": "scikit-learn roc_auc_score over all test frames",
 }
 
@@ -105,6 +112,8 @@ class WeakConfig(DictMixin):
     local_hidden: int = 128  # width of the per-snippet scorer
     pseudo_weight: float = 1.0  # weight of the pseudo-label term ("refine")
     all_crops: bool = True  # every visual crop is a training sample (official practice)
+    autocast: str = "fp32"  # "bf16": the model runs under bfloat16 autocast (loss in float32)
+    prefetch: int = 4  # batches read and collated ahead on a background thread (0: inline)
     modality_dropout: float = 0.0  # probability of blanking one sense per training video
     plateau_factor: float = 0.5
     plateau_patience: int = 3
@@ -279,6 +288,143 @@ class SnippetScorer(torch.nn.Module):
 # -- data --------------------------------------------------------------------------------------
 
 
+AUTOCAST_DTYPES = ("fp32", "bf16")
+BUCKET_POOL = 50  # batches whose samples are sorted by length together (LengthBatches)
+
+
+def autocast_for(precision: str, device: torch.device):
+    """The autocast context of a training step (``WeakConfig.autocast``): runtime's one rule, so
+    bf16 is refused with one line where the device lacks it."""
+    return precision_autocast(precision, device, ("fp32", "bf16"))
+
+
+class MaskDropout(torch.nn.Module):
+    """Inverted dropout like :class:`torch.nn.Dropout` (zero with probability p, scale the rest by
+    1 / (1 - p)), drawing a uniform mask instead of ``bernoulli_``: on CPU that halves the cost,
+    which is otherwise a tenth of a weak MTCN step."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p <= 0:
+            return x
+        keep = torch.rand(x.shape, device=x.device, dtype=torch.float32) >= self.p
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+
+
+def cheap_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace every :class:`torch.nn.Dropout` of ``model`` by :class:`MaskDropout` (same p, same
+    distribution; dropout has no parameters, so checkpoints are unchanged). In place; returns it."""
+    for name, child in model.named_children():
+        if type(child) is torch.nn.Dropout:
+            setattr(model, name, MaskDropout(child.p))
+        else:
+            cheap_dropout(child)
+    return model
+
+
+class LengthBatches(Sampler):
+    """Batches of samples of similar length, so a batch is padded to little more than its own
+    longest sample (not the data set's).
+
+    Each epoch the samples are shuffled, cut into pools of ``BUCKET_POOL`` batches, sorted by
+    length within a pool, cut into batches, and the batches shuffled. Without a generator the
+    order is fixed: sorted by length (validation, scoring).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, generator=None):
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size, self.generator = batch_size, generator
+
+    def _batches(self) -> list[list[int]]:
+        n, bs = len(self.lengths), self.batch_size
+        if self.generator is None:
+            order = np.argsort(self.lengths, kind="stable")
+            return [order[i : i + bs].tolist() for i in range(0, n, bs)]
+        order = torch.randperm(n, generator=self.generator).numpy()
+        span, batches = bs * BUCKET_POOL, []
+        for s in range(0, n, span):
+            pool = order[s : s + span]
+            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+            batches += [pool[i : i + bs].tolist() for i in range(0, len(pool), bs)]
+        perm = torch.randperm(len(batches), generator=self.generator).tolist()
+        return [batches[i] for i in perm]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        n, bs, span = len(self.lengths), self.batch_size, self.batch_size * BUCKET_POOL
+        if self.generator is None:
+            return math.ceil(n / bs)
+        return sum(math.ceil(min(span, n - s) / bs) for s in range(0, n, span))
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+_END = object()
+
+
+class Prefetch:
+    """Iterates a DataLoader on a background thread, ``depth`` batches ahead, so reading,
+    normalising and collating the next batches overlaps the training step (file reads and numpy
+    release the GIL). An error in the loader is raised in the consumer."""
+
+    def __init__(self, loader: DataLoader, depth: int):
+        self.loader, self.depth = loader, depth
+
+    @property
+    def dataset(self):
+        return self.loader.dataset
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.depth < 1:
+            yield from self.loader
+            return
+        q: queue.Queue = queue.Queue(maxsize=self.depth)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work() -> None:
+            try:
+                for b in self.loader:
+                    if not put(b):
+                        return
+                put(_END)
+            except BaseException as e:  # handed to the consumer, raised there
+                put(_Failed(e))
+
+        thread = threading.Thread(target=work, name="weak-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Failed):
+                    raise item.error
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+
+
 def video_label(entry: Entry) -> int:
     """Binary video label: ``extra["binary"]`` when the store has it, else label != normal."""
     extra = entry.extra or {}
@@ -348,6 +494,10 @@ class WeakDataset(Dataset):
         self.items = [(e, c) for e in entries for c in (range(crop_count(e)) if crops else [0])]
         self.targets: dict[int, np.ndarray] | None = None
 
+    def lengths(self) -> list[int]:
+        """Training length of every sample (after subsampling to max_len), from the index."""
+        return [min(e.T, self.max_len) for e, _ in self.items]
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -355,15 +505,39 @@ class WeakDataset(Dataset):
         entry, crop = self.items[i]
         t = read_tensors(self.store, entry, crop)
         x = self.norm(select_inputs(t, self.modality), missing_mask(t, self.modality))  # (T, D)
-        x = x[uniform_indices(len(x), self.max_len)]
         out = {
-            "x": torch.from_numpy(np.ascontiguousarray(x)),
+            "x": x[uniform_indices(len(x), self.max_len)],
             "y": float(video_label(entry)),
             "i": i,
         }
         if self.targets is not None:
-            out["target"] = torch.from_numpy(self.targets[i])
+            out["target"] = self.targets[i]
         return out
+
+
+def weak_collate(batch: list[dict]) -> dict[str, torch.Tensor]:
+    """Samples of :class:`WeakDataset` -> x (B, L, D) zero-padded to the batch's longest, mask
+    (B, L), y (B,), i (B,) and target (B, L) when the samples carry one. Filled in numpy: padding
+    each sample with ``F.pad`` first cost 20-40 times as much for (200, 1152) samples."""
+    lengths = [len(b["x"]) for b in batch]
+    B, L, D = len(batch), max(lengths), batch[0]["x"].shape[1]
+    x = np.zeros((B, L, D), np.float32)
+    mask = np.zeros((B, L), bool)
+    target = np.zeros((B, L), np.float32) if "target" in batch[0] else None
+    for j, (b, n) in enumerate(zip(batch, lengths, strict=True)):
+        x[j, :n] = b["x"]
+        mask[j, :n] = True
+        if target is not None:
+            target[j, :n] = b["target"]
+    out = {
+        "x": torch.from_numpy(x),
+        "mask": torch.from_numpy(mask),
+        "y": torch.tensor([b["y"] for b in batch], dtype=torch.float32),
+        "i": torch.tensor([b["i"] for b in batch], dtype=torch.int64),
+    }
+    if target is not None:
+        out["target"] = torch.from_numpy(target)
+    return out
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -397,6 +571,10 @@ def _check_training_set(store: FeatureStore, entries: Sequence[Entry], cfg: Weak
         raise TrainError("layers must be >= 0 (0: the model's default)")
     if cfg.objective == "refine" and cfg.local_epochs < 1:
         raise TrainError("the refine objective needs local_epochs >= 1")
+    if cfg.autocast not in AUTOCAST_DTYPES:
+        raise TrainError(f"unknown autocast type {cfg.autocast!r}; use one of {AUTOCAST_DTYPES}")
+    if cfg.prefetch < 0:
+        raise TrainError("prefetch must be >= 0 (0: read batches on the training thread)")
 
 
 @torch.no_grad()
@@ -404,7 +582,7 @@ def _loader_loss(
     model: torch.nn.Module, loader: DataLoader, cfg: WeakConfig, device: torch.device
 ) -> float:
     model.eval()
-    loss = batch_objective(cfg)
+    loss = batch_objective(cfg, device)
     total, n = 0.0, 0
     for b in loader:
         total += float(loss(model, {k: v.to(device) for k, v in b.items()})) * len(b["y"])
@@ -412,13 +590,28 @@ def _loader_loss(
     return total / max(n, 1)
 
 
-def batch_objective(cfg: WeakConfig):
-    """The weak objective of one batch, as :func:`avarnet.train.fit` calls it."""
+def batch_objective(cfg: WeakConfig, device: torch.device | None = None):
+    """The weak objective of one batch, as :func:`avarnet.train.fit` calls it; the model runs
+    under :func:`autocast_for` ``cfg.autocast`` on ``device``, the loss terms in float32."""
 
     def loss(model: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        return weak_objective(model, b["x"], b["mask"], b["y"], cfg, b.get("target"))
+        run = _at_precision(model, cfg.autocast, device)
+        return weak_objective(run, b["x"], b["mask"], b["y"], cfg, b.get("target"))
 
     return loss
+
+
+def _at_precision(model: torch.nn.Module, precision: str, device: torch.device | None):
+    """``model`` itself, or a callable running it under autocast and returning float32 logits."""
+    if device is None or isinstance(autocast_for(precision, device), nullcontext):
+        return model
+
+    def run(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with autocast_for(precision, device):
+            out = model(x, mask)
+        return out.float()
+
+    return run
 
 
 def _loaders(
@@ -432,8 +625,13 @@ def _loaders(
     args = (cfg.modality, norm, cfg.max_seq_len)
     train_ds = WeakDataset(store, train_entries, *args, all_crops=cfg.all_crops)
     val_ds = WeakDataset(store, val_entries or train_entries, *args, all_crops=False)
-    kw = {"batch_size": cfg.batch_size, "collate_fn": collate}
-    return DataLoader(train_ds, shuffle=True, generator=g, **kw), DataLoader(val_ds, **kw)
+    return _bucketed(train_ds, cfg, g), _bucketed(val_ds, cfg)
+
+
+def _bucketed(ds: WeakDataset, cfg: WeakConfig, generator=None) -> Prefetch:
+    """Length-bucketed batches of ``ds`` (shuffled with a generator), read ahead on a thread."""
+    sampler = LengthBatches(ds.lengths(), cfg.batch_size, generator)
+    return Prefetch(DataLoader(ds, batch_sampler=sampler, collate_fn=weak_collate), cfg.prefetch)
 
 
 def train_snippet_scorer(
@@ -450,19 +648,24 @@ def train_snippet_scorer(
     Returns the scorer of the epoch with the lowest validation MIL loss and its history.
     """
     scorer = SnippetScorer(input_dim, cfg.local_hidden).to(device)
+    if device.type == "cpu":
+        cheap_dropout(scorer)
     opt = adam(scorer.parameters(), SCORER_LR, cfg.weight_decay, device)
     mil = cfg.replace(smooth_weight=0.0, sparsity_weight=0.0, reversal_weight=0.0,
                       permutation_weight=0.0)  # fmt: skip
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     best, best_state, history = float("inf"), None, []
-    bar = tqdm(range(1, cfg.local_epochs + 1), desc="weak snippet scorer", unit="epoch",
+    bar = progress_bar(range(1, cfg.local_epochs + 1), desc="weak snippet scorer", unit="epoch",
                disable=not progress)  # fmt: skip
     for epoch in bar:
+        t0, c0 = time.perf_counter(), time.process_time()
         train_loss = run_epoch(
-            scorer, train_loader, opt, batch_objective(mil), mil, video_dim, device, gen
+            scorer, train_loader, opt, batch_objective(mil, device), mil, video_dim, device, gen
         )
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         val_loss = _loader_loss(scorer, val_loader, mil, device)
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                        "seconds": seconds, "cpu_seconds": cpu})  # fmt: skip
         if val_loss < best - 1e-6:
             best = val_loss
             best_state = {k: v.detach().clone() for k, v in scorer.state_dict().items()}
@@ -483,8 +686,7 @@ def pseudo_labels(
     normal ones (item index -> (l,) float32)."""
     scorer.eval()
     out: dict[int, np.ndarray] = {}
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collate)
-    for b in loader:
+    for b in _bucketed(dataset, cfg):
         x, mask = b["x"].to(device), b["mask"].to(device)
         p = torch.sigmoid(anomaly_logit(scorer(x, mask)[-1])).cpu().numpy()  # (B, L)
         for row, (i, y) in enumerate(zip(b["i"].tolist(), b["y"].tolist(), strict=True)):
@@ -539,20 +741,29 @@ def train_weak(
             loader.dataset.targets = pseudo_labels(scorer, loader.dataset, cfg, device)
         seed_everything(cfg.seed)
     model = create_model(mcfg).to(device)
+    if device.type == "cpu":
+        cheap_dropout(model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if local_history:
         write_json(out / SCORER_HISTORY_FILE, local_history)
+    # wall and process CPU time at the end of the last validation (or save): an epoch starts
+    mark = [time.perf_counter(), time.process_time()]
 
     def validate(model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
-        return {"val_loss": _loader_loss(model, loader, cfg, device)}
+        seconds, cpu = time.perf_counter() - mark[0], time.process_time() - mark[1]
+        metrics = {"val_loss": _loader_loss(model, loader, cfg, device), "seconds": seconds,
+                   "cpu_seconds": cpu}  # fmt: skip
+        mark[:] = time.perf_counter(), time.process_time()
+        return metrics
 
     def save(epoch: int, metrics: dict[str, float]) -> None:
         ckpt = _checkpoint(model, mcfg, cfg, store, norm, epoch, metrics["val_loss"])
         save_checkpoint(out / BEST_CHECKPOINT, ckpt)
+        mark[:] = time.perf_counter(), time.process_time()
 
     history, best_epoch, best = fit(
-        model, train_loader, val_loader, batch_objective(cfg), validate, save, cfg,
+        model, train_loader, val_loader, batch_objective(cfg, device), validate, save, cfg,
         mcfg.video_dim, device, out, f"weak {mcfg.name}/{cfg.modality}", progress,
     )  # fmt: skip
     params, seconds = count_parameters(model), time.time() - start
@@ -632,7 +843,7 @@ def score_videos(
     progress: bool = False,
 ) -> list[VideoScores]:
     out = []
-    for e in tqdm(entries, desc="score", unit="video", disable=not progress):
+    for e in progress_bar(entries, desc="score", unit="video", disable=not progress):
         t = store.load(e)
         out.append(VideoScores(e, snippet_scores(ckpt, t, drop), t.get("frame_labels")))
     return out
@@ -810,6 +1021,7 @@ def evaluate_weak(
         "flank_check": check,
         "warnings": [w for w in [flank_warning(check)] if w],
         "constant_baseline": frame_level_metrics(y, np.zeros_like(s)),
+        "headline": HEADLINE_AP,
         "ap_definitions": AP_DEFINITIONS,
         "n": len(videos),
         "frame_videos": sum(v.frame_labels is not None for v in videos),

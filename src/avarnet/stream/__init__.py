@@ -24,7 +24,7 @@ Modules: :mod:`.source` (opening a source, the bounded queue, :class:`StreamOpti
 :mod:`.predictor` (:class:`StreamingPredictor`, live vs trained-on features), :mod:`.summary`
 (segment records, the run's summary) and :mod:`.runner` (:func:`run_stream`). The library prints
 nothing and installs no signal handler: the terminal view and Ctrl-C handling belong to the
-command line (:mod:`avarnet.cli_stream`).
+command line (:mod:`avarnet.cli.stream_view`).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from .predictor import (
     StreamingPredictor,
     check_live_features,
     feature_mismatch,
+    fold_ignored,
     stream_extractor,
 )
 from .runner import STOP_GRACE_S, run_stream
@@ -108,6 +109,7 @@ __all__ = [
     "chunked_audio",
     "cosine",
     "feature_mismatch",
+    "fold_ignored",
     "live_spec",
     "open_source",
     "quantize_audio_encoder",

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint
-from ..config import FeatureSpec
+from ..config import NORMAL_CLASS, FeatureSpec
 from ..errors import AvarnetError
 from ..features import Extractor, SegmentEncoder, chunked_audio, cosine, live_spec, split_chunks
 from ..inference import anomaly_scores, model_input, window_probs
@@ -22,11 +22,25 @@ from ..runtime import autocast_dtype, quantize_audio_encoder, resolve_device
 log = logging.getLogger("avarnet")
 
 
+def fold_ignored(probs: dict[str, float], ignore: Sequence[str]) -> dict[str, float]:
+    """Ignored classes count as normal (with no normal class they are removed)."""
+    if not ignore:
+        return probs
+    out = {c: p for c, p in probs.items() if c not in ignore}
+    moved = sum(p for c, p in probs.items() if c in ignore)
+    if NORMAL_CLASS in out:
+        out[NORMAL_CLASS] += moved
+    return out
+
+
 class StreamingPredictor:
     """One prediction per pushed segment, from that segment and the ones before it.
 
     Keeps the last L = ``seq_len`` normalised inputs; the prediction for segment t is the last step
     of the model run on segments [t-L+1 .. t], exactly ``step_probabilities(..., causal=True)``.
+    Classes in ``ignore`` are folded into normal (:func:`fold_ignored`) before the label and the
+    anomaly score are taken. A model output that is not finite raises
+    :class:`~avarnet.inference.NonFiniteOutputError` (no score is made up).
     """
 
     def __init__(
@@ -37,8 +51,10 @@ class StreamingPredictor:
         audio_context_seconds: float | None = None,
         autocast_dtype: torch.dtype | None = None,
         model: Callable | None = None,
+        ignore: Sequence[str] = (),
     ) -> None:
         self.ckpt = ckpt
+        self.ignore = tuple(ignore)
         self.model = ckpt.model if model is None else model  # e.g. an ONNX Runtime session
         self.seq_len = ckpt.train_config.seq_len
         self.segment_seconds = ckpt.spec.segment_seconds
@@ -85,14 +101,18 @@ class StreamingPredictor:
         self.index += 1
         start = index * self.segment_seconds if start is None else start
         end = start + self.segment_seconds if end is None else end
-        classes = self.ckpt.classes
+        folded = fold_ignored(
+            {c: float(p) for c, p in zip(self.ckpt.classes, probs, strict=True)}, self.ignore
+        )
+        classes = list(folded)
+        values = np.array(list(folded.values()))
         return {
             "segment": index,
             "start": float(start),
             "end": float(end),
-            "label": classes[int(probs.argmax())],
-            "anomaly_score": float(anomaly_scores(probs[None], classes)[0]),
-            "probabilities": {c: float(p) for c, p in zip(classes, probs, strict=True)},
+            "label": classes[int(values.argmax())],
+            "anomaly_score": float(anomaly_scores(values[None], classes)[0]),
+            "probabilities": folded,
         }
 
     def push(self, frames: np.ndarray, audio: np.ndarray) -> dict:

@@ -13,6 +13,7 @@ from ..alerts import AlertTracker, WebhookPoster
 from ..checkpoint import Checkpoint
 from ..features import Extractor
 from ..media import Segment, SegmentSource
+from ..redact import redact
 from .predictor import FeatureDrift, StreamingPredictor
 from .source import POLL_S, SegmentQueue, StreamOptions, open_source
 from .summary import StreamSummary, segment_record
@@ -41,6 +42,7 @@ class _Runner:
         self.summary = StreamSummary(source.source)
         self._prob_sum: np.ndarray | None = None
         self._reader_error: str | None = None
+        self._failure: str | None = None
         trained = predictor.ckpt.spec
         self.drift = None
         if trained.audio_mode == "chunked" and predictor.encoder is not None:
@@ -56,6 +58,11 @@ class _Runner:
             self.summary.interrupted = True
             self.source.stop.set()
             self.queue.abort()
+        except Exception as e:  # e.g. a model output that is not finite: stop reading, say why
+            self._failure = str(e)
+            self.source.stop.set()
+            self.queue.abort()
+            raise
         finally:
             self.summary.wall_seconds = time.monotonic() - started
             reader.join(timeout=STOP_GRACE_S)
@@ -68,7 +75,7 @@ class _Runner:
                 if not self.queue.put(segment):
                     break
         except Exception as e:  # a decoder failure ends the stream; the consumer reports it
-            self._reader_error = f"{type(e).__name__}: {e}"
+            self._reader_error = redact(f"{type(e).__name__}: {e}")
         finally:
             self.queue.close()
 
@@ -142,7 +149,9 @@ class _Runner:
         s = self.summary
         s.dropped, s.queue_high_water = self.queue.dropped, self.queue.high_water
         s.end_reason, s.complete = self.source.end_reason, self.source.complete
-        if self._reader_error is not None:
+        if self._failure is not None:
+            s.end_reason, s.complete = f"failed: {self._failure}", False
+        elif self._reader_error is not None:
             s.end_reason, s.complete = f"decoder failed: {self._reader_error}", False
         elif s.interrupted:
             s.end_reason = f"interrupted at {s.media_seconds:.1f} s"

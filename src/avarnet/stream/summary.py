@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..redact import redact
+
 TOP_K = 3  # probabilities listed per segment record
 STATS_RESERVOIR = 4096  # samples kept per statistic: exact percentiles up to this many segments
 SUMMARY_EVENTS = 100  # closed events listed in the summary (the most recent; all are counted)
@@ -89,7 +91,7 @@ class StreamSummary:
     def record(self) -> dict:
         return {
             "type": "summary",
-            "source": self.source,
+            "source": redact(self.source),
             "end_reason": self.end_reason,
             "complete": self.complete,
             "interrupted": self.interrupted,

@@ -1,0 +1,132 @@
+"""Static int8 calibrated on the store: it quantises for real, and it keeps the decisions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import untrained_checkpoint
+
+from avarnet.checkpoint import load_checkpoint, save_checkpoint
+from avarnet.cli import main
+from avarnet.store import FeatureStore
+
+pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
+
+
+@pytest.fixture(scope="module")
+def quantised(tiny_store, tmp_path_factory) -> tuple[Path, Path, dict]:
+    """``avarnet quantize`` of an untrained checkpoint over ``tiny_store``'s features. Its small
+    normaliser spread magnifies feature changes, so that int8 can move decisions."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("quantize")
+    ckpt = root / "c.ckpt"
+    save_checkpoint(ckpt, untrained_checkpoint(FeatureStore.open(tiny_store).spec, std=0.02))
+    out = root / "int8"
+    args = ["-q", "quantize", str(ckpt), str(tiny_store), "--out", str(out), "--threads", "1"]
+    try:
+        assert main(args) == 0
+    finally:
+        torch.set_num_threads(before)
+    return ckpt, out, json.loads((out / "quantization.json").read_text())
+
+
+def _features(folder: Path, precision: str, video: Path) -> dict:
+    from avarnet.export import load_onnx
+    from avarnet.features import causal_features
+
+    bundle = load_onnx(folder, precision, threads=1)
+    return causal_features(video, bundle.extractor)[0]
+
+
+def test_int8_quantises_for_real_and_keeps_the_decisions(quantised, tiny_store):
+    """Fails for a quantiser that changes nothing: the int8 files must hold quantised weights and
+    (De)QuantizeLinear nodes, weigh much less, and compute measurably different features, while
+    the labels a stream gives on held-out clips stay those of fp32."""
+    from avarnet.apps.quantize import graph_summary
+    from avarnet.inference import model_input, step_probabilities
+
+    ckpt_path, out, report = quantised
+    for key in ("video", "audio"):
+        fp32, int8 = graph_summary(out / f"{key}.onnx"), graph_summary(out / f"{key}.int8.onnx")
+        assert (
+            int8["ops"].get("DequantizeLinear", 0) > 0 and int8["ops"].get("QuantizeLinear", 0) > 0
+        )
+        assert int8["weight_bytes"].get("INT8", 0) > 0 and not fp32["ops"]
+        assert sum(int8["weight_bytes"].values()) < 0.5 * sum(fp32["weight_bytes"].values()), key
+    store = FeatureStore.open(tiny_store)
+    ckpt = load_checkpoint(ckpt_path)
+    L = ckpt.train_config.seq_len
+    same, total, moved = 0, 0, 0.0
+    for entry in store.split("val"):  # the split the search measured decisions on
+        video = Path(store.info["data_root"]) / entry.source
+        a, b = _features(out, "fp32", video), _features(out, "int8", video)
+        moved = max(moved, float(np.abs(a["audio"] - b["audio"]).max()))
+        moved = max(moved, float(np.abs(a["video"] - b["video"]).max()))
+        pa = step_probabilities(ckpt.model, model_input(ckpt, a), L, causal=True)
+        pb = step_probabilities(ckpt.model, model_input(ckpt, b), L, causal=True)
+        same += int((pa.argmax(1) == pb.argmax(1)).sum())
+        total += len(pa)
+    assert moved > 1e-3  # int8 computes something else ...
+    assert same / total >= 0.99  # ... that decides the same
+    assert report["test"]["segments"] > 0 and 0 <= report["test"]["agreement_live"] <= 1
+    for key in ("accuracy", "f1", "live_accuracy", "live_f1"):
+        assert key in report["test"]["change"]
+
+
+def test_the_layers_kept_in_fp32_are_found_by_measurement(quantised):
+    """When the fully quantised encoders move decisions, every layer was measured alone, the
+    most damaging ones were kept in fp32 until the target was met, and they are fp32 in the file."""
+    import onnx
+
+    _, out, report = quantised
+    search = report["search"]
+    final = search["trials"][-1]
+    assert final["agreement"] >= search["target_agreement"]
+    if search["all_quantised"]["agreement"] >= search["target_agreement"]:
+        assert search["kept_fp32"] == [] and len(search["trials"]) == 1
+        return
+    kept = search["kept_fp32"]
+    ranked = [(g["model"], g["group"]) for g in search["groups"]]
+    assert kept and [(k["model"], k["group"]) for k in kept] == ranked[: len(kept)]
+    agreements = [g["agreement"] for g in search["groups"]]
+    assert agreements == sorted(agreements)  # the worst first
+    for k in kept:
+        model = onnx.load(str(out / f"{k['model']}.int8.onnx"))
+        dequantised = {
+            o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output
+        }
+        prefix = "/" + k["group"] + "/"
+        nodes = [n for n in model.graph.node if n.name.startswith(prefix)]
+        compute = [n for n in nodes if n.op_type in ("Conv", "MatMul", "Gemm")]
+        assert compute and not any(i in dequantised for n in compute for i in n.input), k
+
+
+def test_node_groups_follow_the_layers():
+    from avarnet.apps.quantize import node_group
+
+    assert node_group("/model/wav2vec2/encoder/layers.3/attention/q_proj/MatMul") == (
+        "model/wav2vec2/encoder/layers.3"
+    )
+    assert node_group("/model/mobilevit/conv_stem/convolution/Conv") == (
+        "model/mobilevit/conv_stem/convolution"
+    )
+    assert node_group("/model/wav2vec2/feature_extractor/conv_layers.0/conv/Conv") == (
+        "model/wav2vec2/feature_extractor/conv_layers.0"
+    )
+    assert node_group("MatMul_12") == "MatMul_12"
+
+
+def test_a_store_without_its_videos_is_one_line(tiny_store, tmp_path, capsys):
+    ckpt = tmp_path / "c.ckpt"
+    save_checkpoint(ckpt, untrained_checkpoint(FeatureStore.open(tiny_store).spec))
+    args = ["quantize", str(ckpt), str(tiny_store), "--out", str(tmp_path / "q")]
+    assert main([*args, "--data", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not found" in err[0] and "Traceback" not in err[0]
