@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,25 @@ def stream_scores(clip: Path, model: Path, out: Path, *options: str) -> list[flo
     return [r["anomaly_score"] for r in records if r["type"] == "segment"], summary
 
 
+def engine_waits_for_every_camera(server) -> None:
+    """The engine starts once every camera has a segment queued, so its first batch holds
+    segments of both (otherwise a fast engine may take each camera's segments one at a time)."""
+    from avarnet.media import Segment
+
+    (engine,) = server.engines.values()
+    run = engine.run
+
+    def run_when_all_queued() -> None:
+        deadline = time.monotonic() + 20.0
+        while time.monotonic() < deadline and not all(
+            any(isinstance(x, Segment) for x in s.queue) for s in engine.cameras.values()
+        ):
+            time.sleep(0.01)
+        run()
+
+    engine.run = run_when_all_queued
+
+
 @pytest.mark.parametrize(
     ("runtime", "precision"), [("onnx", "fp32"), ("onnx", "int8"), ("torch", "int8")]
 )
@@ -62,7 +82,7 @@ def test_serve_scores_equal_stream_at_the_same_runtime_and_precision(
     assert (summary["runtime"], summary["precision"]) == (runtime, precision)
     cameras = {"a": {"source": str(clip)}, "b": {"source": str(clip)}}  # batched across cameras
     cfg = config(tmp_path, model, cameras, runtime=runtime, precision=precision)
-    server, cap = ss.serve_here(cfg)
+    server, cap = ss.serve_here(cfg, patch=engine_waits_for_every_camera)
     for name in cameras:
         got = cap.scores(name)
         assert len(got) == len(want) >= 5
