@@ -46,13 +46,13 @@ from avarnet.config import (
 )
 from avarnet.data import discover_dataset
 from avarnet.encoders import AudioEncoder, VideoEncoder
-from avarnet.extract import build_spec, calibration_frames
+from avarnet.extract import build_spec, calibration_frames, entry_for
 from avarnet.features import Extractor, SegmentEncoder
 from avarnet.media import SegmentSource, probe
 from avarnet.metrics import classification_metrics
 from avarnet.predict import clip_probabilities, model_input, step_probabilities
 from avarnet.runtime import configure_cpu
-from avarnet.store import Entry, FeatureStore, video_id
+from avarnet.store import FeatureStore, video_id
 from avarnet.synth import synthesize_dataset
 from avarnet.train import train
 
@@ -125,17 +125,7 @@ def build_stores(
         for name, store in stores.items():
             a, m = results[name]
             T = min(len(v), len(a))
-            entry = Entry(
-                id=vid,
-                file=str(store.feature_path(vid).relative_to(store.root)),
-                label=item.label,
-                split=item.split,
-                source=item.rel_path,
-                duration=minfo.duration,
-                fps=minfo.fps,
-                has_audio=minfo.has_audio,
-                T=T,
-            )
+            entry = entry_for(store, item, vid, minfo, T)
             store.write(entry, {"video": v[:T], "audio": a[:T], "audio_mask": m[:T]})
     return stores
 

@@ -36,13 +36,13 @@ from avarnet.checkpoint import load_checkpoint
 from avarnet.config import DEFAULT_AUDIO_BACKBONE, DEFAULT_VIDEO_BACKBONE, TrainConfig
 from avarnet.data import discover_dataset
 from avarnet.encoders import AudioEncoder, VideoEncoder
-from avarnet.extract import build_spec, calibration_frames
+from avarnet.extract import build_spec, calibration_frames, entry_for
 from avarnet.features import Extractor, SegmentEncoder
 from avarnet.media import SegmentSource, probe
 from avarnet.metrics import classification_metrics
 from avarnet.predict import clip_probabilities, model_input, step_probabilities
 from avarnet.runtime import configure_cpu
-from avarnet.store import Entry, FeatureStore, video_id
+from avarnet.store import FeatureStore, video_id
 from avarnet.synth import synthesize_dataset
 from avarnet.train import train
 
@@ -103,17 +103,7 @@ def build_stores(data: Path, out: Path, args) -> dict[str, Path]:
         for name, store in stores.items():
             a, m = results[name]
             T = min(len(v), len(a))
-            entry = Entry(
-                id=vid,
-                file=str(store.feature_path(vid).relative_to(store.root)),
-                label=item.label,
-                split=item.split,
-                source=item.rel_path,
-                duration=info_m.duration,
-                fps=info_m.fps,
-                has_audio=info_m.has_audio,
-                T=T,
-            )
+            entry = entry_for(store, item, vid, info_m, T)
             store.write(entry, {"video": v[:T], "audio": a[:T], "audio_mask": m[:T]})
     timing_file = out / "audio_ms_per_segment.json"
     if any(timing.values()):
