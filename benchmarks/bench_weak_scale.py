@@ -16,10 +16,18 @@ batch 32) for one epoch of each stage and prints, per stage, seconds per epoch a
 floor: the forward + backward FLOPs of the epoch's real snippets (counted with
 ``torch.utils.flop_counter`` on the model itself), divided by the fp32 matmul rate measured in the
 same process with the same threads, before and after the training. On a shared machine the ratio,
-not the seconds, is what carries over; the load average is printed too.
+not the seconds, is what carries over; the load average is printed too. The FLOPs are those of the
+model as ``nn.Conv1d`` computes it (every tap, padding included), whichever path trains, so the
+floor is the same for both.
+
+MTCN trains on CPU with its convolutions as matmuls (``avarnet.models.mtcn.conv_steps``);
+``--reference-convs`` trains with ``nn.Conv1d`` instead (the path inference runs), and
+``--ab-steps N`` then times N training steps of each path on the trained model, interleaved (each
+batch once per path, the order alternating), on random batches shaped like the epoch's (lengths
+drawn from the store, batched as ``LengthBatches`` does): the same-run comparison of the two.
 
     python benchmarks/bench_weak_scale.py --out /tmp/xdv_scale            # full size
-    python benchmarks/bench_weak_scale.py --out /tmp/xdv_scale_s --videos 200   # quick
+    python benchmarks/bench_weak_scale.py --out /tmp/xdv_scale_s --videos 200 --ab-steps 20  # quick
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import resource
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +58,7 @@ from avarnet.apps.xdv import (
     XDV_CLASSES,
 )
 from avarnet.config import FeatureSpec
+from avarnet.models.mtcn import reference_convs
 from avarnet.store import Entry, FeatureStore, video_id
 
 DV, DA = 1024, 128
@@ -131,7 +141,8 @@ def matmul_gflops(seconds: float = 6.0, n: int = 1024) -> tuple[float, float]:
 
 
 def train_flops(model: torch.nn.Module, dim: int, T: int, scored=None) -> float:
-    """Forward + backward FLOPs of one training sample of T snippets (batch of one)."""
+    """Forward + backward FLOPs of one training sample of T snippets (batch of one), with the
+    convolutions counted as ``nn.Conv1d`` computes them."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from avarnet.weak import WeakConfig, weak_objective
@@ -139,7 +150,7 @@ def train_flops(model: torch.nn.Module, dim: int, T: int, scored=None) -> float:
     model.train()
     x, mask = torch.randn(1, T, dim), torch.ones(1, T, dtype=torch.bool)
     y, target = torch.ones(1), torch.rand(1, T)
-    with FlopCounterMode(display=False) as fc:
+    with reference_convs(), FlopCounterMode(display=False) as fc:
         weak_objective(model, x, mask, y, WeakConfig(), target if scored else None).backward()
     model.zero_grad(set_to_none=True)
     return float(fc.get_total_flops())
@@ -153,6 +164,40 @@ def epoch_floor_flops(model: torch.nn.Module, dim: int, sample_lengths, scored) 
     coef = np.polyfit(pts, f, 2)
     L = np.asarray(sample_lengths, dtype=np.float64)
     return float(np.polyval(coef, L).sum())
+
+
+def ab_steps(model: torch.nn.Module, dim: int, sample_lengths, steps: int, seed: int) -> dict:
+    """CPU and wall seconds of ``steps`` training steps (Adam, the default weak objective with
+    pseudo-labels) with MTCN's matmul convolutions and with ``nn.Conv1d``, interleaved: each batch
+    runs once per path, which goes first alternating. Batches of 32 random features with lengths
+    drawn from ``sample_lengths`` and batched as ``LengthBatches`` batches an epoch."""
+    from avarnet.weak import LengthBatches, WeakConfig, cheap_dropout, weak_objective
+
+    cfg = WeakConfig()
+    g = torch.Generator().manual_seed(seed)
+    lengths = np.asarray(sample_lengths)
+    batches = list(LengthBatches(lengths, cfg.batch_size, g))[:steps]
+    model = cheap_dropout(model).train()
+    opt = torch.optim.Adam(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
+    spent = {"matmul": [0.0, 0.0], "reference": [0.0, 0.0]}
+    for i, idx in enumerate(batches):
+        T = lengths[idx]
+        mask = torch.arange(int(T.max()))[None, :] < torch.as_tensor(T)[:, None]  # (B, L)
+        x = torch.randn(*mask.shape, dim, generator=g) * mask[..., None]
+        y = (torch.rand(len(idx), generator=g) < 0.5).float()
+        target = torch.rand(mask.shape, generator=g) * mask
+        for path in ("matmul", "reference") if i % 2 == 0 else ("reference", "matmul"):
+            with reference_convs() if path == "reference" else nullcontext():
+                c0, t0 = time.process_time(), time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                weak_objective(model, x, mask, y, cfg, target).backward()
+                opt.step()
+                spent[path][0] += time.process_time() - c0
+                spent[path][1] += time.perf_counter() - t0
+    (mc, mw), (rc, rw) = spent["matmul"], spent["reference"]
+    return {"steps": len(batches), "cpu_s_matmul": mc, "cpu_s_reference": rc,
+            "wall_s_matmul": mw, "wall_s_reference": rw,
+            "cpu_ratio_matmul_to_reference": mc / rc, "wall_ratio_matmul_to_reference": mw / rw}  # fmt: skip
 
 
 def peak_rss_gb() -> float:
@@ -177,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write the numbers here")
+    p.add_argument("--reference-convs", action="store_true",
+                   help="train MTCN with nn.Conv1d, not its matmul convolutions")  # fmt: skip
+    p.add_argument("--ab-steps", type=int, default=0,
+                   help="then time this many steps of each convolution path, interleaved")  # fmt: skip
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
 
@@ -189,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     before = matmul_gflops()
     cfg = WeakConfig(epochs=1, local_epochs=1, device="cpu", seed=a.seed, num_threads=a.threads)
     t0 = time.time()
-    r = train_weak(store, a.out / "run", cfg, progress=False)
+    with reference_convs() if a.reference_convs else nullcontext():
+        r = train_weak(store, a.out / "run", cfg, progress=False)
     total_s = time.time() - t0
     after = matmul_gflops()
     wall_rate, cpu_rate = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
@@ -219,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             "idle_epoch_s_estimate": h["cpu_seconds"] / a.threads,
             "gflop_per_sample": flops[k] / len(samples) / 1e9,
         }
+    ab = ab_steps(ck.model, dim, samples, a.ab_steps, a.seed) if a.ab_steps > 0 else None
     out = {
         "videos": a.videos,
+        "mtcn_convs": "nn.Conv1d" if a.reference_convs else "matmul",
         "train_samples": len(samples),
         "snippets": int(sum(samples)),
         "generate_s": gen_s,
@@ -228,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "matmul_gflops_wall": [before[0], after[0]],
         "matmul_gflops_per_cpu_s": [before[1], after[1]],
         "stages": stages,
+        "ab_steps": ab,
         "train_weak_s": total_s,
         "peak_rss_gb": peak_rss_gb(),
         "cpu": cpu_model(),

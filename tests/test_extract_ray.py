@@ -160,3 +160,44 @@ def test_pipeline_asks_resources_by_name_and_keeps_decoding_apart(
         decode = [line for line in physical.splitlines() if "decode_row" in line]
         assert len(decode) == 1 and "Encoder" not in decode[0], physical
         assert "MapBatches(VideoEncoderActor)" in physical
+
+
+def _encoder_sources(kind: str, root: Path) -> dict:
+    """Library keyword arguments selecting a tiny clip encoder (6 frames at 12 fps: not a multiple
+    of the frames a CPU pass takes) and an audio encoder of ``kind``, on the CPU."""
+    import json
+
+    import encoder_factory as ef
+    from test_spectrogram_encoders import save_tiny_ast
+
+    clip = ef.save_onnx_encoder("clip", root / "clip", clip_frames=6)
+    manifest = ef.manifest("clip")
+    manifest["input"] |= {"frames": 6, "fps": 12.0}
+    clip.with_suffix(".json").write_text(json.dumps(manifest))
+    audio = {
+        "logmel": lambda: f"onnx:{ef.save_onnx_encoder('logmel', root / 'logmel')}",
+        "spectrogram": lambda: str(save_tiny_ast(root / "ast")),
+    }[kind]()
+    return {"video_backbone": f"onnx:{clip}", "audio_backbone": audio, "device": "cpu",
+            "progress": False}  # fmt: skip
+
+
+@pytest.mark.parametrize("audio", ["logmel", "spectrogram"])
+def test_ray_engine_with_a_clip_encoder_writes_the_local_engines_store(
+    cluster, audio, tiny_dataset, tmp_path
+):
+    """Clips of a clip encoder, log-mel and spectrogram audio encoders: the Ray actors encode as
+    the local engine does, so the two stores hold the same features."""
+    from avarnet.extract import extract_dataset
+
+    kwargs = _encoder_sources(audio, tmp_path / "encoders")
+    local, ray_out = tmp_path / "local", tmp_path / "ray"
+    r = extract_dataset(tiny_dataset, local, workers=0, **kwargs)
+    assert r.done == 9 and not r.failures
+    options = RayOptions(videos_per_batch=3, decode_cpus=1.0, write_cpus=1.0)
+    r = extract_dataset_ray(tiny_dataset, ray_out, options=options, **kwargs)
+    assert r.done == 9 and not r.failures, r.failures
+    spec = FeatureStore.open(ray_out).spec
+    assert spec.video_encoder["kind"] == "clip" and spec.frames_per_segment == 6
+    assert spec.audio_encoder["kind"] == audio
+    assert_same_store(local, ray_out)

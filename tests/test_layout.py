@@ -34,6 +34,7 @@ CORE = (
     "redact",
     "progress",
     "io",
+    "gate",
     "config",
     "runtime",
     "media",

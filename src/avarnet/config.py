@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from .errors import InvalidArgumentError
+from .gate import gate_settings
 
 # The ten classes of the paper's VAAR dataset, in the order used everywhere.
 VAAR_CLASSES: tuple[str, ...] = (
@@ -132,11 +133,21 @@ class FeatureSpec(DictMixin):
     # Wav2Vec2 through transformers, as in every store and checkpoint made before these fields.
     video_encoder: dict = field(default_factory=dict)
     audio_encoder: dict = field(default_factory=dict)
+    # The motion-and-sound gate (avarnet.gate): {"motion", "sound_dbfs", "refresh"}; still, silent
+    # segments repeat the last encoded segment's features. {}: off, as in every store and
+    # checkpoint made before this field. Causal audio only (the gate is a live definition).
+    gate: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.audio_mode not in AUDIO_MODES:
             raise InvalidArgumentError(
                 f"audio_mode must be one of {AUDIO_MODES}, got {self.audio_mode!r}"
+            )
+        object.__setattr__(self, "gate", gate_settings(self.gate))
+        if self.gate and self.audio_mode != "causal":
+            raise InvalidArgumentError(
+                "a motion-and-sound gate needs causal audio features (it decides per segment, "
+                "as a live stream does); chunked audio cannot be gated"
             )
         check_choice("FeatureSpec", "precision", self.precision, ENCODER_PRECISIONS)
         if not self.audio_context_seconds >= 0:

@@ -135,6 +135,13 @@ def export_checkpoint(
     """
     _require_onnx()
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    encoder = ckpt.spec.audio_encoder
+    if encoder.get("kind") == "spectrogram":  # its feature extractor runs outside the model
+        raise ExportError(
+            f"the audio backbone {ckpt.spec.audio_backbone!r} is a spectrogram model "
+            f"({encoder.get('model_type')}) whose feature extractor runs outside the model; "
+            "it has no ONNX export (use a waveform model, or an ONNX logmel encoder)"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)

@@ -50,6 +50,7 @@ from .encoders import (
 )
 from .errors import InvalidArgumentError, NonFiniteError
 from .features import Extractor, audio_batch, frame_batch, pool_audio_frames
+from .gate import gate_settings
 from .media import segment_times  # noqa: F401  (re-exported)
 from .progress import ProgressBar, progress_bar, write_line
 from .runtime import autocast, cast_for_autocast, check_precision, configure_cpu, resolve_device
@@ -78,6 +79,8 @@ class ExtractResult:
     done: int = 0
     skipped: int = 0
     failures: list[dict] = field(default_factory=list)
+    segments: int = 0  # segments of the videos extracted by this run
+    gated: int = 0  # of those, held by the motion-and-sound gate (no encoder ran)
 
 
 @dataclass(frozen=True)
@@ -102,11 +105,18 @@ class ExtractOptions:
     audio_context_seconds: float = DEFAULT_AUDIO_CONTEXT_S
     workers: int | None = None
     precision: str = "fp32"
+    gate: dict = field(default_factory=dict)  # motion-and-sound gate (avarnet.gate); {}: off
 
     def __post_init__(self) -> None:
         check_choice("ExtractOptions", "weights", self.weights, WEIGHTS)
         check_choice("ExtractOptions", "audio_mode", self.audio_mode, AUDIO_MODES)
         check_choice("ExtractOptions", "precision", self.precision, ENCODER_PRECISIONS)
+        object.__setattr__(self, "gate", gate_settings(self.gate))
+        if self.gate and self.audio_mode != "causal":
+            raise InvalidArgumentError(
+                "a motion-and-sound gate needs causal audio features (it decides per segment, "
+                "as a live stream does); chunked audio cannot be gated"
+            )
         if self.workers is not None and self.workers < 0:
             raise InvalidArgumentError(f"workers must be >= 0, got {self.workers}")
 
@@ -185,6 +195,7 @@ def build_spec(
     audio_mode: str = "chunked",
     audio_context_seconds: float = DEFAULT_AUDIO_CONTEXT_S,
     precision: str = "fp32",
+    gate: dict | None = None,
 ) -> FeatureSpec:
     pretrained = weights == "pretrained"
     if video.kind == "clip":  # a clip encoder: each segment is one clip of its frames
@@ -193,6 +204,7 @@ def build_spec(
         audio_mode=audio_mode,
         audio_context_seconds=audio_context_seconds,
         precision=precision,
+        gate=gate or {},
         video_backbone=absolute_source(video.source),
         audio_backbone=absolute_source(audio.source),
         video_backbone_sha256=video.digest() if pretrained else "",
@@ -286,6 +298,7 @@ def extract_dataset(
         o.audio_mode,
         o.audio_context_seconds,
         o.precision,
+        o.gate,
     )
     info = {"classes": classes, "data_root": str(data.resolve()), "split_seed": o.seed}
     store = prepare_store(out, spec, video, items, info)
@@ -385,6 +398,9 @@ def _extract_in_process(
                 else:
                     result.done += written
                     result.skipped += not written
+                    if written:
+                        result.segments += len(tensors["video"])
+                        result.gated += int(tensors["gated"].sum()) if "gated" in tensors else 0
                     bar.update(1)
                     continue
             report_failure(store, result, bar, item.rel_path, reason)

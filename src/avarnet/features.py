@@ -29,6 +29,7 @@ from . import media
 from .config import DEFAULT_AUDIO_CONTEXT_S, FeatureSpec
 from .encoders import AudioEncoder, VideoEncoder, check_backbone
 from .errors import AvarnetError
+from .gate import Gate, GateState
 from .media import Segment, SegmentSource, segment_times
 from .runtime import autocast, configure_cpu, precision_dtype
 
@@ -120,6 +121,8 @@ class _Context:
     last_index: int | None = None
     last_frames: np.ndarray | None = None
     last_video: np.ndarray | None = None  # the feature of last_frames
+    gate: GateState = field(default_factory=GateState)  # the motion-and-sound gate's reference
+    last_audio: tuple[np.ndarray, bool] | None = None  # the last encoded segment's audio, mask
 
 
 class SegmentEncoder:
@@ -136,6 +139,11 @@ class SegmentEncoder:
     One encoder serves many sources at once (a server's cameras): :meth:`encode` takes a ``keys``
     list naming each segment's source; the audio context and the last video vector are kept per
     key, and one batch may mix sources (and frame sizes).
+
+    With a motion-and-sound gate in the spec (:mod:`avarnet.gate`), a still, silent segment skips
+    both encoders: its video, audio and audio mask repeat the last encoded segment's of its
+    source, and :meth:`encode` also returns ``gated`` (n,) bool. ``segments_seen`` and
+    ``segments_gated`` count them.
     """
 
     def __init__(
@@ -155,6 +163,9 @@ class SegmentEncoder:
         self.context_samples = round(audio_context_seconds * spec.sample_rate)
         self.autocast_dtype = autocast_dtype
         self.frames_encoded = 0  # video frames run through MobileViT so far
+        self.gate = Gate.from_dict(spec.gate)  # None: every segment is encoded
+        self.segments_seen = 0
+        self.segments_gated = 0  # held by the gate: neither encoder ran
         self._contexts: dict[Hashable, _Context] = {}
 
     def reset(self, key: Hashable | None = None) -> None:
@@ -169,16 +180,32 @@ class SegmentEncoder:
         self, segments: Sequence[Segment], keys: Sequence[Hashable] | None = None
     ) -> dict[str, np.ndarray]:
         """{"video": (n, Dv), "audio": (n, Da), "audio_mask": (n,) bool} for segments in order
-        (per key: ``keys[i]`` names segment i's source; None: all from one source)."""
+        (per key: ``keys[i]`` names segment i's source; None: all from one source); with a gate,
+        also "gated": (n,) bool, the segments held from the last encoded one."""
         if not segments:
             raise ValueError("encode() needs at least one segment")
         keys = [None] * len(segments) if keys is None else list(keys)
         if len(keys) != len(segments):
             raise ValueError("encode() needs one key per segment")
+        gated = self._gated(segments, keys)
         with self._autocast():
-            video = self._video(segments, keys)
-            audio, mask = self.encode_audio(segments, keys)
-        return {"video": video, "audio": audio, "audio_mask": mask}
+            video = self._video(segments, keys, gated)
+            audio, mask = self.encode_audio(segments, keys, gated)
+        out = {"video": video, "audio": audio, "audio_mask": mask}
+        if self.gate is not None:
+            out["gated"] = gated
+        return out
+
+    def _gated(self, segments: Sequence[Segment], keys: list) -> np.ndarray:
+        """(n,) bool: the segments the gate holds (all False without a gate)."""
+        gated = np.zeros(len(segments), bool)
+        self.segments_seen += len(segments)
+        if self.gate is None:
+            return gated
+        for i, (seg, key) in enumerate(zip(segments, keys, strict=True)):
+            gated[i] = self._context(key).gate.still(self.gate, seg.index, seg.frames, seg.audio)
+        self.segments_gated += int(gated.sum())
+        return gated
 
     def _context(self, key: Hashable) -> _Context:
         return self._contexts.setdefault(key, _Context())
@@ -189,11 +216,13 @@ class SegmentEncoder:
         device = self.extractor.video.device
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
-    def _video(self, segments: Sequence[Segment], keys: list) -> np.ndarray:
+    def _video(self, segments: Sequence[Segment], keys: list, gated: np.ndarray) -> np.ndarray:
         source: list[int | np.ndarray] = []  # per segment: the segment it copies, or a vector
         for i, (seg, key) in enumerate(zip(segments, keys, strict=True)):
             ctx = self._context(key)
-            if ctx.last_frames is not None and _same_frames(seg.frames, ctx.last_frames):
+            if gated[i]:  # held: the last encoded segment's vector (the previous one's)
+                source.append(ctx.last_video)
+            elif ctx.last_frames is not None and _same_frames(seg.frames, ctx.last_frames):
                 source.append(ctx.last_video)  # a repeated frame (a gap): the same vector
             else:
                 source.append(i)
@@ -222,25 +251,39 @@ class SegmentEncoder:
         return out
 
     def encode_audio(
-        self, segments: Sequence[Segment], keys: Sequence[Hashable] | None = None
+        self,
+        segments: Sequence[Segment],
+        keys: Sequence[Hashable] | None = None,
+        gated: Sequence[bool] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Causal audio vectors (n, Da) and mask (n,) of segments, consecutive per key."""
+        """Causal audio vectors (n, Da) and mask (n,) of segments, consecutive per key; a segment
+        ``gated`` repeats the last encoded segment's of its key (its samples still extend the
+        look-back)."""
         keys = [None] * len(segments) if keys is None else list(keys)
+        gated = np.zeros(len(segments), bool) if gated is None else np.asarray(gated, bool)
         enc = self.extractor.audio
         audio = np.zeros((len(segments), enc.dim), np.float32)
         mask = np.zeros(len(segments), bool)
-        windows = self._windows(segments, keys)  # i -> (window, context samples)
-        feats = enc.encode_batch([w for w, _ in windows.values()])
+        windows = self._windows(segments, keys, gated)  # i -> (window, context samples)
+        feats = enc.encode_batch([w for w, _ in windows.values()]) if windows else []
         for (i, (_, context)), f in zip(windows.items(), feats, strict=True):
             times = enc.frame_times(len(f), -context / enc.sample_rate)  # s from the segment start
             keep = (times >= 0) & (times < self.spec.segment_seconds)
             if keep.any():
                 audio[i] = f[keep].astype(np.float64).mean(axis=0).astype(np.float32)
                 mask[i] = True
+        if self.gate is not None:
+            for i, key in enumerate(keys):  # in order: a held segment copies the last encoded
+                ctx = self._context(key)
+                if gated[i] and ctx.last_audio is not None:
+                    audio[i], mask[i] = ctx.last_audio
+                else:
+                    ctx.last_audio = (audio[i].copy(), bool(mask[i]))
         return audio, mask
 
-    def _windows(self, segments: Sequence[Segment], keys: list) -> dict:
-        """[context | segment] windows of the segments with audio, and their context lengths."""
+    def _windows(self, segments: Sequence[Segment], keys: list, gated: np.ndarray) -> dict:
+        """[context | segment] windows of the segments with audio that are not held, and their
+        context lengths."""
         out = {}
         for i, (seg, key) in enumerate(zip(segments, keys, strict=True)):
             ctx = self._context(key)
@@ -251,7 +294,8 @@ class SegmentEncoder:
                 ctx.tail = ctx.tail[:0]
                 continue
             window = np.concatenate([ctx.tail, seg.audio])  # (C + S,)
-            out[i] = (window, len(ctx.tail))
+            if not gated[i]:
+                out[i] = (window, len(ctx.tail))
             keep = min(self.context_samples, len(window))
             ctx.tail = window[len(window) - keep :]
         return out

@@ -73,6 +73,8 @@ def predict_video(
     pred["causal"] = causal
     pred["weights"] = ckpt.spec.weights
     pred["runtime"], pred["precision"] = runtime, precision
+    if "gated" in tensors:  # the checkpoint's motion-and-sound gate: segments whose features held
+        pred["gated_segments"] = int(tensors["gated"].sum())
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

@@ -153,11 +153,19 @@ class _EncoderActor:
         self.spec = FeatureSpec.from_dict(spec)
         self.enc = _encoders(spec, store_root, device, self.kind)
         self.dtype = precision_dtype(self.spec.precision)
-        cast_for_autocast(self.enc.model, self.dtype)
+        if self.enc.model is not None:  # an ONNX encoder holds no torch model
+            cast_for_autocast(self.enc.model, self.dtype)
 
 
 class VideoEncoderActor(_EncoderActor):
-    """MobileViT over the frames of a batch of videos: adds ``video`` (T, Dv), drops ``frames``."""
+    """The video encoder over the frames of a batch of videos: adds ``video`` (T, Dv), drops
+    ``frames``.
+
+    Frames are preprocessed per video and encoded as the local engine encodes them, whatever the
+    encoder's kind: passes of whole inputs of the encoder (``clip_frames`` frames: one for a frame
+    encoder, a clip for a clip encoder, whose every frame gets its clip's vector), each video's
+    T * k frames being T whole clips, then the mean over each segment's k frames.
+    """
 
     kind = "video"
 
@@ -167,7 +175,11 @@ class VideoEncoderActor(_EncoderActor):
         from ..extract import encode_pixels
         from ..features import frame_batch
 
-        n = len(batch["vid"])
+        n, k = len(batch["vid"]), self.spec.frames_per_segment
+        if k % self.enc.clip_frames:
+            raise ValueError(
+                f"{k} frames per segment are not whole clips of {self.enc.clip_frames} frames"
+            )
         pixels, owners = [], []
         for i in range(n):
             if batch["error"][i]:
@@ -176,14 +188,15 @@ class VideoEncoderActor(_EncoderActor):
             owners.append(i)
         feats = np.zeros((0, self.enc.dim), np.float32)
         if pixels:
-            allpx, size = torch.cat(pixels), frame_batch(self.enc.device)
+            allpx = torch.cat(pixels)
+            size = frame_batch(self.enc.device) * self.enc.clip_frames  # whole clips a pass
             parts = [
                 encode_pixels(self.enc, allpx[s : s + size], self.dtype)
                 for s in range(0, len(allpx), size)
             ]
             feats = np.concatenate(parts)
         video = [np.zeros((0, self.enc.dim), np.float32) for _ in range(n)]
-        row, k = 0, self.spec.frames_per_segment
+        row = 0
         for i, px in zip(owners, pixels, strict=True):
             T = int(batch["T"][i])
             video[i] = feats[row : row + len(px)].reshape(T, k, -1).mean(axis=1).astype(np.float32)
@@ -194,7 +207,9 @@ class VideoEncoderActor(_EncoderActor):
 
 
 class AudioEncoderActor(_EncoderActor):
-    """Wav2Vec2 over the audio chunks of a batch of videos: adds ``audio`` and ``audio_mask``."""
+    """The audio encoder over the audio chunks of a batch of videos: adds ``audio`` and
+    ``audio_mask``. Any kind (waveform, logmel, spectrogram) gives vectors placed in time by its
+    hop and receptive field, pooled per segment as the local engine pools them."""
 
     kind = "audio"
 

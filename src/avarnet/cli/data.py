@@ -47,8 +47,9 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--audio-backbone",
         default=DEFAULT_AUDIO_BACKBONE,
-        help="Wav2Vec2 (default) or another transformers waveform model (HuBERT, WavLM, "
-        "data2vec-audio): hub id or local folder; or onnx:PATH, an ONNX waveform or log-mel "
+        help="Wav2Vec2 (default), another transformers waveform model (HuBERT, WavLM, "
+        "data2vec-audio) or a spectrogram model (AST, Whisper's encoder, CLAP) with its feature "
+        "extractor: hub id or local folder; or onnx:PATH, an ONNX waveform or log-mel "
         "patch encoder with its JSON manifest beside it",
     )
     p.add_argument("--device", choices=DEVICES, default=DEVICE)
@@ -83,6 +84,13 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="S",
         help="causal audio look-back in seconds (0 allowed; default 0)",
+    )
+    p.add_argument(
+        "--gate",
+        metavar="motion=F,sound=DB[,refresh=N]",
+        help="motion-and-sound gate (causal audio only; off when not given): segments whose "
+        "thumbnail moved less than F of full scale and whose level is under DB dBFS skip the "
+        "encoders and repeat the last encoded features, at most N (10) in a row (docs/live.md)",
     )
     p.add_argument("--seed", type=SEED, default=SPEC.seed, help="split seed and random-weight seed")
     p.add_argument(
@@ -126,9 +134,27 @@ def cmd_synth(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _gate(a: argparse.Namespace) -> dict:
+    """The spec's gate from --gate ({} without it); one line for a bad value."""
+    from ..gate import Gate
+
+    if a.gate is None:
+        return {}
+    try:
+        gate = Gate.parse(a.gate)
+    except InvalidArgumentError as e:
+        raise InvalidArgumentError(f"--gate {a.gate}: {str(e).removeprefix('gate: ')}") from None
+    if gate is not None and a.audio_features != "causal":
+        raise InvalidArgumentError(
+            "--gate needs --audio-features causal (the gate decides per segment, as a stream does)"
+        )
+    return {} if gate is None else gate.to_dict()
+
+
 def cmd_extract(a: argparse.Namespace) -> int:
     from ..extract import extract_dataset
 
+    gate = _gate(a)
     if a.weights == "random":
         log.warning(
             "RANDOM WEIGHTS: backbones are randomly initialised (seed %d); features are for offline use only",
@@ -159,11 +185,15 @@ def cmd_extract(a: argparse.Namespace) -> int:
             a.out,
             audio_mode=a.audio_features,
             workers=a.workers,
+            gate=gate,
             **common,
             **({} if a.audio_context is None else {"audio_context_seconds": a.audio_context}),
         )
     # each failure had its line as it happened; failures.jsonl in the store keeps them all
     print(f"extracted {r.done}, already done {r.skipped}, failed {len(r.failures)} -> {a.out}")
+    if gate:
+        share = r.gated / r.segments if r.segments else 0.0
+        print(f"gated {r.gated} of {r.segments} segments ({share:.1%}): still and silent, held")
     return EXIT_PARTIAL if r.failures else EXIT_OK
 
 

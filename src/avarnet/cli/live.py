@@ -207,6 +207,13 @@ def cmd_stream(a: argparse.Namespace) -> int:
         if a.jsonl:
             jsonl.close()
     print(summary_text(out.summary), file=out.text, flush=True)
+    if out.summary.get("gated") is not None:
+        print(
+            f"  gated {out.summary['gated']} of {out.summary['segments']} segments "
+            "(still and silent: features held)",
+            file=out.text,
+            flush=True,
+        )
     lost = webhook.stats.failed + webhook.stats.dropped if webhook else 0
     if lost:  # an alert nobody received is a partial failure
         print(

@@ -9,17 +9,22 @@ One interface by input kind, whatever runs the model:
 * ``waveform`` (:class:`AudioEncoder`): samples (rate, normalisation, receptive field, hop) ->
   vectors per output frame, mean-pooled per segment;
 * ``logmel`` (:class:`~avarnet.encoders.onnx.OnnxLogMelEncoder`): the VGGish/YAMNet front end
-  (:mod:`avarnet.encoders.logmel`) -> one vector per patch, pooled per segment as output frames.
+  (:mod:`avarnet.encoders.logmel`) -> one vector per patch, pooled per segment as output frames;
+* ``spectrogram`` (:class:`~avarnet.encoders.spectrogram.SpectrogramEncoder`): AST, Whisper's
+  encoder or CLAP's audio side with the model's own feature extractor -> one vector per patch,
+  pooled per segment as output frames.
 
 Backends: transformers (:mod:`avarnet.encoders.hf`: MobileViT and Wav2Vec2 by default, any image
-or waveform model by hub id or folder) and ONNX Runtime (:mod:`avarnet.encoders.onnx`: ``onnx:PATH``
-with a JSON manifest beside the file). ``VideoEncoder.load`` / ``AudioEncoder.load`` take any
+or waveform model by hub id or folder; :mod:`avarnet.encoders.spectrogram`: AST, Whisper, CLAP)
+and ONNX Runtime (:mod:`avarnet.encoders.onnx`: ``onnx:PATH`` with a JSON manifest beside the
+file). ``VideoEncoder.load`` / ``AudioEncoder.load`` take any
 source; the feature spec records each encoder's settings (``entry``) and digest.
 """
 
 from __future__ import annotations
 
 from .hf import (
+    AUDIO_MODEL_LOADERS,
     SOURCE_LOADERS,
     AudioEncoder,
     EncoderLoadError,
@@ -47,8 +52,10 @@ from .onnx import (
     load_onnx_audio,
     load_onnx_video,
 )
+from .spectrogram import SpectrogramEncoder, load_spectrogram_model
 
 __all__ = [
+    "AUDIO_MODEL_LOADERS",
     "MANIFEST_KINDS",
     "ONNX_PREFIX",
     "SOURCE_LOADERS",
@@ -62,6 +69,7 @@ __all__ = [
     "OnnxLogMelEncoder",
     "OnnxWaveformEncoder",
     "PooledImageModel",
+    "SpectrogramEncoder",
     "VideoEncoder",
     "absolute_source",
     "audio_geometry_config",
@@ -74,6 +82,7 @@ __all__ = [
     "init_mobilevit_random",
     "load_onnx_audio",
     "load_onnx_video",
+    "load_spectrogram_model",
     "read_manifest",
     "resolve_device",
 ]

@@ -8,7 +8,9 @@ when initialised with Kaiming-normal convolutions and unit BatchNorm scales and
 then BatchNorm-recalibrated on real frames (:meth:`VideoEncoder.calibrate`).
 
 :meth:`VideoEncoder.load` and :meth:`AudioEncoder.load` also take sources of the other backends
-(``onnx:PATH``), which register their loaders in :data:`SOURCE_LOADERS`.
+(``onnx:PATH``), which register their loaders in :data:`SOURCE_LOADERS`, and
+:meth:`AudioEncoder.load` takes the spectrogram models (AST, Whisper, CLAP) that
+:mod:`avarnet.encoders.spectrogram` registers in :data:`AUDIO_MODEL_LOADERS`.
 """
 
 from __future__ import annotations
@@ -100,6 +102,10 @@ BACKEND = "transformers"
 # Loaders of source prefixes other than transformers' ("onnx:"): prefix -> (video, audio) loader,
 # each called as loader(source, weights=..., seed=..., device=...).
 SOURCE_LOADERS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
+# Loaders of audio model types whose input is not the raw waveform (spectrogram models, registered
+# by :mod:`avarnet.encoders.spectrogram`): model_type -> loader(config, source, weights, seed,
+# device) returning an AudioEncoder.
+AUDIO_MODEL_LOADERS: dict[str, Callable[..., Any]] = {}
 
 _ModelT = TypeVar("_ModelT", bound="PreTrainedModel")
 _T = TypeVar("_T")
@@ -493,18 +499,25 @@ def generic_image_preprocessing(
 
 
 def load_generic(
-    config: PretrainedConfig, source: str, weights: str, seed: int, setting: str, what: str
+    config: PretrainedConfig,
+    source: str,
+    weights: str,
+    seed: int,
+    setting: str,
+    what: str,
+    model_cls: type[PreTrainedModel] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """(AutoModel, preprocessor config) of any transformers model: pretrained, or random weights of
-    its architecture (seeded; the MobileViT recipe where it has BatchNorm layers)."""
+    """(model, preprocessor config) of any transformers model (``model_cls``, AutoModel by
+    default): pretrained, or random weights of its architecture (seeded; for a video model with
+    BatchNorm layers, the MobileViT recipe, whose statistics are then calibrated on frames)."""
     from transformers import AutoModel
 
     if weights == "pretrained":
-        return _load_pretrained(AutoModel, config.model_type, source, setting)
+        return _load_pretrained(model_cls or AutoModel, config.model_type, source, setting)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModel.from_config(config)
-        if has_batchnorm(model):
+        model = AutoModel.from_config(config) if model_cls is None else model_cls(config)
+        if what == "video" and has_batchnorm(model):
             init_mobilevit_random(model)
     logger.warning(
         "RANDOM weights for the %s backbone (%s architecture, seed %d): features carry no "
@@ -903,11 +916,16 @@ class AudioEncoder:
         _validate_weights(weights)
         torch_device = resolve_device(device)
         config = peek_config(source)
+        if config is not None and config.model_type in AUDIO_MODEL_LOADERS:
+            return AUDIO_MODEL_LOADERS[config.model_type](
+                config, source, weights, seed, torch_device
+            )
         if config is not None and config.model_type != "wav2vec2":
             if not is_waveform_config(config):
                 raise EncoderLoadError(
                     f"audio_backbone {source!r} holds a {config.model_type!r} model, expected "
-                    f"'wav2vec2' or another waveform model ({', '.join(WAVEFORM_MODEL_TYPES[1:])})"
+                    f"'wav2vec2' or another waveform model ({', '.join(WAVEFORM_MODEL_TYPES[1:])}) "
+                    f"or a spectrogram model ({', '.join(AUDIO_MODEL_LOADERS) or 'none'})"
                 )
             model, prep = load_generic(config, source, weights, seed, "audio_backbone", "audio")
             entry = {"backend": BACKEND, "kind": "waveform", "model_type": config.model_type}
@@ -1087,6 +1105,7 @@ def absolute_source(source: str) -> str:
 
 
 __all__ = [
+    "AUDIO_MODEL_LOADERS",
     "SOURCE_LOADERS",
     "AudioEncoder",
     "EncoderLoadError",

@@ -112,9 +112,17 @@ class _Runner:
                 if self.source.paced and self.source.clock0 is not None
                 else None
             )
+            gated = bool(feats["gated"][i]) if "gated" in feats else None
             record = segment_record(
-                pred, (now - seg.ready) * 1e3, (now - t0) * 1e3, lag, bool(feats["audio_mask"][i])
+                pred,
+                (now - seg.ready) * 1e3,
+                (now - t0) * 1e3,
+                lag,
+                bool(feats["audio_mask"][i]),
+                gated,
             )
+            if gated is not None:
+                self.summary.gated = (self.summary.gated or 0) + gated
             self._account(pred, record)
             self.emit(record)
             for update in self.tracker.update(

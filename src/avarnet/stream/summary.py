@@ -82,6 +82,7 @@ class StreamSummary:
     webhook: dict | None = None
     label: str | None = None  # argmax of the mean probabilities over all segments
     queue_high_water: int = 0
+    gated: int | None = None  # segments held by the motion-and-sound gate (None: no gate)
 
     @property
     def realtime_factor(self) -> float:
@@ -106,6 +107,7 @@ class StreamSummary:
             if self.lag_s.count
             else None,
             "queue_high_water": self.queue_high_water,
+            **({} if self.gated is None else {"gated": self.gated}),
             "label": self.label,
             "events": list(self.events),
             "events_total": self.events_total,
@@ -115,10 +117,17 @@ class StreamSummary:
 
 
 def segment_record(
-    pred: dict, latency_ms: float, compute_ms: float, lag_s: float | None, has_audio: bool
+    pred: dict,
+    latency_ms: float,
+    compute_ms: float,
+    lag_s: float | None,
+    has_audio: bool,
+    gated: bool | None = None,
 ) -> dict:
-    """The JSON line of one segment: time span, label, score, top probabilities, latency."""
+    """The JSON line of one segment: time span, label, score, top probabilities, latency; with a
+    motion-and-sound gate, ``gated``: whether its features were held (no encoder ran)."""
     top = sorted(pred["probabilities"].items(), key=lambda kv: -kv[1])[:TOP_K]
+    gate = {} if gated is None else {"gated": bool(gated)}
     return {
         "type": "segment",
         "segment": pred["segment"],
@@ -128,6 +137,7 @@ def segment_record(
         "anomaly_score": round(pred["anomaly_score"], 6),
         "top": {c: round(p, 6) for c, p in top},
         "has_audio": has_audio,
+        **gate,
         "latency_ms": round(latency_ms, 1),
         "compute_ms": round(compute_ms, 1),
         "lag_s": None if lag_s is None else round(lag_s, 3),

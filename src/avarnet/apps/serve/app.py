@@ -313,6 +313,7 @@ class Server:
                     "segments": live.segments,
                     "dropped": state.dropped if state else 0,
                     "failed": state.failed if state else 0,
+                    "gated": state.gated if state else 0,
                     "lag_s": None
                     if state is None or state.lag_s is None
                     else round(state.lag_s, 3),

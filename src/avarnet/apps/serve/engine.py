@@ -65,6 +65,7 @@ class CameraState:
     dropped: int = 0
     segments: int = 0
     failed: int = 0  # segments skipped by a fault
+    gated: int = 0  # segments the checkpoint's motion-and-sound gate held (no encoder ran)
     lag_s: float | None = None
     max_lag_s: float = 0.0
 
@@ -217,6 +218,8 @@ class Engine(threading.Thread):
             return
         self.error = None
         for i, (name, seg) in enumerate(items):
+            if "gated" in feats:
+                self.cameras[name].gated += bool(feats["gated"][i])
             try:
                 self._score(name, seg, feats["video"][i], feats["audio"][i], feats["audio_mask"][i])
             except Exception as e:  # noqa: BLE001 - skip this segment, say so, go on
