@@ -117,18 +117,18 @@ def test_segment_gflop_counts_frames_audio_with_look_back_and_one_window():
     cpu = torch.device("cpu")
     w_video, w_model = torch.ones(3 * size * size, 4), torch.ones(D, 3)
 
-    def audio_model(input_values):
-        return input_values @ torch.ones(input_values.shape[1], 2)
+    def encode_chunk(samples):  # the encoders' own input paths, whatever their kind
+        x = torch.from_numpy(samples)[None]
+        return x @ torch.ones(x.shape[1], 2)
 
     video = SimpleNamespace(
         device=cpu,
-        preprocess=lambda frames: torch.zeros(len(frames), 3, size, size),
-        model=lambda pixel_values: pixel_values.flatten(1) @ w_video,
+        encode=lambda frames: torch.zeros(len(frames), 3 * size * size) @ w_video,
     )
     extractor = SimpleNamespace(
         spec=SimpleNamespace(frames_per_segment=k, image_size=size, segment_seconds=seg),
         video=video,
-        audio=SimpleNamespace(sample_rate=rate, model=audio_model),
+        audio=SimpleNamespace(sample_rate=rate, encode_chunk=encode_chunk),
     )
     ckpt = SimpleNamespace(
         train_config=SimpleNamespace(seq_len=L),
