@@ -16,6 +16,7 @@ from avarnet.apps.demo import DemoOptions, run_demo
 from avarnet.cli import build_parser, main
 from avarnet.config import (
     AUDIO_MODES,
+    DEFAULT_AUDIO_CONTEXT_S,
     DEVICES,
     ENCODER_PRECISIONS,
     FUSIONS,
@@ -168,7 +169,11 @@ def allowed_values() -> dict[str, tuple]:
 
 RENAMED = {"audio_features": "audio_mode", "audio_context": "audio_context_seconds"}
 # Options whose default differs from the field's on purpose.
-OWN_DEFAULTS = {("ablate", "threads"): 1}  # one thread per run: small models run fastest so
+OWN_DEFAULTS = {
+    ("ablate", "threads"): 1,  # one thread per run: small models run fastest so
+    # the spec's field is 0 for chunked audio; a causal extraction's look-back defaults to this
+    ("extract", "audio_context"): DEFAULT_AUDIO_CONTEXT_S,
+}
 
 
 def same_text(text: str, value) -> bool:
@@ -205,9 +210,9 @@ def disagreements(
                 if action.default is not None and as_value(action.default) != expected:
                     bad.append(f"{where}: default {action.default!r} != {default!r}")
                 stated = re.search(r"default (\w+(?:\.\d+)?)\)", action.help or "")
-                if action.default is None and stated and not same_text(stated[1], default):
+                if action.default is None and stated and not same_text(stated[1], expected):
                     bad.append(
-                        f"{where}: help says default {stated[1]}, the field's is {default!r}"
+                        f"{where}: help says default {stated[1]}, the field's is {expected!r}"
                     )
                 if name in allowed:
                     if action.choices is None:

@@ -19,7 +19,7 @@ from avarnet import features
 from avarnet.checkpoint import save_checkpoint
 from avarnet.cli import main
 from avarnet.cli.stream_view import LiveView
-from avarnet.config import FeatureSpec
+from avarnet.config import DEFAULT_AUDIO_CONTEXT_S, FeatureSpec
 from avarnet.features import SegmentEncoder, live_spec
 from avarnet.media import SegmentSource
 from avarnet.store import FeatureStore
@@ -122,7 +122,10 @@ def test_chunked_checkpoint_warns_once_and_strict_refuses(extractor, tmp_path, c
     assert main(cli("stream", str(clip), "--checkpoint", str(ckpt), "--jsonl", str(jsonl))) == 0
     warnings = [r.getMessage() for r in caplog.records if "LIVE FEATURES DIFFER" in r.getMessage()]
     assert len(warnings) == 2  # once at the start, once with the first minute's numbers
-    assert "chunked" in warnings[0] and "causal (look-back 0 s)" in warnings[0]
+    assert (
+        "chunked" in warnings[0]
+        and f"causal (look-back {DEFAULT_AUDIO_CONTEXT_S:g} s)" in warnings[0]
+    )
     assert "cosine" in warnings[1]
     summary = read_jsonl(jsonl)[-1]
     drift = summary["features"]
@@ -130,7 +133,7 @@ def test_chunked_checkpoint_warns_once_and_strict_refuses(extractor, tmp_path, c
     assert 0 < drift["audio_cosine_min"] <= drift["audio_cosine_mean"] < 0.9999
     # the numbers are the real distance between the two feature definitions
     segs = list(SegmentSource(clip, extractor.spec))
-    live = SegmentEncoder(extractor, 0.0).encode(segs)["audio"]
+    live = SegmentEncoder(extractor, DEFAULT_AUDIO_CONTEXT_S).encode(segs)["audio"]
     full, _ = extractor(clip)
     assert drift["audio_cosine_mean"] == pytest.approx(
         features.cosine(live, full["audio"]).mean(), abs=2e-3

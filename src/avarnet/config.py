@@ -31,7 +31,7 @@ SAMPLE_RATE = 16_000  # Wav2Vec2 expects 16 kHz mono
 DEFAULT_VIDEO_BACKBONE = "apple/mobilevit-small"  # pooled output: 640-d
 DEFAULT_AUDIO_BACKBONE = "facebook/wav2vec2-base"  # hidden size: 768-d
 AUDIO_MODES = ("chunked", "causal")  # how audio features are made (FeatureSpec.audio_mode)
-DEFAULT_AUDIO_CONTEXT_S = 0.0  # causal audio look-back by default (docs/live.md: why 0)
+DEFAULT_AUDIO_CONTEXT_S = 1.0  # causal audio look-back by default (docs/live.md: why 1 s)
 
 # Allowed values of configuration fields, checked by the dataclasses below and offered as the
 # command line's choices (one list each, tested against the parser in tests/test_cli.py).

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..config import (
     AUDIO_MODES,
     DEFAULT_AUDIO_BACKBONE,
+    DEFAULT_AUDIO_CONTEXT_S,
     DEFAULT_VIDEO_BACKBONE,
     DEVICES,
     ENCODER_PRECISIONS,
@@ -83,7 +84,7 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
         type=seconds,
         default=None,
         metavar="S",
-        help="causal audio look-back in seconds (0 allowed; default 0)",
+        help=f"causal audio look-back in seconds (0 allowed; default {DEFAULT_AUDIO_CONTEXT_S:g})",
     )
     p.add_argument(
         "--gate",

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import DEFAULT_AUDIO_BACKBONE, DEVICES, PRECISIONS, RUNTIMES
+from ..config import DEFAULT_AUDIO_BACKBONE, DEFAULT_AUDIO_CONTEXT_S, DEVICES, PRECISIONS, RUNTIMES
 from ..errors import InvalidArgumentError
 from .common import DEVICE, EXIT_OK, POSITIVE_FLOAT, POSITIVE_INT, PROBABILITY, THREADS, seconds
 
@@ -33,7 +33,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
         "--audio-context",
         type=seconds,
         metavar="S",
-        help="look-back of the exported live features (default: the checkpoint's, else 0)",
+        help="look-back of the exported live features (default: the checkpoint's, else "
+        f"{DEFAULT_AUDIO_CONTEXT_S:g})",
     )
 
 
@@ -105,7 +106,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         type=seconds,
         metavar="S",
-        help="causal audio look-backs of the end-to-end rows (default 0)",
+        help=f"causal audio look-backs of the end-to-end rows (default {DEFAULT_AUDIO_CONTEXT_S:g})",
     )
     p.add_argument(
         "--device",

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..alerts import AlertRule
-from ..config import DEVICES, ONNX_PRECISIONS, PRECISIONS, RUNTIMES
+from ..config import DEFAULT_AUDIO_CONTEXT_S, DEVICES, ONNX_PRECISIONS, PRECISIONS, RUNTIMES
 from ..errors import InvalidArgumentError
 from .common import (
     DEVICE,
@@ -86,7 +86,8 @@ def add_stream(sub: argparse._SubParsersAction) -> None:
         "--audio-context",
         type=seconds,
         metavar="S",
-        help="audio look-back in seconds (default: the checkpoint's when trained on causal features, else 0)",
+        help="audio look-back in seconds (default: the checkpoint's when trained on causal features, "
+        f"else {DEFAULT_AUDIO_CONTEXT_S:g})",
     )
     p.add_argument(
         "--strict",

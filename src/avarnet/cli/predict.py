@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import DEVICES, ONNX_PRECISIONS, PRECISIONS, RUNTIMES, WEIGHTS
+from ..config import (
+    DEFAULT_AUDIO_CONTEXT_S,
+    DEVICES,
+    ONNX_PRECISIONS,
+    PRECISIONS,
+    RUNTIMES,
+    WEIGHTS,
+)
 from ..errors import InvalidArgumentError
 from .common import (
     DEVICE,
@@ -34,7 +41,8 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         "--audio-context",
         type=seconds,
         metavar="S",
-        help="with --causal: audio look-back in seconds (default: the checkpoint's, else 0)",
+        help="with --causal: audio look-back in seconds (default: the checkpoint's, else "
+        f"{DEFAULT_AUDIO_CONTEXT_S:g})",
     )
     p.add_argument(
         "--runtime",
