@@ -46,6 +46,7 @@ from avarnet.apps.bench import bench_checkpoint, write_scene_clip
 from avarnet.checkpoint import save_checkpoint
 from avarnet.config import (
     DEFAULT_AUDIO_BACKBONE,
+    DEFAULT_AUDIO_CONTEXT_S,
     DEFAULT_VIDEO_BACKBONE,
     ONNX_PRECISIONS,
     PRECISIONS,
@@ -61,7 +62,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 WARMUP_S = 20.0
 
 
-def build_checkpoint(clip: Path, out: Path, video_backbone: str, audio_backbone: str) -> Path:
+def build_checkpoint(
+    clip: Path, out: Path, video_backbone: str, audio_backbone: str, look_back: float
+) -> Path:
     v = VideoEncoder.load(video_backbone, weights="random", seed=0, device="cpu")
     a = AudioEncoder.load(audio_backbone, weights="random", seed=0, device="cpu")
     frames = []
@@ -71,7 +74,7 @@ def build_checkpoint(clip: Path, out: Path, video_backbone: str, audio_backbone:
             break
     v.calibrate(np.concatenate(frames))
     ext = Extractor(build_spec(v, a, "random", 0, 1.0, 1).replace(random_init=v.describe()), v, a)
-    ckpt = bench_checkpoint(ext)
+    ckpt = bench_checkpoint(ext, audio_context_seconds=look_back)
     ckpt.encoder_state = v.bn_state()
     save_checkpoint(out, ckpt)
     return out
@@ -441,6 +444,13 @@ def main() -> None:
     )
     ap.add_argument("--video-backbone", default=DEFAULT_VIDEO_BACKBONE)
     ap.add_argument("--audio-backbone", default=DEFAULT_AUDIO_BACKBONE)
+    ap.add_argument(
+        "--audio-context",
+        type=float,
+        default=DEFAULT_AUDIO_CONTEXT_S,
+        help="the checkpoint's causal look-back in seconds (default: the library's, "
+        f"{DEFAULT_AUDIO_CONTEXT_S:g})",
+    )
     ap.add_argument("--threads", type=int, help="encoder threads (default: --cores)")
     ap.add_argument("--batch", type=int, default=16, help="serve: most segments encoded together")
     ap.add_argument("--no-baseline", action="store_true", help="skip the single `stream` run")
@@ -456,9 +466,9 @@ def main() -> None:
     clip = a.out / f"scene_{a.clip_seconds:g}s.mp4"
     if not clip.exists():
         write_scene_clip(clip, a.clip_seconds)
-    ckpt = a.checkpoint or a.out / "bench.ckpt"
+    ckpt = a.checkpoint or a.out / f"bench-lookback{a.audio_context:g}s.ckpt"
     if not ckpt.exists():
-        build_checkpoint(clip, ckpt, a.video_backbone, a.audio_backbone)
+        build_checkpoint(clip, ckpt, a.video_backbone, a.audio_backbone, a.audio_context)
     export = a.out / f"export-{ckpt.stem}"
     if "onnx" in a.runtimes and not (export / "manifest.json").exists():
         from avarnet.export import export_checkpoint
