@@ -23,13 +23,7 @@ FUSIONS = ("early", "late")
 EXPECTED_MODELS = ["bigru", "bilstm", "gru", "lstm", "mtcn", "transformer"]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models run faster on one thread than across cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 def small_config(name: str, fusion: str = "early", **changes) -> ModelConfig:

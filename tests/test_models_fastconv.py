@@ -21,12 +21,7 @@ from avarnet.models.mtcn import (
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 def same_padded_conv(c_in: int, c_out: int, k: int, d: int) -> nn.Conv1d:
