@@ -130,3 +130,62 @@ def test_a_store_without_its_videos_is_one_line(tiny_store, tmp_path, capsys):
     assert main([*args, "--data", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not found" in err[0] and "Traceback" not in err[0]
+
+
+def attention_like_graph(path: Path) -> Path:
+    """x (1, 4, 8) -> q = x W (a constant weight) -> q q^T: one MatMul of two activations."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8), np.float32), "W")
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["q"], name="/model/layers.0/proj/MatMul"),
+        helper.make_node("Transpose", ["q"], ["k"], name="/model/layers.0/T", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "k"], ["scores"], name="/model/layers.0/scores/MatMul"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 4, 4])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def quantised_tensors(path: Path) -> set[str]:
+    """The tensors a graph runs through QuantizeLinear (activations; weights are stored int8)."""
+    import onnx
+
+    return {n.input[0] for n in onnx.load(str(path)).graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_static_int8_quantises_only_constant_weight_matmuls_and_keeps_what_is_excluded(tmp_path):
+    """A MatMul of two activations (an attention's scores) belongs to no group a search can keep
+    in fp32, so it is never quantised; excluding every group leaves the fp32 graph."""
+    from avarnet.apps.quantize import quantisable_groups, quantise_static
+
+    src = attention_like_graph(tmp_path / "g.onnx")
+    assert quantisable_groups(src, ("MatMul",)) == {
+        "model/layers.0": ["/model/layers.0/proj/MatMul"]
+    }
+    feeds = [
+        {"x": np.random.default_rng(i).standard_normal((1, 4, 8), np.float32)} for i in range(4)
+    ]
+    cache = tmp_path / "calibration.json"
+    int8 = quantise_static(src, tmp_path / "int8.onnx", cache, feeds, ("MatMul",))
+    assert "x" in quantised_tensors(int8)  # the weight MatMul's input: quantised
+    assert not {"k", "scores"} & quantised_tensors(int8)  # the activations' MatMul: not
+    kept = quantise_static(
+        src,
+        tmp_path / "kept.onnx",
+        cache,
+        None,
+        ("MatMul",),
+        exclude=["/model/layers.0/proj/MatMul"],
+    )
+    assert not quantised_tensors(kept)
+    assert kept.read_bytes() == src.read_bytes()

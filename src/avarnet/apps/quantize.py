@@ -228,13 +228,25 @@ def quantise_static(
 ) -> Path:
     """``quantize_static`` of ``src`` into ``dst``: QDQ, int8 weights per channel, uint8
     activations with MinMax ranges from ``feeds`` (computed once, then read from ``cache``).
-    ``only``: quantise these nodes alone; ``exclude``: keep these in fp32."""
+    ``only``: quantise these nodes alone; ``exclude``: keep these in fp32.
+
+    The nodes quantised are named to ONNX Runtime one by one (those of
+    :func:`quantisable_groups`): left to itself it also quantises MatMuls of two activations (an
+    attention's scores and their product with the values), which no group holds, so no search
+    could keep them in fp32. Nothing left to quantise: ``dst`` is a copy of ``src``."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
     if not cache.is_file() and not feeds:
         raise QuantizeError(f"{src.name}: no calibration inputs were recorded")
     excluded = sorted(set(exclude))
+    if only is None:
+        groups = quantisable_groups(src, op_types)
+        only = [n for names in groups.values() for n in names if n not in set(excluded)]
+    only = sorted(set(only) - set(excluded))
+    if not only:  # ONNX Runtime reads an empty list as "every node"
+        shutil.copyfile(src, dst)
+        return dst
     with _quiet_onnxruntime():
         ort_quantize_static(
             str(src),
@@ -245,7 +257,7 @@ def quantise_static(
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_quantize=sorted(only) if only is not None else None,
+            nodes_to_quantize=only,
             nodes_to_exclude=excluded or None,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"MatMulConstBOnly": True},
