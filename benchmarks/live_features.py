@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from live_definitions import score  # test-split accuracy, offline or live windows
 from tqdm import tqdm
 
 from avarnet.checkpoint import load_checkpoint
@@ -39,8 +40,6 @@ from avarnet.encoders import AudioEncoder, VideoEncoder
 from avarnet.extract import build_spec, calibration_frames, entry_for
 from avarnet.features import Extractor, SegmentEncoder
 from avarnet.media import SegmentSource, probe
-from avarnet.metrics import classification_metrics
-from avarnet.predict import clip_probabilities, model_input, step_probabilities
 from avarnet.runtime import configure_cpu
 from avarnet.store import FeatureStore, video_id
 from avarnet.synth import synthesize_dataset
@@ -109,19 +108,6 @@ def build_stores(data: Path, out: Path, args) -> dict[str, Path]:
     if any(timing.values()):
         timing_file.write_text(json.dumps({k: float(np.mean(v)) for k, v in timing.items() if v}))
     return {name: s.root for name, s in stores.items()}
-
-
-def score(ckpt, store: FeatureStore, causal: bool) -> dict:
-    entries = store.split("test")
-    index = {c: i for i, c in enumerate(ckpt.classes)}
-    probs = []
-    for _, tensors in store.iter_load(entries):
-        x = model_input(ckpt, tensors)
-        steps = step_probabilities(ckpt.model, x, ckpt.train_config.seq_len, causal=causal)
-        probs.append(clip_probabilities(steps))
-    y = np.array([index[e.label] for e in entries])
-    m = classification_metrics(y, np.stack(probs), ckpt.classes)
-    return {"accuracy": m["accuracy"], "f1": m["f1"], "n": len(entries)}
 
 
 def clip_vectors(store: FeatureStore) -> tuple[list[str], np.ndarray, np.ndarray]:
