@@ -7,8 +7,10 @@ rows, writes a surveillance-like clip, then for every runtime x precision asked:
 * **search** (the default): runs ``avarnet serve`` with N file-backed cameras, each the clip looped
   with ``realtime: true`` (read at its own speed, as a camera sends it), pinned to ``--cores``
   cores, with a real mosquitto and a subscriber, for ``--minutes`` after a warm-up; N starts at
-  ``--start`` and grows by one until a run drops a segment (or falls more than ``--max-lag``
-  seconds behind at its end: a server that cannot keep up drops once its queue is full). The
+  ``--start`` (a count that is not kept there: N shrinks by one until one is) and grows by one
+  until a run drops a segment (or falls more than ``--max-lag``
+  seconds behind at its end: a server that cannot keep up drops once its queue is full). A point
+  ends at its first dropped segment, which decides it (``--full-runs``: run it out). The
   answer is the largest N kept with 0 dropped segments;
 * ``--cameras N ...``: those counts only (each measured the same way).
 
@@ -219,8 +221,11 @@ def run_serve(
     threads: int = 0,
     batch: int = 16,
     cores: list[int] | None = None,
+    stop_on_drop: bool = False,
 ) -> dict:
-    """One serve run of ``n`` cameras; the row of the table."""
+    """One serve run of ``n`` cameras; the row of the table. With ``stop_on_drop`` the run ends
+    at the first segment dropped after the warm-up (the point is then not kept, whatever
+    follows)."""
     folder = out / f"serve_{runtime}_{precision}_{n}"
     folder.mkdir(parents=True, exist_ok=True)
     mq_port, web_port = free_port(), free_port()
@@ -296,6 +301,8 @@ def run_serve(
         )
         time.sleep(WARMUP_S)
         first, stats0 = proc_sample(proc.pid), api(web_port, "/api/stats")
+        dropped0 = sum(c["dropped"] for c in stats0["cameras"])
+        stopped_early = False
         busy0, total0 = cpu_times()
         deadline = time.monotonic() + minutes * 60
         last = first
@@ -308,9 +315,11 @@ def run_serve(
             loads.append(os.getloadavg()[0])
             if last["t"] - series[-1]["t"] >= 60:
                 series.append(last)
-            lags += [
-                c["lag_s"] for c in api(web_port, "/api/stats")["cameras"] if c["lag_s"] is not None
-            ]
+            now = api(web_port, "/api/stats")["cameras"]
+            lags += [c["lag_s"] for c in now if c["lag_s"] is not None]
+            if stop_on_drop and sum(c["dropped"] for c in now) > dropped0:
+                stopped_early = True  # a dropped segment decides the point: it is not kept
+                break
         stats1 = api(web_port, "/api/stats")
         busy1, total1 = cpu_times()
         proc.send_signal(signal.SIGTERM)
@@ -338,6 +347,7 @@ def run_serve(
         "runtime": runtime,
         "precision": precision,
         "seconds": round(wall, 1),
+        "stopped_at_first_drop": stopped_early,
         "exit_code": code,
         "cpu_per_camera": round(own / wall / n, 3),
         "rss_start_mib": first["rss_mib"],
@@ -378,14 +388,21 @@ def kept(row: dict, max_lag: float) -> bool:
 
 
 def search(run, start: int, most: int, max_lag: float, rows: list[dict], say) -> int:
-    """Add cameras from ``start`` until a run is not kept; the largest kept count (0: none)."""
-    best = 0
-    for n in range(start, most + 1):
+    """The largest kept count (0: none): from ``start``, add cameras until a run is not kept, or,
+    when ``start`` itself is not kept, take cameras away until one is."""
+
+    def point(n: int) -> bool:
         row = run(n)
         row["kept"] = kept(row, max_lag)
         rows.append(row)
         say(row)
-        if not row["kept"]:
+        return row["kept"]
+
+    if not point(start):
+        return next((n for n in range(start - 1, 0, -1) if point(n)), 0)
+    best = start
+    for n in range(start + 1, most + 1):
+        if not point(n):
             break
         best = n
     return best
@@ -453,6 +470,12 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, help="encoder threads (default: --cores)")
     ap.add_argument("--batch", type=int, default=16, help="serve: most segments encoded together")
+    ap.add_argument(
+        "--full-runs",
+        action="store_true",
+        help="search: run every point for --minutes even after it drops a segment (default: a "
+        "point ends at its first dropped segment, which already decides it)",
+    )
     ap.add_argument("--no-baseline", action="store_true", help="skip the single `stream` run")
     ap.add_argument(
         "--baseline-minutes",
@@ -512,6 +535,7 @@ def main() -> None:
                 threads=threads,
                 batch=a.batch,
                 cores=cores,
+                stop_on_drop=not a.cameras and not a.full_runs,
             )
 
         def say(row: dict) -> None:
