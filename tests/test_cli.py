@@ -18,7 +18,6 @@ from avarnet.config import (
     AUDIO_MODES,
     DEFAULT_AUDIO_CONTEXT_S,
     DEVICES,
-    ENCODER_PRECISIONS,
     FUSIONS,
     LATE_COMBINES,
     MODALITIES,
@@ -160,7 +159,8 @@ def allowed_values() -> dict[str, tuple]:
         "device": DEVICES,
         "weights": WEIGHTS,
         "audio_mode": AUDIO_MODES,
-        "precision": ENCODER_PRECISIONS,
+        "precision": PRECISIONS,
+        "runtime": RUNTIMES,
         "objective": weak.OBJECTIVES,
         "runtimes": RUNTIMES,
         "late_combine": LATE_COMBINES,
@@ -228,6 +228,7 @@ def test_options_agree_with_the_configuration_dataclasses():
     assert {
         "extract --audio-features",
         "extract --precision",
+        "extract --runtime",
         "train --modality",
         "train --device",
         "ablate --fusions",
@@ -293,7 +294,9 @@ def test_dataclasses_refuse_values_outside_the_choice_lists():
         lambda: TrainConfig(device="tpu"),
         lambda: ModelConfig(fusion="middle"),
         lambda: ModelConfig(late_combine="max"),
-        lambda: FeatureSpec(precision="int8"),
+        lambda: FeatureSpec(precision="fp64"),
+        lambda: FeatureSpec(runtime="tensorrt"),
+        lambda: FeatureSpec(runtime="onnx", precision="bf16"),  # an export runs fp32 or int8
     ):
         with pytest.raises(InvalidArgumentError, match="must be one of"):
             bad()

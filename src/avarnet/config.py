@@ -36,7 +36,7 @@ DEFAULT_AUDIO_CONTEXT_S = 1.0  # causal audio look-back by default (docs/live.md
 # Allowed values of configuration fields, checked by the dataclasses below and offered as the
 # command line's choices (one list each, tested against the parser in tests/test_cli.py).
 WEIGHTS = ("pretrained", "random")  # FeatureSpec.weights: pretrained backbones or random init
-ENCODER_PRECISIONS = ("fp32", "bf16", "fp16")  # FeatureSpec.precision: encoders under autocast
+ENCODER_PRECISIONS = ("fp32", "bf16", "fp16")  # torch encoders under autocast
 PRECISIONS = ENCODER_PRECISIONS + ("int8",)  # live encoders; int8: dynamically quantised (CPU)
 ONNX_PRECISIONS = ("fp32", "int8")  # what an ONNX export runs
 RUNTIMES = ("torch", "onnx")  # live inference: PyTorch, or ONNX Runtime on an export
@@ -127,7 +127,11 @@ class FeatureSpec(DictMixin):
     # stream can compute). Stores and checkpoints without these fields are chunked.
     audio_mode: str = "chunked"
     audio_context_seconds: float = 0.0  # look-back of causal audio (0 allowed); 0 when chunked
-    precision: str = "fp32"  # encoders' compute precision: fp32 | bf16 | fp16 (autocast)
+    precision: str = "fp32"  # encoders' arithmetic: fp32 | bf16 | fp16 (autocast) | int8
+    # what ran the encoders: "torch", or "onnx" (ONNX Runtime on an export, fp32 or int8). With
+    # precision, how the numbers were computed, not what they define: stores that differ only here
+    # hold the same features in other arithmetic (same_features), as a stream may run any of them.
+    runtime: str = "torch"
     # The encoders beyond their name and digest: backend, input kind (frame, clip, waveform,
     # logmel) and its settings, output, licence and source (see avarnet.encoders). {}: MobileViT /
     # Wav2Vec2 through transformers, as in every store and checkpoint made before these fields.
@@ -149,7 +153,13 @@ class FeatureSpec(DictMixin):
                 "a motion-and-sound gate needs causal audio features (it decides per segment, "
                 "as a live stream does); chunked audio cannot be gated"
             )
-        check_choice("FeatureSpec", "precision", self.precision, ENCODER_PRECISIONS)
+        check_choice("FeatureSpec", "runtime", self.runtime, RUNTIMES)
+        check_choice(
+            "FeatureSpec",
+            "precision",
+            self.precision,
+            ONNX_PRECISIONS if self.runtime == "onnx" else PRECISIONS,
+        )
         if not self.audio_context_seconds >= 0:
             raise InvalidArgumentError(
                 f"audio_context_seconds must be >= 0, got {self.audio_context_seconds}"
@@ -168,10 +178,15 @@ class FeatureSpec(DictMixin):
         """True when features made under ``self`` and ``other`` are interchangeable.
 
         Backbones with a recorded identity on both sides match by identity (a moved folder is the
-        same backbone); otherwise by name (or by being the same folder). ``random_init`` is ignored.
+        same backbone); otherwise by name (or by being the same folder). ``random_init`` is ignored,
+        and so are ``runtime`` and ``precision``: the same features computed in other arithmetic
+        (a checkpoint trained in fp32 is evaluated on a store made by the int8 fast path; see
+        :meth:`same_arithmetic`).
         """
         blank = {
             "random_init": {},
+            "runtime": "torch",
+            "precision": "fp32",
             "video_backbone": "",
             "audio_backbone": "",
             "video_backbone_sha256": "",
@@ -188,6 +203,15 @@ class FeatureSpec(DictMixin):
             )
             for k in ("video_backbone", "audio_backbone")
         )
+
+    def same_arithmetic(self, other: FeatureSpec) -> bool:
+        """True when ``other`` also computed its features with this runtime and precision (a store
+        is only ever resumed in the arithmetic it was started in)."""
+        return (self.runtime, self.precision) == (other.runtime, other.precision)
+
+    def describe_arithmetic(self) -> str:
+        """``torch fp32``, ``onnx int8``."""
+        return f"{self.runtime} {self.precision}"
 
 
 # Bounds a feature spec read from a file must respect (memory and time stay bounded).

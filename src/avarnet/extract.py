@@ -27,7 +27,9 @@ from . import media
 from .config import (
     AUDIO_MODES,
     DEFAULT_AUDIO_CONTEXT_S,
-    ENCODER_PRECISIONS,
+    ONNX_PRECISIONS,
+    PRECISIONS,
+    RUNTIMES,
     WEIGHTS,
     FeatureSpec,
     check_choice,
@@ -53,7 +55,14 @@ from .features import Extractor, audio_batch, frame_batch, pool_audio_frames
 from .gate import gate_settings
 from .media import segment_times  # noqa: F401  (re-exported)
 from .progress import ProgressBar, progress_bar, write_line
-from .runtime import autocast, cast_for_autocast, check_precision, configure_cpu, resolve_device
+from .runtime import (
+    autocast,
+    cast_for_autocast,
+    check_precision,
+    configure_cpu,
+    quantize_audio_encoder,
+    resolve_device,
+)
 from .store import (
     Claimed,
     ClaimQueue,
@@ -89,8 +98,11 @@ class ExtractOptions:
     :func:`extract_dataset`, the Ray engine of :func:`avarnet.apps.extract_ray.extract_dataset_ray`).
 
     ``workers``: decoding processes of the local engine (None: one per core; 0: decode and encode
-    in this process, one video at a time). ``precision``: the encoders' autocast (fp32, bf16 where
-    the device runs it natively, fp16 on a GPU).
+    in this process, one video at a time). ``runtime`` and ``precision``: what computes the
+    features, as for ``stream``: torch under autocast (fp32, bf16 where the device runs it
+    natively, fp16 on a GPU) or int8 (Wav2Vec2 quantised, CPU); ``onnx``: the encoders of an
+    export (fp32 or int8), given to :func:`extract_dataset` as ``encoders``. Both are recorded in
+    the store's spec.
     """
 
     weights: str = "pretrained"
@@ -106,11 +118,14 @@ class ExtractOptions:
     workers: int | None = None
     precision: str = "fp32"
     gate: dict = field(default_factory=dict)  # motion-and-sound gate (avarnet.gate); {}: off
+    runtime: str = "torch"
 
     def __post_init__(self) -> None:
         check_choice("ExtractOptions", "weights", self.weights, WEIGHTS)
         check_choice("ExtractOptions", "audio_mode", self.audio_mode, AUDIO_MODES)
-        check_choice("ExtractOptions", "precision", self.precision, ENCODER_PRECISIONS)
+        check_choice("ExtractOptions", "runtime", self.runtime, RUNTIMES)
+        runs = ONNX_PRECISIONS if self.runtime == "onnx" else PRECISIONS
+        check_choice("ExtractOptions", "precision", self.precision, runs)
         object.__setattr__(self, "gate", gate_settings(self.gate))
         if self.gate and self.audio_mode != "causal":
             raise InvalidArgumentError(
@@ -225,34 +240,55 @@ def build_spec(
 
 
 def prepare_store(
-    out: Path, spec: FeatureSpec, video: VideoEncoder, items: list[VideoItem], info: dict
+    out: Path,
+    spec: FeatureSpec,
+    video: VideoEncoder,
+    items: list[VideoItem],
+    info: dict,
+    prepared: bool = False,
 ) -> FeatureStore:
     """Create or reopen the store; for random weights, calibrate (or restore) the video encoder's BatchNorm.
+
+    ``prepared``: the encoders come ready from elsewhere (an export's, whose random weights were
+    calibrated before it was written); nothing is calibrated and the store keeps no encoder state.
+    A store is resumed only with the features' definition and the arithmetic (runtime,
+    precision) it was started with.
 
     Runs under the store's lock, so writers started together agree on one spec and encoder state.
     """
     with store_lock(out):
-        store = _prepare_store_locked(out, spec, video, items, info)
+        store = _prepare_store_locked(out, spec, video, items, info, prepared)
     store.register_writer()  # removes a killed writer's temporary files when no other writer runs
     return store
 
 
 def _prepare_store_locked(
-    out: Path, spec: FeatureSpec, video: VideoEncoder, items: list[VideoItem], info: dict
+    out: Path,
+    spec: FeatureSpec,
+    video: VideoEncoder,
+    items: list[VideoItem],
+    info: dict,
+    prepared: bool,
 ) -> FeatureStore:
+    calibrate = spec.weights == "random" and not prepared
     if (out / "spec.json").exists():
         existing = FeatureStore.open(out)
         if not existing.spec.same_features(spec):
             raise StoreError(
                 f"{out} holds features made with a different spec; use a new output folder"
             )
-        if spec.weights == "random":
+        if not existing.spec.same_arithmetic(spec):
+            raise StoreError(
+                f"{out} holds features computed by {existing.spec.describe_arithmetic()}, not "
+                f"{spec.describe_arithmetic()}; use a new output folder"
+            )
+        if calibrate:
             state = existing.load_encoder_state()
             if state is None:
                 raise StoreError(f"{out} lacks its encoder state; use a new output folder")
             video.load_bn_state(state)
         return existing
-    if spec.weights == "random":
+    if calibrate:
         train = [it for it in items if it.split == "train"] or items
         n = video.calibrate(calibration_frames(train, spec, spec.seed))
         log.warning(
@@ -260,32 +296,18 @@ def _prepare_store_locked(
         )
         spec = spec.replace(random_init=video.describe())
     store = FeatureStore.create(out, spec, info)
-    if spec.weights == "random":
+    if calibrate:
         store.save_encoder_state(video.bn_state())
     return store
 
 
-def extract_dataset(
-    data: str | Path,
-    out: str | Path,
-    settings: ExtractOptions | None = None,
-    **overrides: object,
-) -> ExtractResult:
-    """Extract features for every video of a VAAR-style dataset folder into the store at ``out``.
-
-    Finished videos are skipped, so an interrupted run resumes. Unreadable inputs are reported one line
-    each, recorded in the store, and the run continues. ``settings``: :class:`ExtractOptions`, whose
-    fields ``overrides`` may also set by name (``extract_dataset(data, out, workers=0)``). The Ray
-    engine, :func:`avarnet.apps.extract_ray.extract_dataset_ray`, takes the same settings.
-    """
-    o = ExtractOptions.of(settings, **overrides)
-    data, out = Path(data), Path(out)
-    scan = scan_dataset(data, seed=o.seed)
-    items, classes = scan.items, scan.classes
+def _load_encoders(o: ExtractOptions) -> tuple[VideoEncoder, AudioEncoder, FeatureSpec]:
+    """The torch encoders ``o`` names, at its precision (int8: Wav2Vec2 quantised, as a stream
+    runs it), and the spec of the features they make."""
     # refuse a precision the device lacks before loading anything
-    check_precision(o.precision, resolve_device(o.device), ENCODER_PRECISIONS)
+    check_precision(o.precision, resolve_device(o.device), PRECISIONS)
     # every video ends in an audio chunk of its own length
-    configure_cpu(varying_shapes=True, precision=o.precision)
+    configure_cpu(varying_shapes=True, precision="fp32" if o.precision == "int8" else o.precision)
     video = VideoEncoder.load(o.video_backbone, weights=o.weights, seed=o.seed, device=o.device)
     audio = AudioEncoder.load(o.audio_backbone, weights=o.weights, seed=o.seed, device=o.device)
     spec = build_spec(
@@ -300,12 +322,55 @@ def extract_dataset(
         o.precision,
         o.gate,
     )
+    if o.precision == "int8":  # after the spec: its digests are those of the weights as given
+        if not isinstance(getattr(audio, "model", None), torch.nn.Module):
+            raise InvalidArgumentError(
+                f"precision int8 quantises a PyTorch audio model; {o.audio_backbone} is not one"
+            )
+        quantize_audio_encoder(audio)
+    return video, audio, spec
+
+
+def extract_dataset(
+    data: str | Path,
+    out: str | Path,
+    settings: ExtractOptions | None = None,
+    encoders: Extractor | None = None,
+    **overrides: object,
+) -> ExtractResult:
+    """Extract features for every video of a VAAR-style dataset folder into the store at ``out``.
+
+    Finished videos are skipped, so an interrupted run resumes. Unreadable inputs are reported one line
+    each, recorded in the store, and the run continues. ``settings``: :class:`ExtractOptions`, whose
+    fields ``overrides`` may also set by name (``extract_dataset(data, out, workers=0)``). The Ray
+    engine, :func:`avarnet.apps.extract_ray.extract_dataset_ray`, takes the same settings.
+
+    ``encoders``: for ``runtime="onnx"``, an export's encoders loaded at ``precision``
+    (:func:`avarnet.export.load_onnx`); their spec (the export's live one) defines the features, so
+    the settings' backbones, weights, segments, audio and gate are not used. The store then holds
+    what ``stream --runtime onnx`` computes, and ``evaluate`` on it measures that path.
+    """
+    o = ExtractOptions.of(settings, **overrides)
+    if (o.runtime == "onnx") != (encoders is not None):
+        raise InvalidArgumentError(
+            "the onnx runtime extracts with an export's encoders, and only it takes them"
+        )
+    data, out = Path(data), Path(out)
+    scan = scan_dataset(data, seed=o.seed)
+    items, classes = scan.items, scan.classes
+    if encoders is None:
+        video, audio, spec = _load_encoders(o)
+    else:
+        configure_cpu(varying_shapes=True)
+        video, audio = encoders.video, encoders.audio
+        spec = encoders.spec.replace(runtime=o.runtime, precision=o.precision)
     info = {"classes": classes, "data_root": str(data.resolve()), "split_seed": o.seed}
-    store = prepare_store(out, spec, video, items, info)
+    store = prepare_store(out, spec, video, items, info, prepared=encoders is not None)
     store.check_classes(classes)
     extractor = Extractor(store.spec, video, audio)
-    for model in (video.model, audio.model):  # from here on they run under the spec's autocast
-        cast_for_autocast(model, extractor.dtype)
+    if encoders is None:  # from here on they run under the spec's autocast
+        for model in (video.model, audio.model):
+            cast_for_autocast(model, extractor.dtype)
     workers = (os.cpu_count() or 1) if o.workers is None else o.workers
     result = ExtractResult()
     bar = progress_bar(

@@ -361,6 +361,13 @@ def train(
     train_entries, val_entries = store.split("train"), store.split("val")
     if not train_entries:
         raise TrainError(f"{store.root} has no training videos")
+    spec = store.spec
+    if spec.runtime == "onnx" and spec.weights == "random" and store.load_encoder_state() is None:
+        raise TrainError(
+            f"{store.root} holds random-weight features without the encoders' calibration (made "
+            "with an export's encoders): a checkpoint trained on it could not compute them; train "
+            "on the store the torch encoders made, and evaluate on this one"
+        )
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed)

@@ -347,6 +347,11 @@ def extract_dataset_ray(
         raise InvalidArgumentError(
             "the Ray engine extracts chunked audio and decodes in Ray tasks (no audio_mode, workers)"
         )
+    if o.runtime != "torch" or o.precision not in ENCODER_PRECISIONS:
+        raise InvalidArgumentError(
+            f"the Ray engine runs torch encoders at {', '.join(ENCODER_PRECISIONS)}, not "
+            f"{o.runtime} {o.precision}"
+        )
     weights, seed, device, precision = o.weights, o.seed, o.device, o.precision
     segment_seconds, frames_per_segment = o.segment_seconds, o.frames_per_segment
     video_backbone, audio_backbone, progress = o.video_backbone, o.audio_backbone, o.progress

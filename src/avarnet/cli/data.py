@@ -11,8 +11,10 @@ from ..config import (
     DEFAULT_AUDIO_CONTEXT_S,
     DEFAULT_VIDEO_BACKBONE,
     DEVICES,
-    ENCODER_PRECISIONS,
     EXTRACT_ENGINES,
+    ONNX_PRECISIONS,
+    PRECISIONS,
+    RUNTIMES,
     WEIGHTS,
 )
 from ..errors import InvalidArgumentError
@@ -101,10 +103,20 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=ENCODER_PRECISIONS,
+        choices=PRECISIONS,
         default=SPEC.precision,
-        help="encoder precision (bf16: GPUs and CPUs with bf16 instructions; fp16: GPUs)",
+        help="encoder arithmetic, as for stream (bf16: GPUs and CPUs with bf16 instructions; "
+        "fp16: GPUs; int8: CPU, Wav2Vec2 quantised; onnx: fp32 or int8); recorded in the store",
     )
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=RUNTIMES[0],
+        help="onnx: the encoders of a folder written by `avarnet export` or `avarnet quantize` "
+        "(give it as --export), which also define the features; the store then holds what "
+        "`stream --runtime onnx` computes, and `evaluate` on it measures that path",
+    )
+    p.add_argument("--export", type=Path, metavar="DIR", help="with --runtime onnx: the export")
     p.add_argument(
         "--engine",
         choices=EXTRACT_ENGINES,
@@ -152,9 +164,47 @@ def _gate(a: argparse.Namespace) -> dict:
     return {} if gate is None else gate.to_dict()
 
 
+# extract's options that define the features, and their defaults: an export brings its own
+DEFINING = {
+    "weights": SPEC.weights,
+    "video_backbone": DEFAULT_VIDEO_BACKBONE,
+    "audio_backbone": DEFAULT_AUDIO_BACKBONE,
+    "segment_seconds": SPEC.segment_seconds,
+    "frames_per_segment": SPEC.frames_per_segment,
+    "audio_features": SPEC.audio_mode,
+    "audio_context": None,
+    "gate": None,
+}
+
+
+def _export_encoders(a: argparse.Namespace):
+    """``--runtime onnx``: the export's encoders at ``--precision``; None for torch. One line for
+    what does not fit."""
+    if a.runtime != "onnx":
+        if a.export is not None:
+            raise InvalidArgumentError("--export goes with --runtime onnx")
+        return None
+    if a.export is None:
+        raise InvalidArgumentError(
+            "--runtime onnx extracts with an export's encoders: give --export"
+        )
+    if a.precision not in ONNX_PRECISIONS:
+        raise InvalidArgumentError(f"--runtime onnx runs {' or '.join(ONNX_PRECISIONS)}")
+    if a.engine == "ray":
+        raise InvalidArgumentError("--engine ray runs torch encoders; use the local engine")
+    given = [n for n, default in DEFINING.items() if getattr(a, n) != default]
+    if given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise InvalidArgumentError(f"{flags}: with --runtime onnx the export defines the features")
+    from ..export import load_onnx
+
+    return load_onnx(a.export, a.precision).extractor
+
+
 def cmd_extract(a: argparse.Namespace) -> int:
     from ..extract import extract_dataset
 
+    encoders = _export_encoders(a)
     gate = _gate(a)
     if a.weights == "random":
         log.warning(
@@ -187,6 +237,8 @@ def cmd_extract(a: argparse.Namespace) -> int:
             audio_mode=a.audio_features,
             workers=a.workers,
             gate=gate,
+            runtime=a.runtime,
+            encoders=encoders,
             **common,
             **({} if a.audio_context is None else {"audio_context_seconds": a.audio_context}),
         )
