@@ -84,7 +84,7 @@ def test_precision_is_recorded_and_refused_where_missing(tiny_dataset, tiny_back
     extract_dataset(tiny_dataset, out, precision="bf16", workers=1, **backbones(tiny_backbones))
     store = FeatureStore.open(out)
     assert store.spec.precision == "bf16" and len(store.entries) == 9
-    with pytest.raises(Exception, match="different spec"):
+    with pytest.raises(Exception, match="computed by torch bf16, not torch fp32"):
         extract_dataset(tiny_dataset, out, precision="fp32", workers=1, **backbones(tiny_backbones))
 
 
