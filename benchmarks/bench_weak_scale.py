@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads sleep
 import platform
 import resource
 import subprocess
@@ -277,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         "snippets": int(sum(samples)),
         "generate_s": gen_s,
         "threads": a.threads,
+        # OpenMP's wait policy as `avarnet xdv train` runs (unset: libgomp spins briefly between
+        # parallel regions); set it in the environment to compare (PASSIVE: idle threads sleep)
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "matmul_gflops_wall": [before[0], after[0]],
         "matmul_gflops_per_cpu_s": [before[1], after[1]],
         "stages": stages,
