@@ -240,37 +240,26 @@ def build_spec(
 
 
 def prepare_store(
-    out: Path,
-    spec: FeatureSpec,
-    video: VideoEncoder,
-    items: list[VideoItem],
-    info: dict,
-    prepared: bool = False,
+    out: Path, spec: FeatureSpec, video: VideoEncoder, items: list[VideoItem], info: dict
 ) -> FeatureStore:
     """Create or reopen the store; for random weights, calibrate (or restore) the video encoder's BatchNorm.
 
-    ``prepared``: the encoders come ready from elsewhere (an export's, whose random weights were
-    calibrated before it was written); nothing is calibrated and the store keeps no encoder state.
-    A store is resumed only with the features' definition and the arithmetic (runtime,
-    precision) it was started with.
+    An export's encoders (``spec.runtime`` onnx) were calibrated before the export was written:
+    nothing is calibrated and the store keeps no encoder state. A store is resumed only with the
+    features' definition and the arithmetic (runtime, precision) it was started with.
 
     Runs under the store's lock, so writers started together agree on one spec and encoder state.
     """
     with store_lock(out):
-        store = _prepare_store_locked(out, spec, video, items, info, prepared)
+        store = _prepare_store_locked(out, spec, video, items, info)
     store.register_writer()  # removes a killed writer's temporary files when no other writer runs
     return store
 
 
 def _prepare_store_locked(
-    out: Path,
-    spec: FeatureSpec,
-    video: VideoEncoder,
-    items: list[VideoItem],
-    info: dict,
-    prepared: bool,
+    out: Path, spec: FeatureSpec, video: VideoEncoder, items: list[VideoItem], info: dict
 ) -> FeatureStore:
-    calibrate = spec.weights == "random" and not prepared
+    calibrate = spec.weights == "random" and spec.runtime == "torch"
     if (out / "spec.json").exists():
         existing = FeatureStore.open(out)
         if not existing.spec.same_features(spec):
@@ -365,7 +354,7 @@ def extract_dataset(
         video, audio = encoders.video, encoders.audio
         spec = encoders.spec.replace(runtime=o.runtime, precision=o.precision)
     info = {"classes": classes, "data_root": str(data.resolve()), "split_seed": o.seed}
-    store = prepare_store(out, spec, video, items, info, prepared=encoders is not None)
+    store = prepare_store(out, spec, video, items, info)
     store.check_classes(classes)
     extractor = Extractor(store.spec, video, audio)
     if encoders is None:  # from here on they run under the spec's autocast
@@ -583,34 +572,46 @@ class ParallelExtraction:
         return _Job(self.next_key, taken.item, taken.vid, taken.claim)
 
     def _check_workers(self) -> None:
-        """Replace dead workers: the video being decoded fails, the others are handed out again."""
+        """Replace dead workers. The video a dead worker was decoding fails; every other video in
+        flight starts again, with a fresh set of workers and a fresh output queue: a worker killed
+        while it wrote to the shared queue can leave the queue locked, or half a message in it,
+        so nothing more is read from that queue."""
         self.last_check = time.monotonic()
-        for wid, (proc, tasks) in list(self.procs.items()):
-            if proc.exitcode is None:
-                continue
-            keys = self.assigned.pop(wid)
-            del self.procs[wid]
-            tasks.close()
-            if keys:
-                job = self.jobs.get(keys.popleft())
+        dead = {wid: proc.exitcode for wid, (proc, _) in self.procs.items()}
+        dead = {wid: code for wid, code in dead.items() if code is not None}
+        if not dead:
+            return
+        for wid, code in dead.items():
+            keys = self.assigned[wid]
+            job = self.jobs.get(keys.popleft()) if keys else None
+            if job is not None:
+                self._fail(job, f"the decoding process died (exit code {code})")
+        for wid in list(self.procs):
+            for key in self.assigned.pop(wid):
+                job = self.jobs.pop(key, None)
                 if job is not None:
-                    self._fail(job, f"the decoding process died (exit code {proc.exitcode})")
-                for key in keys:
-                    job = self.jobs.pop(key, None)
-                    if job is not None:
-                        self.retry.append(job)
+                    job.failed = True  # the pieces of it already read are dropped, not written
+                    self.retry.append(job)  # decoded again from the start, under a new key
+        self._stop_workers(at_once=True)
+        self.out = self.ctx.Queue(maxsize=QUEUE_PER_WORKER * self.n_workers)
+        for _ in range(self.n_workers):
             self._start_worker()
 
-    def _stop_workers(self) -> None:
+    def _stop_workers(self, at_once: bool = False) -> None:
+        """End the workers (``at_once``: without letting them finish what they decode) and close
+        the output queue."""
         for _, tasks in self.procs.values():
             with contextlib.suppress(Exception):
                 tasks.put(None)
-        deadline = time.monotonic() + 5
-        for proc, _ in self.procs.values():
+        deadline = time.monotonic() + (0 if at_once else 5)
+        for proc, tasks in self.procs.values():
             proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.terminate()
                 proc.join(1)
+            tasks.cancel_join_thread()
+            tasks.close()
+        self.procs = {}
         self.out.cancel_join_thread()
         self.out.close()
 
