@@ -12,7 +12,8 @@ The store is written one video at a time and read back memory-mapped by the trai
 runs.
 
 It then runs the default weak training (``WeakConfig()``: ``refine``, MTCN, all five crops,
-batch 32) for one epoch of each stage and prints, per stage, seconds per epoch and the compute
+batch 32, on CPU in as many processes as ``avarnet xdv train`` chooses, ``--processes`` to set
+them; CPU seconds are those of every process) for one epoch of each stage and prints, per stage, seconds per epoch and the compute
 floor: the forward + backward FLOPs of the epoch's real snippets (counted with
 ``torch.utils.flop_counter`` on the model itself), divided by the fp32 matmul rate measured in the
 same process with the same threads, before and after the training. On a shared machine the ratio,
@@ -198,8 +199,8 @@ def ab_steps(model: torch.nn.Module, dim: int, sample_lengths, steps: int, seed:
             "cpu_ratio_matmul_to_reference": mc / rc, "wall_ratio_matmul_to_reference": mw / rw}  # fmt: skip
 
 
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+def peak_rss_gb(who: int = resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024**2
 
 
 def cpu_model() -> str:
@@ -222,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the numbers here")
     p.add_argument("--reference-convs", action="store_true",
                    help="train MTCN with nn.Conv1d, not its matmul convolutions")  # fmt: skip
+    p.add_argument("--processes", type=int, default=0,
+                   help="training processes (default 0: as `avarnet xdv train` chooses)")  # fmt: skip
+    p.add_argument("--autocast", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--ab-steps", type=int, default=0,
                    help="then time this many steps of each convolution path, interleaved")  # fmt: skip
     a = p.parse_args(argv)
@@ -234,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     gen_s = time.time() - t0
     train_entries = store.split("train")
     before = matmul_gflops()
-    cfg = WeakConfig(epochs=1, local_epochs=1, device="cpu", seed=a.seed, num_threads=a.threads)
+    cfg = WeakConfig(epochs=1, local_epochs=1, device="cpu", seed=a.seed, num_threads=a.threads,
+                     processes=a.processes, autocast=a.autocast)  # fmt: skip
     t0 = time.time()
     with reference_convs() if a.reference_convs else nullcontext():
         r = train_weak(store, a.out / "run", cfg, progress=False)
@@ -243,11 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     wall_rate, cpu_rate = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
 
     from avarnet.checkpoint import load_checkpoint
-    from avarnet.weak import SnippetScorer
+    from avarnet.weak import SnippetScorer, training_processes
 
     ck = load_checkpoint(r.checkpoint)
     first = json.loads((a.out / "run" / "snippet_scorer_history.json").read_text())[0]
     samples = [min(e.T, cfg.max_seq_len) for e in train_entries for _ in range(NUM_CROPS)]
+    processes, per_process = training_processes(cfg, torch.device("cpu"), len(samples))
     dim = ck.model_config.input_dim
     flops = {
         "scorer": epoch_floor_flops(SnippetScorer(dim, cfg.local_hidden), dim, samples, None),
@@ -275,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         "snippets": int(sum(samples)),
         "generate_s": gen_s,
         "threads": a.threads,
+        "processes": processes,
+        "threads_per_process": per_process,
+        "autocast": a.autocast,
         # OpenMP's wait policy as `avarnet xdv train` runs (unset: libgomp spins briefly between
         # parallel regions); set it in the environment to compare (PASSIVE: idle threads sleep)
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
@@ -283,7 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         "stages": stages,
         "ab_steps": ab,
         "train_weak_s": total_s,
+        # this process, and the largest training process: with N of them at most this + N x that
         "peak_rss_gb": peak_rss_gb(),
+        "peak_rss_gb_largest_child": peak_rss_gb(resource.RUSAGE_CHILDREN),
+        "peak_rss_gb_bound": peak_rss_gb()
+        + (processes if processes > 1 else 0) * peak_rss_gb(resource.RUSAGE_CHILDREN),
         "cpu": cpu_model(),
         "nproc": os.cpu_count(),
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],

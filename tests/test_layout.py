@@ -37,6 +37,7 @@ CORE = (
     "gate",
     "config",
     "runtime",
+    "parallel",
     "media",
     "encoders",
     "features",

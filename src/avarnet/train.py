@@ -34,6 +34,7 @@ from .data import (
 from .errors import AvarnetError
 from .io import write_json
 from .models import count_parameters, create_model
+from .parallel import Ranks
 from .progress import progress_bar
 from .runtime import resolve_device
 from .store import FeatureStore
@@ -236,8 +237,12 @@ def run_epoch(
     video_dim: int,
     device: torch.device,
     gen: torch.Generator,
+    ranks: Ranks = Ranks(),
 ) -> float:
-    """One pass over ``loader`` (sense dropout on fused inputs); returns the mean batch loss."""
+    """One pass over ``loader`` (sense dropout on fused inputs); returns the mean batch loss.
+
+    With several processes (``ranks``) each holds its share of every batch and the gradients
+    are averaged before each step; the mean is over all of them."""
     model.train()
     total, n = 0.0, 0
     for b in loader:
@@ -248,8 +253,10 @@ def run_epoch(
         loss = batch_loss(model, b)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        ranks.average_gradients(model.parameters(), len(x))
         opt.step()
         total, n = total + loss.item() * len(x), n + len(x)
+    total, n = ranks.sum(total, n)
     return total / max(n, 1)
 
 
@@ -290,6 +297,7 @@ def fit(
     desc: str,
     progress: bool = True,
     select: Callable[[dict[str, float]], tuple[float, ...]] | None = None,
+    ranks: Ranks = Ranks(),
 ) -> tuple[list[dict], int, float]:
     """The training loop of every objective: Adam, LR drop on a validation plateau, early stop.
 
@@ -299,19 +307,22 @@ def fit(
     loss alone); early stopping counts epochs without a better key, the LR drop follows the
     validation loss. Only epochs with a finite validation loss are kept. Writes
     ``OUT/history.json`` every epoch; returns (history, best epoch, its validation loss).
+    With several processes (``ranks``, each on its share of every batch; ``validate`` returns
+    the same metrics in all of them) only the main one writes and shows progress.
     """
     opt = adam(model.parameters(), cfg.lr, cfg.weight_decay, device)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience
     )
-    drop_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    drop_gen = torch.Generator().manual_seed(cfg.seed + 1 + ranks.rank)
     history: list[dict] = []
     best, best_epoch, stale = float("inf"), 0, 0
     best_key: tuple[float, ...] | None = None
-    bar = progress_bar(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not progress)
+    bar = progress_bar(range(1, cfg.epochs + 1), desc=desc, unit="epoch",
+                       disable=not (progress and ranks.main))  # fmt: skip
     for epoch in bar:
         train_loss = run_epoch(
-            model, train_loader, opt, batch_loss, cfg, video_dim, device, drop_gen
+            model, train_loader, opt, batch_loss, cfg, video_dim, device, drop_gen, ranks
         )
         metrics = validate(model, val_loader)
         val_loss = metrics["val_loss"]
@@ -325,7 +336,8 @@ def fit(
             save(epoch, metrics)
         else:
             stale += 1
-        write_json(out / HISTORY_FILE, history)
+        if ranks.main:
+            write_json(out / HISTORY_FILE, history)
         shown = {
             "val" if k == "val_loss" else k.removeprefix("val_"): v for k, v in metrics.items()
         }

@@ -40,12 +40,13 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .checkpoint import Checkpoint, save_checkpoint
-from .config import NORMAL_CLASS, WEAK_OBJECTIVES, DictMixin, TrainConfig
+from .config import NORMAL_CLASS, WEAK_OBJECTIVES, DictMixin, ModelConfig, TrainConfig
 from .data import MODALITIES, Normalizer, missing_mask, select_inputs
 from .inference import anomaly_scores, model_input, step_probabilities
 from .io import write_json
 from .metrics import frame_level_metrics, snippet_to_frame_scores
 from .models import count_parameters, create_model
+from .parallel import Ranks, start, usable_cores
 from .progress import progress_bar
 from .runtime import precision_autocast, resolve_device
 from .store import Entry, FeatureStore, StoreError
@@ -73,6 +74,9 @@ FLANK_MARGIN = 4  # snippets around each annotated event compared with the event
 OBJECTIVES = WEAK_OBJECTIVES
 SCORER_HISTORY_FILE = "snippet_scorer_history.json"  # first stage of "refine"
 SCORER_LR = 1e-3  # learning rate of the per-snippet scorer
+# Fewest training batches an epoch needs before training is split over processes by default:
+# starting them takes seconds, an epoch of this many batches of 32 full-length samples a minute.
+PARALLEL_MIN_BATCHES = 64
 HEADLINE_AP = "frame_pr_auc"  # the AP published XD-Violence numbers use
 AP_DEFINITIONS = {
     "frame_pr_auc": "headline AP, as published XD-Violence code (XDVioDet, RTFM) computes it: "
@@ -120,7 +124,10 @@ class WeakConfig(DictMixin):
     early_stop_patience: int = 10
     seed: int = 0
     device: str = "auto"
-    num_threads: int = 0
+    num_threads: int = 0  # CPU threads in all (0: every usable core)
+    # CPU training processes, each on its share of every batch (gradients averaged); 0: two where
+    # two or more cores are free and an epoch has PARALLEL_MIN_BATCHES batches, else one
+    processes: int = 0
 
 
 # -- objective ---------------------------------------------------------------------------------
@@ -575,11 +582,38 @@ def _check_training_set(store: FeatureStore, entries: Sequence[Entry], cfg: Weak
         raise TrainError(f"unknown autocast type {cfg.autocast!r}; use one of {AUTOCAST_DTYPES}")
     if cfg.prefetch < 0:
         raise TrainError("prefetch must be >= 0 (0: read batches on the training thread)")
+    if cfg.processes < 0 or cfg.num_threads < 0:
+        raise TrainError("processes and num_threads must be >= 0 (0: chosen for this machine)")
+
+
+def training_processes(cfg: WeakConfig, device: torch.device, samples: int) -> tuple[int, int]:
+    """(processes, torch threads in each) of a run over ``samples`` training samples.
+
+    On CPU, by default two single-threaded processes (each on half of every batch) where two or
+    more cores are free and an epoch has at least PARALLEL_MIN_BATCHES batches: on two cores they
+    kept both busy where one process with two threads did not (docs/weak-supervision.md).
+    """
+    cores = cfg.num_threads or usable_cores()
+    if device.type != "cpu":
+        if cfg.processes > 1:
+            raise TrainError(f"processes > 1 trains on CPU only, not on {device.type}")
+        return 1, cores
+    world = cfg.processes
+    if world == 0:
+        batches = math.ceil(samples / cfg.batch_size)
+        world = 2 if cores >= 2 and batches >= PARALLEL_MIN_BATCHES else 1
+    if world > cfg.batch_size:
+        raise TrainError(f"{world} processes cannot share batches of {cfg.batch_size}")
+    return world, max(1, cores // world)
 
 
 @torch.no_grad()
 def _loader_loss(
-    model: torch.nn.Module, loader: DataLoader, cfg: WeakConfig, device: torch.device
+    model: torch.nn.Module,
+    loader: DataLoader,
+    cfg: WeakConfig,
+    device: torch.device,
+    ranks: Ranks = Ranks(),
 ) -> float:
     model.eval()
     loss = batch_objective(cfg, device)
@@ -587,6 +621,7 @@ def _loader_loss(
     for b in loader:
         total += float(loss(model, {k: v.to(device) for k, v in b.items()})) * len(b["y"])
         n += len(b["y"])
+    total, n = ranks.sum(total, n)
     return total / max(n, 1)
 
 
@@ -615,7 +650,7 @@ def _at_precision(model: torch.nn.Module, precision: str, device: torch.device |
 
 
 def _loaders(
-    store: FeatureStore, cfg: WeakConfig, norm: Normalizer
+    store: FeatureStore, cfg: WeakConfig, norm: Normalizer, ranks: Ranks = Ranks()
 ) -> tuple[DataLoader, DataLoader]:
     """Shuffled (video, crop) training samples; centre-crop validation videos (training ones if none)."""
     train_entries, val_entries = store.split("train"), store.split("val")
@@ -625,12 +660,15 @@ def _loaders(
     args = (cfg.modality, norm, cfg.max_seq_len)
     train_ds = WeakDataset(store, train_entries, *args, all_crops=cfg.all_crops)
     val_ds = WeakDataset(store, val_entries or train_entries, *args, all_crops=False)
-    return _bucketed(train_ds, cfg, g), _bucketed(val_ds, cfg)
+    return _bucketed(train_ds, cfg, g, ranks, lockstep=True), _bucketed(val_ds, cfg, None, ranks)
 
 
-def _bucketed(ds: WeakDataset, cfg: WeakConfig, generator=None) -> Prefetch:
-    """Length-bucketed batches of ``ds`` (shuffled with a generator), read ahead on a thread."""
-    sampler = LengthBatches(ds.lengths(), cfg.batch_size, generator)
+def _bucketed(
+    ds: WeakDataset, cfg: WeakConfig, generator=None, ranks: Ranks = Ranks(), lockstep=False
+) -> Prefetch:
+    """Length-bucketed batches of ``ds`` (shuffled with a generator), this process's share of
+    each (see :meth:`Ranks.shard`), read ahead on a thread."""
+    sampler = ranks.shard(LengthBatches(ds.lengths(), cfg.batch_size, generator), lockstep)
     return Prefetch(DataLoader(ds, batch_sampler=sampler, collate_fn=weak_collate), cfg.prefetch)
 
 
@@ -642,6 +680,7 @@ def train_snippet_scorer(
     video_dim: int,
     device: torch.device,
     progress: bool,
+    ranks: Ranks = Ranks(),
 ) -> tuple[SnippetScorer, list[dict]]:
     """First stage of "refine": the per-snippet scorer trained by the MIL term alone.
 
@@ -650,20 +689,22 @@ def train_snippet_scorer(
     scorer = SnippetScorer(input_dim, cfg.local_hidden).to(device)
     if device.type == "cpu":
         cheap_dropout(scorer)
+    _rank_seed(cfg, ranks)
     opt = adam(scorer.parameters(), SCORER_LR, cfg.weight_decay, device)
     mil = cfg.replace(smooth_weight=0.0, sparsity_weight=0.0, reversal_weight=0.0,
                       permutation_weight=0.0)  # fmt: skip
-    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    gen = torch.Generator().manual_seed(cfg.seed + 2 + ranks.rank)
     best, best_state, history = float("inf"), None, []
     bar = progress_bar(range(1, cfg.local_epochs + 1), desc="weak snippet scorer", unit="epoch",
-               disable=not progress)  # fmt: skip
+               disable=not (progress and ranks.main))  # fmt: skip
     for epoch in bar:
         t0, c0 = time.perf_counter(), time.process_time()
         train_loss = run_epoch(
-            scorer, train_loader, opt, batch_objective(mil, device), mil, video_dim, device, gen
-        )
-        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-        val_loss = _loader_loss(scorer, val_loader, mil, device)
+            scorer, train_loader, opt, batch_objective(mil, device), mil, video_dim, device, gen,
+            ranks,
+        )  # fmt: skip
+        seconds, (cpu,) = time.perf_counter() - t0, ranks.sum(time.process_time() - c0)
+        val_loss = _loader_loss(scorer, val_loader, mil, device, ranks)
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                         "seconds": seconds, "cpu_seconds": cpu})  # fmt: skip
         if val_loss < best - 1e-6:
@@ -680,19 +721,23 @@ def train_snippet_scorer(
 
 @torch.no_grad()
 def pseudo_labels(
-    scorer: torch.nn.Module, dataset: WeakDataset, cfg: WeakConfig, device: torch.device
+    scorer: torch.nn.Module,
+    dataset: WeakDataset,
+    cfg: WeakConfig,
+    device: torch.device,
+    ranks: Ranks = Ranks(),
 ) -> dict[int, np.ndarray]:
     """Soft snippet targets of every sample: the scorer's p(anomaly) in violent videos, 0 in
-    normal ones (item index -> (l,) float32)."""
+    normal ones (item index -> (l,) float32); each process scores its share, all get them all."""
     scorer.eval()
     out: dict[int, np.ndarray] = {}
-    for b in _bucketed(dataset, cfg):
+    for b in _bucketed(dataset, cfg, None, ranks):
         x, mask = b["x"].to(device), b["mask"].to(device)
         p = torch.sigmoid(anomaly_logit(scorer(x, mask)[-1])).cpu().numpy()  # (B, L)
         for row, (i, y) in enumerate(zip(b["i"].tolist(), b["y"].tolist(), strict=True)):
             n = int(b["mask"][row].sum())
             out[i] = (p[row, :n] * float(y > 0.5)).astype(np.float32)
-    return out
+    return ranks.gather(out)
 
 
 def _checkpoint(
@@ -719,55 +764,95 @@ def train_weak(
     """Train a detector from video-level labels; writes ``OUT/best.ckpt`` and ``OUT/history.json``.
 
     The validation split (video-level labels only) drives early stopping through the training
-    objective; frame-level truth is never used in training.
+    objective; frame-level truth is never used in training. On CPU the training may run in
+    several processes (:func:`training_processes`), each on its share of every batch.
     """
-    start = time.time()
+    begin = time.time()
     store = feats if isinstance(feats, FeatureStore) else FeatureStore.open(feats)
     _check_training_set(store, store.split("train"), cfg)
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     overrides = {"num_classes": len(WEAK_CLASSES)} | ({"layers": cfg.layers} if cfg.layers else {})
     mcfg = model_config_for(store, as_train_config(cfg), overrides | (model_overrides or {}))
     norm = fit_stream_normalizer(store, store.split("train"), cfg.modality)
-    train_loader, val_loader = _loaders(store, cfg, norm)
+    samples = len(WeakDataset(store, store.split("train"), cfg.modality, norm, cfg.max_seq_len,
+                              cfg.all_crops))  # fmt: skip
+    world, threads = training_processes(cfg, device, samples)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if world == 1:
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        history, best_epoch, best, params = _train_weak(
+            Ranks(), store, out, cfg, mcfg, norm, device, progress, threads
+        )
+    else:
+        log.info("training in %d processes of %d thread(s) each", world, threads)
+        args = (store.root, out, cfg, mcfg, norm, device, progress, threads)
+        history, best_epoch, best, params = start(_train_weak, args, world, threads)
+    return TrainResult(
+        out / BEST_CHECKPOINT, history, best_epoch, best, params, time.time() - begin
+    )
+
+
+def _rank_seed(cfg: WeakConfig, ranks: Ranks) -> None:
+    """Give each of several processes its own dropout draws (one process keeps the seeded ones)."""
+    if ranks.world > 1:
+        torch.manual_seed(cfg.seed * 1000 + ranks.rank + 1)
+
+
+def _train_weak(
+    ranks: Ranks,
+    store: FeatureStore | Path,
+    out: Path,
+    cfg: WeakConfig,
+    mcfg: ModelConfig,
+    norm: Normalizer,
+    device: torch.device,
+    progress: bool,
+    threads: int,
+) -> tuple[list[dict], int, float, int]:
+    """The training of :func:`train_weak` in one of its processes: (history, best epoch, best
+    validation loss, parameters); only the main process writes files."""
+    if ranks.world > 1:
+        torch.set_num_threads(threads)
+    store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
+    seed_everything(cfg.seed)
+    train_loader, val_loader = _loaders(store, cfg, norm, ranks)
     local_history: list[dict] = []
     if cfg.objective == "refine":
         scorer, local_history = train_snippet_scorer(
-            train_loader, val_loader, cfg, mcfg.input_dim, mcfg.video_dim, device, progress
+            train_loader, val_loader, cfg, mcfg.input_dim, mcfg.video_dim, device, progress, ranks
         )
         for loader in (train_loader, val_loader):
-            loader.dataset.targets = pseudo_labels(scorer, loader.dataset, cfg, device)
+            loader.dataset.targets = pseudo_labels(scorer, loader.dataset, cfg, device, ranks)
         seed_everything(cfg.seed)
     model = create_model(mcfg).to(device)
     if device.type == "cpu":
         cheap_dropout(model)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if local_history:
+    _rank_seed(cfg, ranks)
+    if local_history and ranks.main:
         write_json(out / SCORER_HISTORY_FILE, local_history)
     # wall and process CPU time at the end of the last validation (or save): an epoch starts
     mark = [time.perf_counter(), time.process_time()]
 
     def validate(model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
-        seconds, cpu = time.perf_counter() - mark[0], time.process_time() - mark[1]
-        metrics = {"val_loss": _loader_loss(model, loader, cfg, device), "seconds": seconds,
+        seconds, (cpu,) = time.perf_counter() - mark[0], ranks.sum(time.process_time() - mark[1])
+        metrics = {"val_loss": _loader_loss(model, loader, cfg, device, ranks), "seconds": seconds,
                    "cpu_seconds": cpu}  # fmt: skip
         mark[:] = time.perf_counter(), time.process_time()
         return metrics
 
     def save(epoch: int, metrics: dict[str, float]) -> None:
-        ckpt = _checkpoint(model, mcfg, cfg, store, norm, epoch, metrics["val_loss"])
-        save_checkpoint(out / BEST_CHECKPOINT, ckpt)
+        if ranks.main:
+            ckpt = _checkpoint(model, mcfg, cfg, store, norm, epoch, metrics["val_loss"])
+            save_checkpoint(out / BEST_CHECKPOINT, ckpt)
         mark[:] = time.perf_counter(), time.process_time()
 
     history, best_epoch, best = fit(
         model, train_loader, val_loader, batch_objective(cfg, device), validate, save, cfg,
-        mcfg.video_dim, device, out, f"weak {mcfg.name}/{cfg.modality}", progress,
+        mcfg.video_dim, device, out, f"weak {mcfg.name}/{cfg.modality}", progress, ranks=ranks,
     )  # fmt: skip
-    params, seconds = count_parameters(model), time.time() - start
-    return TrainResult(out / BEST_CHECKPOINT, history, best_epoch, best, params, seconds)
+    return history, best_epoch, best, count_parameters(model)
 
 
 # -- scoring -----------------------------------------------------------------------------------

@@ -81,6 +81,12 @@ def weak_args(p: argparse.ArgumentParser) -> None:
         choices=("fp32", "bf16"),
         help="fp32 (default); bf16: the model under bfloat16 autocast, the loss in float32",
     )
+    p.add_argument(
+        "--processes",
+        type=POSITIVE_INT,
+        help="CPU training processes, each on its share of every batch (default: 2 where two or "
+        "more cores are free and an epoch has at least 64 batches, else 1)",
+    )
     p.add_argument("--seed", type=SEED)
     p.add_argument("--device", choices=DEVICES)
 
@@ -104,6 +110,7 @@ WEAK_FIELDS = (
     "seed",
     "device",
     "autocast",
+    "processes",
 )
 
 
