@@ -92,6 +92,11 @@ def test_the_layers_kept_in_fp32_are_found_by_measurement(quantised):
     if search["all_quantised"]["agreement"] >= search["target_agreement"]:
         assert search["kept_fp32"] == [] and len(search["trials"]) == 1
         return
+    # each encoder was measured alone; the layers searched are those of the encoders that moved
+    # decisions alone (of both when neither did)
+    failing = {k for k, m in search["encoders_alone"].items() if m["agreement"] < 0.99}
+    assert set(search["encoders_alone"]) == {"video", "audio"}
+    assert {g["model"] for g in search["groups"]} == (failing or {"video", "audio"})
     kept = search["kept_fp32"]
     ranked = [(g["model"], g["group"]) for g in search["groups"]]
     assert kept and [(k["model"], k["group"]) for k in kept] == ranked[: len(kept)]
@@ -106,6 +111,24 @@ def test_the_layers_kept_in_fp32_are_found_by_measurement(quantised):
         nodes = [n for n in model.graph.node if n.name.startswith(prefix)]
         compute = [n for n in nodes if n.op_type in ("Conv", "MatMul", "Gemm")]
         assert compute and not any(i in dequantised for n in compute for i in n.input), k
+
+
+def test_the_search_measures_on_validation_then_unread_training_clips(tiny_store):
+    from avarnet.apps.quantize import calibration_segments, search_clips
+
+    store = FeatureStore.open(tiny_store)
+    spec = store.spec
+    _, calibration = calibration_segments(store, spec, 2, None)
+    val = sum(e.T for e in store.split("val"))
+    clips, counts = search_clips(store, val + 1000, None, spec, calibration)
+    assert counts["val"] == val and counts["train"] > 0  # all of val, then training clips
+    ids = [e.id for e, _ in clips]
+    assert ids[: len(store.split("val"))] == [e.id for e in store.split("val")]
+    assert not {e.id for e in calibration} & set(ids)  # never a clip the calibration read
+    assert len(ids) == len(store.split("val")) + len(store.split("train")) - len(calibration)
+    assert sum(len(s) for _, s in clips) == sum(counts.values())
+    few, counts = search_clips(store, 1, None, spec, calibration)  # enough on val alone
+    assert list(counts) == ["val"] and len(few) == 1
 
 
 def test_node_groups_follow_the_layers():
