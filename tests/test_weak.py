@@ -69,17 +69,23 @@ def untrimmed_videos(n: int, seed: int, prefix: str) -> list[FakeVideo]:
     return out
 
 
-@pytest.fixture(scope="module")
-def xd_store(tmp_path_factory) -> FeatureStore:
-    """An XD-Violence store in the official format: 40 training and 16 test untrimmed videos, gt.npy truth."""
-    root = tmp_path_factory.mktemp("xd")
-    train_videos, test_videos = untrimmed_videos(40, 1, "Train."), untrimmed_videos(16, 2, "Test.")
-    rgb, audio = write_official(root / "feats", train_videos, test=False, seed=3)
-    test_rgb, test_audio = write_official(root / "feats", test_videos, test=True, seed=4)
+def official_store(root: Path, n_train: int, n_test: int, seed: int) -> FeatureStore:
+    """An XD-Violence store imported from the official format: untrimmed training and test
+    videos (a fifth of the training ones validate), gt.npy truth; drawn from ``seed``."""
+    train_videos = untrimmed_videos(n_train, seed, "Train.")
+    test_videos = untrimmed_videos(n_test, seed + 1, "Test.")
+    rgb, audio = write_official(root / "feats", train_videos, test=False, seed=seed + 2)
+    test_rgb, test_audio = write_official(root / "feats", test_videos, test=True, seed=seed + 3)
     np.save(root / "gt.npy", official_gt(test_videos))
     import_official(root / "store", rgb, audio, test_rgb, test_audio, gt=root / "gt.npy", val_fraction=0.2,
                     progress=False)  # fmt: skip
     return FeatureStore.open(root / "store")
+
+
+@pytest.fixture(scope="module")
+def xd_store(tmp_path_factory) -> FeatureStore:
+    """40 training and 16 test untrimmed videos in the official format."""
+    return official_store(tmp_path_factory.mktemp("xd"), 40, 16, 1)
 
 
 @pytest.fixture(scope="module")

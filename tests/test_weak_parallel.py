@@ -6,13 +6,10 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
-from test_weak import TINY, untrimmed_videos
-from test_xdv import official_gt, write_official
+from test_weak import TINY, official_store
 
-from avarnet.apps.xdv import import_official
 from avarnet.checkpoint import load_checkpoint
 from avarnet.cli import main
 from avarnet.parallel import Ranks, ShardedBatches
@@ -26,14 +23,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> FeatureStore:
     """40 training videos (a fifth of them validate), 8 test ones, official format."""
-    root = tmp_path_factory.mktemp("xdp")
-    train_videos, test_videos = untrimmed_videos(40, 5, "Train."), untrimmed_videos(8, 6, "Test.")
-    rgb, audio = write_official(root / "feats", train_videos, test=False, seed=7)
-    test_rgb, test_audio = write_official(root / "feats", test_videos, test=True, seed=8)
-    np.save(root / "gt.npy", official_gt(test_videos))
-    import_official(root / "store", rgb, audio, test_rgb, test_audio, gt=root / "gt.npy",
-                    val_fraction=0.2, progress=False)  # fmt: skip
-    return FeatureStore.open(root / "store")
+    return official_store(tmp_path_factory.mktemp("xdp"), 40, 8, 5)
 
 
 def test_two_processes_take_the_steps_one_process_takes_on_whole_batches(store, tmp_path):
