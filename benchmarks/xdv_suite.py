@@ -596,7 +596,7 @@ def run_key(regime: str, model: str, objective: str, seed: int, data_seed: int) 
 def weak_config(model: str, objective: str, seed: int, args: argparse.Namespace) -> WeakConfig:
     """The run's settings: ``avarnet xdv train``'s defaults (WeakConfig's) unless the command
     line of the suite overrides them."""
-    given = {k: getattr(args, k) for k in ("epochs", "local_epochs", "batch_size", "lr")
+    given = {k: getattr(args, k) for k in ("epochs", "local_epochs", "batch_size", "lr", "processes")
              if getattr(args, k) is not None}  # fmt: skip
     return WeakConfig(model=model, seed=seed, device="cpu", num_threads=args.threads,
                       all_crops=not args.centre_crop_only, **given, **OBJECTIVES[objective])  # fmt: skip
@@ -829,6 +829,9 @@ def main() -> int:
     p.add_argument("--centre-crop-only", action="store_true", help="default: all five crops")
     p.add_argument("--data-seeds", type=int, default=3, help="datasets drawn per regime")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument(
+        "--processes", type=int, help="training processes per run (default: xdv train's)"
+    )
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at once (processes)")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument(
