@@ -75,7 +75,8 @@ OBJECTIVES = WEAK_OBJECTIVES
 SCORER_HISTORY_FILE = "snippet_scorer_history.json"  # first stage of "refine"
 SCORER_LR = 1e-3  # learning rate of the per-snippet scorer
 # Fewest training batches an epoch needs before training is split over processes by default:
-# starting them takes seconds, an epoch of this many batches of 32 full-length samples a minute.
+# starting them takes a few seconds, an epoch of this many full-length batches of 32 about half a
+# minute. Cautious: two processes were faster at 19 batches an epoch too (docs/weak-supervision.md).
 PARALLEL_MIN_BATCHES = 64
 HEADLINE_AP = "frame_pr_auc"  # the AP published XD-Violence numbers use
 AP_DEFINITIONS = {
