@@ -347,7 +347,7 @@ def search_clips(
     did not carry over: on 88 validation segments it reached 0.99 and moved 7 % of the test
     segments' labels (docs/live.md)."""
     split = "val" if store.split("val") else "test"
-    clips = held_out_clips(store, split, n_segments, data_root, spec)
+    clips = held_out_clips(store, store.split(split), n_segments, data_root, spec)
     counts = {split: sum(len(s) for _, s in clips)}
     if counts[split] < n_segments:
         read = {e.id for e in calibration}
@@ -361,14 +361,12 @@ def search_clips(
 
 def held_out_clips(
     store: FeatureStore,
-    split: str | Sequence[Entry],
+    entries: Sequence[Entry],
     n_segments: int,
     data_root: Path | None,
     spec,
 ) -> list[tuple[Entry, list[Segment]]]:
-    """Whole held-out clips (evenly spread over the split, or over the given entries) until
-    ``n_segments`` segments."""
-    entries = store.split(split) if isinstance(split, str) else list(split)
+    """Whole clips of ``entries`` (evenly spread over them) until ``n_segments`` segments."""
     if n_segments < 1 or not entries:
         return []
     total_t = sum(e.T for e in entries) or 1
