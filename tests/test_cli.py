@@ -326,3 +326,27 @@ def test_library_error_gets_its_remedies_as_options(capsys, tmp_path, monkeypatc
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].endswith("random weights [--video-backbone DIR | --weights random]")
+
+
+@pytest.mark.parametrize(
+    ("command", "sub", "resumes"),
+    [
+        ("extract", None, True),
+        ("xdv", "import", True),
+        ("train", None, False),
+        ("xdv", "train", False),
+    ],
+)
+def test_ctrl_c_says_whether_running_again_resumes(command, sub, resumes, capsys):
+    """Ctrl-C is one line; only commands that skip finished work promise to resume."""
+    from avarnet.cli.common import run
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    args = argparse.Namespace(command=command, xdv_command=sub, debug=False)
+    assert run(interrupted, args) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    name = " ".join(filter(None, (command, sub)))
+    assert len(err) == 1 and err[0].startswith(f"avarnet {name}: interrupted")
+    assert ("run the same command again to resume" in err[0]) == resumes

@@ -30,6 +30,7 @@ def quantised(tiny_store, tmp_path_factory) -> tuple[Path, Path, dict]:
     save_checkpoint(ckpt, untrained_checkpoint(FeatureStore.open(tiny_store).spec, std=0.02))
     out = root / "int8"
     args = ["-q", "quantize", str(ckpt), str(tiny_store), "--out", str(out), "--threads", "1"]
+    args += ["--min-saving", "0"]  # both encoders int8, however fast int8 runs the tiny models
     try:
         assert main(args) == 0
     finally:
@@ -111,6 +112,108 @@ def test_the_layers_kept_in_fp32_are_found_by_measurement(quantised):
         nodes = [n for n in model.graph.node if n.name.startswith(prefix)]
         compute = [n for n in nodes if n.op_type in ("Conv", "MatMul", "Gemm")]
         assert compute and not any(i in dequantised for n in compute for i in n.input), k
+
+
+def _quantize_ckpt(tiny_store, root: Path) -> Path:
+    ckpt = root / "c.ckpt"
+    save_checkpoint(ckpt, untrained_checkpoint(FeatureStore.open(tiny_store).spec, std=0.02))
+    return ckpt
+
+
+def test_an_encoder_whose_int8_is_not_faster_stays_fp32_whole(tiny_store, tmp_path, capsys):
+    """Timed on the calibration inputs, no int8 saves all of the encoders' time: both encoders
+    stay fp32 whole, the export's int8 entries name the fp32 files (no int8 file is written),
+    and the int8 path computes exactly fp32's features."""
+    ckpt, out = _quantize_ckpt(tiny_store, tmp_path), tmp_path / "q"
+    args = ["quantize", str(ckpt), str(tiny_store), "--out", str(out), "--threads", "1"]
+    assert main([*args, "--min-saving", "1"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "quantization.json").read_text())
+    search = report["search"]
+    assert search["kept_fp32_whole"] == ["video", "audio"] and search["min_saving"] == 1
+    for key in ("video", "audio"):
+        speed = search["speed"][key]
+        assert speed["fp32_ms"] > 0 and speed["int8_ms"] > 0 and speed["saving"] < 1
+        assert f"{key}: kept fp32 whole" in printed
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    assert files["video_int8"] == "video.onnx" and files["audio_int8"] == "audio.onnx"
+    assert not list(out.glob("*.int8.onnx"))
+    assert search["all_quantised"]["agreement"] == 1.0 and search["groups"] == []
+    assert report["test"]["agreement_offline"] == report["test"]["agreement_live"] == 1.0
+    video = Path(FeatureStore.open(tiny_store).info["data_root"])
+    video = video / FeatureStore.open(tiny_store).split("test")[0].source
+    a, b = _features(out, "fp32", video), _features(out, "int8", video)
+    for key in ("video", "audio"):
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_only_the_encoders_fast_in_int8_are_searched_and_quantised(
+    tiny_store, tmp_path, monkeypatch
+):
+    """The video encoder timed no faster in int8 (it saves nothing), the audio one twice as fast
+    (a quarter of the two encoders' time): video stays fp32 whole, the search never measures video layers, and only audio.int8.onnx is written."""
+    from avarnet.apps import quantize as q
+
+    def timed(fp32, int8, feeds, threads=0):
+        speedup = 1.0 if fp32.name == "video.onnx" else 2.0
+        return {"fp32_ms": 2.0, "int8_ms": 2.0 / speedup, "speedup": speedup, "batches": 1}
+
+    monkeypatch.setattr(q, "encoder_speed", timed)
+    ckpt = _quantize_ckpt(tiny_store, tmp_path)
+    options = q.QuantizeOptions(threads=1, target_agreement=1.0)  # the layers are searched
+    report = q.quantize_checkpoint(ckpt, tiny_store, tmp_path / "q", options)
+    search = report["search"]
+    assert search["kept_fp32_whole"] == ["video"]
+    assert search["encoders_alone"] == {}  # one encoder in int8: nothing to measure alone
+    assert {g["model"] for g in search["groups"]} == {"audio"}
+    assert all("video" not in t["trial"] for t in search["trials"])
+    files = json.loads((tmp_path / "q" / "manifest.json").read_text())["files"]
+    assert files["video_int8"] == "video.onnx" and files["audio_int8"] == "audio.int8.onnx"
+    assert not (tmp_path / "q" / "video.int8.onnx").exists()
+    summary = q.graph_summary(tmp_path / "q" / "audio.int8.onnx")
+    assert summary["ops"].get("DequantizeLinear", 0) > 0
+
+
+def test_an_encoder_slow_with_the_layers_kept_ships_fp32_measured_as_shipped(
+    tiny_store, tmp_path, monkeypatch
+):
+    """Audio's fully quantised model times twice as fast, but with the layers the search keeps in
+    fp32 no faster than fp32: audio ships fp32 whole, and the search segments are measured again
+    as the export ships them (the last trial)."""
+    from avarnet.apps import quantize as q
+
+    def timed(fp32, int8, feeds, threads=0):
+        speedup = 1.0 if int8.name == "audio.int8.onnx" else 2.0
+        return {"fp32_ms": 2.0, "int8_ms": 2.0 / speedup, "speedup": speedup, "batches": 1}
+
+    monkeypatch.setattr(q, "encoder_speed", timed)
+    ckpt, out = _quantize_ckpt(tiny_store, tmp_path), tmp_path / "q"
+    options = q.QuantizeOptions(threads=1, target_agreement=1.0)  # audio layers are kept
+    report = q.quantize_checkpoint(ckpt, tiny_store, out, options)
+    search = report["search"]
+    assert any(k["model"] == "audio" for k in search["kept_fp32"])
+    assert search["speed"]["audio"]["saving"] == 0.25
+    assert search["speed_shipped"]["audio"]["saving"] == 0
+    assert search["kept_fp32_whole"] == ["audio"]
+    assert search["trials"][-1]["trial"] == "as shipped: audio fp32 whole"
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    assert files["audio_int8"] == "audio.onnx" and files["video_int8"] == "video.int8.onnx"
+    assert not (out / "audio.int8.onnx").exists() and (out / "video.int8.onnx").is_file()
+
+
+def test_encoder_speed_times_both_models_on_the_calibration_inputs(tmp_path):
+    from avarnet.apps.quantize import QuantizeError, encoder_speed, quantise_static
+
+    src = attention_like_graph(tmp_path / "g.onnx")
+    feeds = [
+        {"x": np.random.default_rng(i).standard_normal((1, 4, 8), np.float32)} for i in range(4)
+    ]
+    int8 = quantise_static(src, tmp_path / "g.int8.onnx", tmp_path / "c.json", feeds, ("MatMul",))
+    speed = encoder_speed(src, int8, feeds, threads=1)
+    assert speed["fp32_ms"] > 0 and speed["int8_ms"] > 0 and speed["batches"] == 4
+    assert speed["speedup"] > 0
+    with pytest.raises(QuantizeError, match="no calibration inputs"):
+        encoder_speed(src, int8, [], threads=1)
 
 
 def test_the_search_measures_on_validation_then_unread_training_clips(tiny_store):

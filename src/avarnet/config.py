@@ -39,6 +39,9 @@ WEIGHTS = ("pretrained", "random")  # FeatureSpec.weights: pretrained backbones 
 ENCODER_PRECISIONS = ("fp32", "bf16", "fp16")  # torch encoders under autocast
 PRECISIONS = ENCODER_PRECISIONS + ("int8",)  # live encoders; int8: dynamically quantised (CPU)
 ONNX_PRECISIONS = ("fp32", "int8")  # what an ONNX export runs
+INT8_MIN_SAVING = (
+    0.05  # avarnet quantize: share of the encoders' fp32 time an encoder's int8 must save
+)
 RUNTIMES = ("torch", "onnx")  # live inference: PyTorch, or ONNX Runtime on an export
 EXTRACT_ENGINES = ("local", "ray")  # extraction in this process's pool, or a Ray Data pipeline
 MODALITIES = ("fused", "audio", "video")  # TrainConfig.modality: the senses a model sees

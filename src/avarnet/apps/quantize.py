@@ -9,8 +9,12 @@ int8`` loads) are quantised statically:
    every input each encoder receives is kept; ONNX Runtime's ``quantize_static`` takes its
    activation ranges (MinMax) from them. Weights are int8 per output channel, activations uint8
    per tensor, in QDQ form (Conv, MatMul with a constant weight, Gemm).
-2. **Search** on held-out segments (the validation split, or the test split when there is none,
-   then unread training clips):
+2. **Speed**: each encoder's fully quantised model is timed against its fp32 model on the
+   calibration inputs (and again after the search, with the layers it kept in fp32). One whose
+   int8 does not save ``min_saving`` of the two fp32 encoders' time per segment stays fp32 whole
+   (the export's ``*_int8`` entry names the fp32 file): it would move decisions and save little.
+3. **Search** on held-out segments (the validation split, or the test split when there is none,
+   then unread training clips), over the encoders that stay int8:
    the per-segment labels of the int8 path are compared with fp32's, both with the windows
    evaluation uses and with the windows a stream uses (the lower of the two counts). When the
    fully quantised encoders agree on fewer than ``target_agreement`` of the segments, each
@@ -20,7 +24,7 @@ int8`` loads) are quantised statically:
    change of the class probabilities); groups are kept in fp32 in that order until the target is
    reached. The search measures on the validation split's segments, topped up with training
    clips the calibration did not read up to ``search_segments``.
-3. **Report** on the test split (``DIR/quantization.json``): per-segment label agreement with
+4. **Report** on the test split (``DIR/quantization.json``): per-segment label agreement with
    fp32, the clip accuracy and macro F1 of fp32 and int8 and their change (offline and live
    windows), and the features' cosine similarity to fp32 beside them.
 
@@ -46,6 +50,7 @@ import numpy as np
 
 from .. import io
 from ..checkpoint import Checkpoint, load_checkpoint
+from ..config import INT8_MIN_SAVING
 from ..encoders.onnx import onnx_session
 from ..errors import AvarnetError
 from ..evaluate import check_compatible
@@ -64,6 +69,8 @@ FORMAT = "avarnet-quantization-1"
 ENCODERS = ("video", "audio")
 OP_TYPES = ("Conv", "MatMul", "Gemm")  # the compute; element-wise ops stay fp32
 DEFAULT_TARGET = 0.99
+SPEED_BATCHES = 8  # calibration inputs each timing round runs
+SPEED_ROUNDS = 3  # alternating rounds; each model's fastest round counts
 LAYER = re.compile(r".*[._]\d+$")  # a numbered block: layers.3, layer.0, conv_layers.1
 
 
@@ -82,6 +89,7 @@ class QuantizeOptions:
     audio_context_seconds: float | None = None  # live look-back (default: the checkpoint's)
     threads: int = 0  # ONNX Runtime and torch threads (0: their defaults)
     op_types: tuple[str, ...] = OP_TYPES
+    min_saving: float = INT8_MIN_SAVING  # share of fp32 encoder time int8 must save (0: any)
 
 
 @dataclass
@@ -270,6 +278,34 @@ def quantise_static(
     return dst
 
 
+def encoder_speed(
+    fp32: Path, int8: Path, feeds: Sequence[dict[str, np.ndarray]], threads: int = 0
+) -> dict[str, float]:
+    """Milliseconds per call of an encoder's fp32 and int8 models on ``SPEED_BATCHES`` of its
+    calibration inputs, and the speed-up (fp32 time / int8 time). The two run in alternating
+    rounds after a warm-up call each, and each model's fastest round counts: on shared cores the
+    slower rounds measure the neighbours."""
+    if not feeds:
+        raise QuantizeError(f"{fp32.name}: no calibration inputs to time it on")
+    sample = spread(feeds, SPEED_BATCHES)
+    sessions = {"fp32": onnx_session(fp32, threads), "int8": onnx_session(int8, threads)}
+    for session in sessions.values():
+        session.run(None, sample[0])
+    best = {k: math.inf for k in sessions}
+    for _ in range(SPEED_ROUNDS):
+        for k, session in sessions.items():
+            t = time.perf_counter()
+            for feed in sample:
+                session.run(None, feed)
+            best[k] = min(best[k], (time.perf_counter() - t) / len(sample))
+    return {
+        "fp32_ms": float(f"{best['fp32'] * 1e3:.4g}"),
+        "int8_ms": float(f"{best['int8'] * 1e3:.4g}"),
+        "speedup": round(best["fp32"] / best["int8"], 3),
+        "batches": len(sample),
+    }
+
+
 # ----------------------------------------------------------------------------- clips
 
 
@@ -439,6 +475,8 @@ class _Search:
     threads: int
     trials: list[dict] = field(default_factory=list)
     alone: dict[str, dict] = field(default_factory=dict)  # each encoder int8, the other fp32
+    speed: dict[str, dict] = field(default_factory=dict)  # fp32 against all layers int8
+    shipped: dict[str, dict] = field(default_factory=dict)  # fp32 against int8 with layers kept
 
     def measure(self, models: dict[str, Path | None], label: str) -> Measure:
         """Decisions with each encoder's given int8 file (None: fp32) against fp32's."""
@@ -530,13 +568,14 @@ def held_out_report(
     }
 
 
-def _file_sizes(folder: Path) -> dict:
+def _file_sizes(folder: Path, files: dict[str, str]) -> dict:
     out = {}
     for key in ENCODERS:
-        fp32, int8 = graph_summary(folder / FILES[key]), graph_summary(folder / INT8_FILES[key])
+        a, b = folder / files[key], folder / files[f"{key}_int8"]
+        fp32, int8 = graph_summary(a), graph_summary(b)
         out[key] = {
-            "fp32_bytes": (folder / FILES[key]).stat().st_size,
-            "int8_bytes": (folder / INT8_FILES[key]).stat().st_size,
+            "fp32_bytes": a.stat().st_size,
+            "int8_bytes": b.stat().st_size,
             "fp32_weight_bytes": sum(fp32["weight_bytes"].values()),
             "int8_weight_bytes": sum(int8["weight_bytes"].values()),
             "int8_ops": int8["ops"],
@@ -607,9 +646,11 @@ def quantize_checkpoint(
     work = Path(tempfile.mkdtemp(prefix=".quantize-", dir=out))
     try:
         sources = {key: pre_process(out / FILES[key], work / f"{key}.pre.onnx") for key in ENCODERS}
-        excluded, groups, ranking, full = _search(search, sources, work, feeds, options, say)
+        excluded, groups, ranking, full = _search(search, out, sources, work, feeds, options, say)
         say("int8 models")
-        for key in ENCODERS:
+        for key in ENCODERS:  # no stale int8 file of an earlier run beside one kept fp32 whole
+            (out / INT8_FILES[key]).unlink(missing_ok=True)
+        for key in quantised(search, options):
             nodes = [n for k, g in excluded for n in groups[k][g] if k == key]
             quantise_static(
                 sources[key],
@@ -619,10 +660,25 @@ def quantize_checkpoint(
                 options.op_types,
                 exclude=nodes,
             )
+            if nodes:  # with layers kept in fp32: still fast enough to ship?
+                timing = encoder_speed(
+                    out / FILES[key], out / INT8_FILES[key], feeds[key], options.threads
+                )
+                search.shipped[key] = timing | {"saving": round(saving(search, timing), 4)}
+                if key not in quantised(search, options):
+                    (out / INT8_FILES[key]).unlink()
+        ships = quantised(search, options)
+        if any(k in search.shipped and k not in ships for k in ENCODERS):  # not what was searched
+            say("search: as shipped")
+            search.measure(
+                {k: out / INT8_FILES[k] for k in ships},
+                f"as shipped: {', '.join(k for k in ENCODERS if k not in ships)} fp32 whole",
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    manifest["files"] = dict(manifest["files"]) | {
-        f"{key}_int8": name for key, name in INT8_FILES.items()
+    manifest["files"] = dict(manifest["files"]) | {  # an encoder kept fp32 whole: its fp32 file
+        f"{key}_int8": INT8_FILES[key] if key in quantised(search, options) else FILES[key]
+        for key in ENCODERS
     }
     io.write_json(manifest_path, manifest)
     int8 = load_onnx(out, "int8", options.threads)
@@ -646,6 +702,10 @@ def quantize_checkpoint(
             "clips": len(clips),
             "segments": sum(len(s) for _, s in clips),
             "target_agreement": options.target_agreement,
+            "min_saving": options.min_saving,
+            "speed": search.speed,
+            "speed_shipped": search.shipped,
+            "kept_fp32_whole": [k for k in ENCODERS if k not in quantised(search, options)],
             "all_quantised": full.to_dict(),
             "encoders_alone": search.alone,
             "groups": ranking,
@@ -655,23 +715,47 @@ def quantize_checkpoint(
             "trials": search.trials,
         },
         "test": test,
-        "files": _file_sizes(out),
+        "files": _file_sizes(out, manifest["files"]),
         "seconds": round(time.perf_counter() - start, 1),
     }
     io.write_json(out / REPORT, report)
     return report
 
 
+def saving(search: _Search, timing: dict) -> float:
+    """The share of the fp32 encoders' time per segment (both encoders, as first timed) that an
+    encoder's int8 model saves."""
+    total = sum(search.speed[k]["fp32_ms"] for k in ENCODERS)
+    return (timing["fp32_ms"] - timing["int8_ms"]) / total
+
+
+def quantised(search: _Search, options: QuantizeOptions) -> list[str]:
+    """The encoders whose int8 saves enough time to ship (all of them before both are timed, or
+    with ``min_saving`` 0): fully quantised, and again with the layers the search kept in fp32."""
+    if options.min_saving <= 0 or len(search.speed) < len(ENCODERS):
+        return list(ENCODERS)
+    return [
+        k
+        for k in ENCODERS
+        if all(
+            saving(search, t[k]) >= options.min_saving
+            for t in (search.speed, search.shipped)
+            if k in t
+        )
+    ]
+
+
 def _search(
     search: _Search,
+    out: Path,
     sources: dict[str, Path],
     work: Path,
     feeds: dict[str, list],
     options: QuantizeOptions,
     say: Callable[[str], None],
 ) -> tuple[list[tuple[str, str]], dict[str, dict[str, list[str]]], list[dict], Measure]:
-    """(groups kept in fp32, every quantisable group, the per-group ranking, the fully quantised
-    candidate's measure)."""
+    """(groups kept in fp32, every quantisable group, the per-group ranking, the measure of the
+    candidate with every encoder fast enough in int8 fully quantised)."""
     groups = {key: quantisable_groups(sources[key], options.op_types) for key in ENCODERS}
     caches = {key: work / f"{key}.calibration.json" for key in ENCODERS}
     built: dict[tuple[str, tuple], Path] = {}
@@ -697,20 +781,33 @@ def _search(
         if tag:
             built.pop((key, tag)).unlink(missing_ok=True)
 
-    say("search: all layers int8")
-    full = search.measure({key: model(key) for key in ENCODERS}, "all layers int8")
+    say("speed: fp32 against int8 on the calibration inputs")
+    for key in ENCODERS:
+        search.speed[key] = encoder_speed(out / FILES[key], model(key), feeds[key], search.threads)
+    for key in ENCODERS:
+        search.speed[key]["saving"] = round(saving(search, search.speed[key]), 4)
+        log.info(
+            "quantize: %s int8 saves %.3f of the encoders' time", key, search.speed[key]["saving"]
+        )
+    fast = quantised(search, options)
+    say("search: all layers int8" + ("" if fast == list(ENCODERS) else f" ({', '.join(fast)})"))
+    full = search.measure(
+        {key: model(key) for key in fast},
+        "all layers int8" if fast == list(ENCODERS) else f"{', '.join(fast) or 'none'} int8",
+    )
     if full.agreement >= options.target_agreement:
         return [], groups, [], full
     # An encoder whose int8 alone keeps the decisions stays int8 throughout; the layers of the
     # others are searched (of both when each keeps them alone but not the two together).
-    say("search: each encoder alone")
-    search.alone = {
-        key: search.measure({key: model(key)}, f"{key} alone int8").to_dict() for key in ENCODERS
-    }
-    suspects = [k for k in ENCODERS if search.alone[k]["agreement"] < options.target_agreement]
+    if len(fast) > 1:
+        say("search: each encoder alone")
+        search.alone = {
+            key: search.measure({key: model(key)}, f"{key} alone int8").to_dict() for key in fast
+        }
+    suspects = [k for k in search.alone if search.alone[k]["agreement"] < options.target_agreement]
     say("search: each layer alone")
     damage = []
-    for key in suspects or ENCODERS:
+    for key in suspects or fast:
         for g in groups[key]:
             m = search.measure({key: model(key, only=(g,))}, f"{key} {g} alone")
             drop(key, ("only", g))
@@ -723,10 +820,10 @@ def _search(
         excluded.append((key, g))
         if before:
             drop(key, before)
-        kept = {k: tuple(x for kk, x in excluded if kk == k) for k in ENCODERS}
+        kept = {k: tuple(x for kk, x in excluded if kk == k) for k in fast}
         say(f"search: {len(excluded)} layer(s) in fp32")
         m = search.measure(
-            {k: model(k, exclude=kept[k]) for k in ENCODERS},
+            {k: model(k, exclude=kept[k]) for k in fast},
             f"{len(excluded)} layer(s) kept fp32 (last: {key} {g})",
         )
         if m.agreement >= options.target_agreement:
@@ -765,10 +862,20 @@ def summary_lines(report: dict) -> list[str]:
                 f"{f(t['fp32'][p + 'f1'])} -> {f(t['int8'][p + 'f1'])} ({f(t['change'][p + 'f1'])})"
             )
     for key, sizes in report["files"].items():
-        lines.append(
-            f"{key}: weights {sizes['fp32_weight_bytes'] / 1e6:.2f} MB fp32 -> "
-            f"{sizes['int8_weight_bytes'] / 1e6:.2f} MB int8"
+        speed = s.get("speed_shipped", {}).get(key) or s.get("speed", {}).get(key)
+        timed = (
+            f"int8 {speed['int8_ms']:.1f} ms against fp32 {speed['fp32_ms']:.1f} ms a call, "
+            f"saving {100 * speed['saving']:.1f} % of the encoders' time"
+            if speed
+            else ""
         )
+        if key in s.get("kept_fp32_whole", ()):
+            lines.append(f"{key}: kept fp32 whole: {timed} ({100 * s['min_saving']:g} % asked)")
+        else:
+            lines.append(
+                f"{key}: weights {sizes['fp32_weight_bytes'] / 1e6:.2f} MB fp32 -> "
+                f"{sizes['int8_weight_bytes'] / 1e6:.2f} MB int8" + (f"; {timed}" if timed else "")
+            )
     return lines
 
 
@@ -776,6 +883,7 @@ __all__ = [
     "Measure",
     "QuantizeError",
     "QuantizeOptions",
+    "encoder_speed",
     "graph_summary",
     "node_group",
     "quantisable_groups",

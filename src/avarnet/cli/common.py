@@ -148,16 +148,23 @@ def error_line(e: BaseException) -> tuple[str, int] | None:
     return None
 
 
+# Commands that skip what an earlier run finished: videos in a store, cells of a grid.
+RESUMABLE = ("extract", "ablate", "xdv import")
+
+
 def run(command, args: argparse.Namespace) -> int:
     """Run one parsed command: its exit code, or one line and an exit code for an error."""
     debug = args.debug or os.environ.get("AVARNET_DEBUG", "") not in ("", "0")
     try:
         return command(args)
     except KeyboardInterrupt:
-        print(
-            "interrupted: finished work is kept; run the same command again to resume",
-            file=sys.stderr,
+        name = " ".join(filter(None, (args.command, getattr(args, "xdv_command", None))))
+        then = (
+            "finished work is kept; run the same command again to resume"
+            if name in RESUMABLE
+            else "nothing resumes it; run the command again to start over"
         )
+        print(f"avarnet {name}: interrupted: {then}", file=sys.stderr)
         return 130
     except Exception as e:
         known = error_line(e)

@@ -6,9 +6,24 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import DEFAULT_AUDIO_BACKBONE, DEFAULT_AUDIO_CONTEXT_S, DEVICES, PRECISIONS, RUNTIMES
+from ..config import (
+    DEFAULT_AUDIO_BACKBONE,
+    DEFAULT_AUDIO_CONTEXT_S,
+    DEVICES,
+    INT8_MIN_SAVING,
+    PRECISIONS,
+    RUNTIMES,
+)
 from ..errors import InvalidArgumentError
-from .common import DEVICE, EXIT_OK, POSITIVE_FLOAT, POSITIVE_INT, PROBABILITY, THREADS, seconds
+from .common import (
+    DEVICE,
+    EXIT_OK,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    PROBABILITY,
+    THREADS,
+    seconds,
+)
 
 BENCH_PRECISIONS = tuple(p for p in PRECISIONS if p != "fp16")  # CPU rows; a GPU adds fp16
 
@@ -54,7 +69,16 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
         "--target-agreement",
         type=PROBABILITY,
         default=0.99,
-        help="per-segment label agreement with fp32 that the layers kept in fp32 must reach",
+        help="per-segment label agreement with fp32 on the search's held-out segments that the "
+        "layers kept in fp32 must reach",
+    )
+    p.add_argument(
+        "--min-saving",
+        type=PROBABILITY,
+        default=INT8_MIN_SAVING,
+        metavar="F",
+        help="an encoder whose int8 does not save this share of the two fp32 encoders' time per "
+        "segment (timed on the calibration inputs) stays fp32 whole (0: quantise every encoder)",
     )
     p.add_argument("--audio-context", type=seconds, metavar="S", help="live look-back (s)")
     p.add_argument("--threads", type=THREADS, default=0)
@@ -137,6 +161,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         calibration_segments=a.calibration_segments,
         search_segments=a.search_segments,
         target_agreement=a.target_agreement,
+        min_saving=a.min_saving,
         data_root=a.data,
         audio_context_seconds=a.audio_context,
         threads=a.threads,
