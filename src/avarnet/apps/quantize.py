@@ -648,25 +648,7 @@ def quantize_checkpoint(
         sources = {key: pre_process(out / FILES[key], work / f"{key}.pre.onnx") for key in ENCODERS}
         excluded, groups, ranking, full = _search(search, out, sources, work, feeds, options, say)
         say("int8 models")
-        for key in ENCODERS:  # no stale int8 file of an earlier run beside one kept fp32 whole
-            (out / INT8_FILES[key]).unlink(missing_ok=True)
-        for key in quantised(search, options):
-            nodes = [n for k, g in excluded for n in groups[k][g] if k == key]
-            quantise_static(
-                sources[key],
-                out / INT8_FILES[key],
-                work / f"{key}.calibration.json",
-                None,
-                options.op_types,
-                exclude=nodes,
-            )
-            if nodes:  # with layers kept in fp32: still fast enough to ship?
-                timing = encoder_speed(
-                    out / FILES[key], out / INT8_FILES[key], feeds[key], options.threads
-                )
-                search.shipped[key] = timing | {"saving": round(saving(search, timing), 4)}
-                if key not in quantised(search, options):
-                    (out / INT8_FILES[key]).unlink()
+        _write_int8(search, out, sources, work, excluded, groups, feeds, options)
         ships = quantised(search, options)
         if any(k in search.shipped and k not in ships for k in ENCODERS):  # not what was searched
             say("search: as shipped")
@@ -743,6 +725,39 @@ def quantised(search: _Search, options: QuantizeOptions) -> list[str]:
             if k in t
         )
     ]
+
+
+def _write_int8(
+    search: _Search,
+    out: Path,
+    sources: dict[str, Path],
+    work: Path,
+    excluded: list[tuple[str, str]],
+    groups: dict[str, dict[str, list[str]]],
+    feeds: dict[str, list],
+    options: QuantizeOptions,
+) -> None:
+    """``OUT/*.int8.onnx`` of the encoders that ship int8, the groups the search kept in fp32
+    left out; one that no longer saves enough time with them is timed out (its file removed)."""
+    for key in ENCODERS:  # no stale int8 file of an earlier run beside one kept fp32 whole
+        (out / INT8_FILES[key]).unlink(missing_ok=True)
+    for key in quantised(search, options):
+        nodes = [n for k, g in excluded for n in groups[k][g] if k == key]
+        quantise_static(
+            sources[key],
+            out / INT8_FILES[key],
+            work / f"{key}.calibration.json",
+            None,
+            options.op_types,
+            exclude=nodes,
+        )
+        if nodes:  # with layers kept in fp32: still fast enough to ship?
+            timing = encoder_speed(
+                out / FILES[key], out / INT8_FILES[key], feeds[key], options.threads
+            )
+            search.shipped[key] = timing | {"saving": round(saving(search, timing), 4)}
+            if key not in quantised(search, options):
+                (out / INT8_FILES[key]).unlink()
 
 
 def _search(
