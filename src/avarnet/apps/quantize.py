@@ -659,8 +659,7 @@ def quantize_checkpoint(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     manifest["files"] = dict(manifest["files"]) | {  # an encoder kept fp32 whole: its fp32 file
-        f"{key}_int8": INT8_FILES[key] if key in quantised(search, options) else FILES[key]
-        for key in ENCODERS
+        f"{key}_int8": INT8_FILES[key] if key in ships else FILES[key] for key in ENCODERS
     }
     io.write_json(manifest_path, manifest)
     int8 = load_onnx(out, "int8", options.threads)
@@ -687,7 +686,7 @@ def quantize_checkpoint(
             "min_saving": options.min_saving,
             "speed": search.speed,
             "speed_shipped": search.shipped,
-            "kept_fp32_whole": [k for k in ENCODERS if k not in quantised(search, options)],
+            "kept_fp32_whole": [k for k in ENCODERS if k not in ships],
             "all_quantised": full.to_dict(),
             "encoders_alone": search.alone,
             "groups": ranking,
