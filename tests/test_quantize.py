@@ -81,28 +81,58 @@ def test_int8_quantises_for_real_and_keeps_the_decisions(quantised, tiny_store):
         assert key in report["test"]["change"]
 
 
+def _replay(search: dict) -> None:
+    """Each kept group is the one the search's rule picks after the trial before it: while labels
+    disagree, the group that moved them most alone; once they agree, the group that moved the
+    features most alone, of an encoder still below the cosine floor."""
+    target, floor = search["target_agreement"], search["min_cosine"]
+    groups = {(g["model"], g["group"]): g for g in search["groups"]}
+    by_labels = list(groups)  # the report ranks them worst first
+    by_features = sorted(groups, key=lambda k: groups[k]["cosine_min"][k[0]])
+    steps = [t for t in search["trials"] if "kept fp32" in t["trial"]]
+    before, kept = search["all_quantised"], []
+    for k, step in zip(search["kept_fp32"], steps, strict=True):
+        if before["agreement"] < target:
+            pick = next(g for g in by_labels if g not in kept)
+            assert k["for"] == "labels"
+        else:
+            below = {m for m, c in before["cosine_min"].items() if c < floor}
+            assert below  # it only goes on for the features when some encoder is below the floor
+            pick = next(g for g in by_features if g[0] in below and g not in kept)
+            assert k["for"] == "features"
+        assert (k["model"], k["group"]) == pick
+        kept.append(pick)
+        before = step
+
+
 def test_the_layers_kept_in_fp32_are_found_by_measurement(quantised):
-    """When the fully quantised encoders move decisions, every layer was measured alone, the
-    most damaging ones were kept in fp32 until the target was met, and they are fp32 in the file."""
+    """When the fully quantised encoders move decisions or features, every layer was measured
+    alone, layers were kept in fp32 by the search's rule until both held, and they are fp32 in
+    the file."""
     import onnx
 
     _, out, report = quantised
     search = report["search"]
     final = search["trials"][-1]
     assert final["agreement"] >= search["target_agreement"]
-    if search["all_quantised"]["agreement"] >= search["target_agreement"]:
-        assert search["kept_fp32"] == [] and len(search["trials"]) == 1
+    assert min(final["cosine_min"].values(), default=1) >= search["min_cosine"] == 0.99
+    if not search["kept_fp32"]:  # the fully quantised encoders passed
+        assert len(search["trials"]) == 1
         return
-    # each encoder was measured alone; the layers searched are those of the encoders that moved
-    # decisions alone (of both when neither did)
-    failing = {k for k, m in search["encoders_alone"].items() if m["agreement"] < 0.99}
+
+    # each encoder was measured alone; the layers searched are those of the encoders that failed
+    # alone (of both when neither did)
+    def fails(m):
+        return m["agreement"] < 0.99 or min(m["cosine_min"].values()) < 0.99
+
+    failing = {k for k, m in search["encoders_alone"].items() if fails(m)}
     assert set(search["encoders_alone"]) == {"video", "audio"}
     assert {g["model"] for g in search["groups"]} == (failing or {"video", "audio"})
-    kept = search["kept_fp32"]
-    ranked = [(g["model"], g["group"]) for g in search["groups"]]
-    assert kept and [(k["model"], k["group"]) for k in kept] == ranked[: len(kept)]
     agreements = [g["agreement"] for g in search["groups"]]
     assert agreements == sorted(agreements)  # the worst first
+    kept = search["kept_fp32"]
+    assert kept
+    _replay(search)
     for k in kept:
         model = onnx.load(str(out / f"{k['model']}.int8.onnx"))
         dequantised = {
@@ -112,6 +142,43 @@ def test_the_layers_kept_in_fp32_are_found_by_measurement(quantised):
         nodes = [n for n in model.graph.node if n.name.startswith(prefix)]
         compute = [n for n in nodes if n.op_type in ("Conv", "MatMul", "Gemm")]
         assert compute and not any(i in dequantised for n in compute for i in n.input), k
+
+
+def test_the_feature_floor_keeps_layers_that_labels_alone_would_not(tiny_store, tmp_path):
+    """With a label target every candidate meets, the fully quantised encoders ship as they are
+    unless a floor on the features' cosine asks for more: then layers are kept in fp32, the
+    features' worst first, until every search segment's features reach the floor, and the int8
+    export's features on those clips do."""
+    from avarnet.apps import quantize as q
+    from avarnet.features import cosine
+
+    ckpt = _quantize_ckpt(tiny_store, tmp_path)
+    base = dict(threads=1, target_agreement=1e-6, min_saving=0)
+    labels_only = q.quantize_checkpoint(
+        ckpt, tiny_store, tmp_path / "a", q.QuantizeOptions(min_cosine=0, **base)
+    )["search"]
+    assert labels_only["kept_fp32"] == [] and len(labels_only["trials"]) == 1
+    lowest = labels_only["all_quantised"]["cosine_min"]
+    assert set(lowest) == {"video", "audio"} and min(lowest.values()) < 1
+    floor = 1 - (1 - min(lowest.values())) / 4  # above what full int8 gives
+    out = tmp_path / "b"
+    report = q.quantize_checkpoint(
+        ckpt, tiny_store, out, q.QuantizeOptions(min_cosine=floor, **base)
+    )
+    search = report["search"]
+    assert search["min_cosine"] == floor and search["kept_fp32"]
+    assert {k["for"] for k in search["kept_fp32"]} == {"features"}
+    _replay(search)
+    final = search["trials"][-1]
+    assert min(final["cosine_min"].values(), default=1) >= floor
+    printed = q.summary_lines(report)
+    assert f"(floor {floor})" in printed[1] and printed[2].startswith("  with the layers kept: ")
+    # the export as written: its int8 features on the search clips keep the floor
+    store = FeatureStore.open(tiny_store)
+    video = Path(store.info["data_root"]) / store.split("val")[0].source
+    a, b = _features(out, "fp32", video), _features(out, "int8", video)
+    for key in ("video", "audio"):
+        assert cosine(a[key], b[key]).min() >= floor - 1e-6, key
 
 
 def _quantize_ckpt(tiny_store, root: Path) -> Path:

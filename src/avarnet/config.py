@@ -42,6 +42,7 @@ ONNX_PRECISIONS = ("fp32", "int8")  # what an ONNX export runs
 INT8_MIN_SAVING = (
     0.05  # avarnet quantize: share of the encoders' fp32 time an encoder's int8 must save
 )
+INT8_MIN_COSINE = 0.99  # avarnet quantize: lowest segment cosine of int8 features to fp32's
 RUNTIMES = ("torch", "onnx")  # live inference: PyTorch, or ONNX Runtime on an export
 EXTRACT_ENGINES = ("local", "ray")  # extraction in this process's pool, or a Ray Data pipeline
 MODALITIES = ("fused", "audio", "video")  # TrainConfig.modality: the senses a model sees

@@ -16,14 +16,21 @@ int8`` loads) are quantised statically:
 3. **Search** on held-out segments (the validation split, or the test split when there is none,
    then unread training clips), over the encoders that stay int8:
    the per-segment labels of the int8 path are compared with fp32's, both with the windows
-   evaluation uses and with the windows a stream uses (the lower of the two counts). When the
-   fully quantised encoders agree on fewer than ``target_agreement`` of the segments, each
-   encoder is quantised alone (the other in fp32); one that keeps the target alone stays int8.
-   Every node group (a layer: ``.../layers.3``, ``.../conv_stem/convolution``, ...) of the others
-   is quantised alone and ranked by how much it moves the decisions (label changes, then the mean
-   change of the class probabilities); groups are kept in fp32 in that order until the target is
-   reached. The search measures on the validation split's segments, topped up with training
-   clips the calibration did not read up to ``search_segments``.
+   evaluation uses and with the windows a stream uses (the lower of the two counts), and each
+   int8 encoder's features with fp32's (the lowest cosine similarity over the segments). A
+   candidate passes when its labels agree on ``target_agreement`` of the segments and no
+   segment's features fall below ``min_cosine``. When the fully quantised encoders fail, each
+   encoder is quantised alone (the other in fp32); one that passes alone stays int8. Every node
+   group (a layer: ``.../layers.3``, ``.../conv_stem/convolution``, ...) of the others is
+   quantised alone and measured. Groups are kept in fp32 one at a time until a candidate passes:
+   while labels disagree, the group that moves them most alone (label changes, then the mean
+   change of the class probabilities); once they agree, the group that moves the features most
+   alone, of an encoder still below ``min_cosine``. The search measures on the validation split's
+   segments, topped up with training clips the calibration did not read up to
+   ``search_segments``. The feature floor is there because label agreement on these segments
+   does not carry over: the model is confident on the training clips that top them up, so few of
+   them sit near a decision boundary, and a candidate that agreed on 0.992 of them with features
+   down to cosine 0.92 agreed on 0.967 of the test split's segments (docs/live.md).
 4. **Report** on the test split (``DIR/quantization.json``): per-segment label agreement with
    fp32, the clip accuracy and macro F1 of fp32 and int8 and their change (offline and live
    windows), and the features' cosine similarity to fp32 beside them.
@@ -50,7 +57,7 @@ import numpy as np
 
 from .. import io
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..config import INT8_MIN_SAVING
+from ..config import INT8_MIN_COSINE, INT8_MIN_SAVING
 from ..encoders.onnx import onnx_session
 from ..errors import AvarnetError
 from ..evaluate import check_compatible
@@ -71,6 +78,11 @@ OP_TYPES = ("Conv", "MatMul", "Gemm")  # the compute; element-wise ops stay fp32
 DEFAULT_TARGET = 0.99
 SPEED_BATCHES = 8  # calibration inputs each timing round runs
 SPEED_ROUNDS = 3  # alternating rounds; each model's fastest round counts
+METHOD = {  # what the report says of the quantisation
+    "quantisation": "static, QDQ (onnxruntime.quantization.quantize_static)",
+    "weights": "int8, per output channel",
+    "activations": "uint8, per tensor, MinMax ranges from the calibration inputs",
+}
 LAYER = re.compile(r".*[._]\d+$")  # a numbered block: layers.3, layer.0, conv_layers.1
 
 
@@ -90,6 +102,7 @@ class QuantizeOptions:
     threads: int = 0  # ONNX Runtime and torch threads (0: their defaults)
     op_types: tuple[str, ...] = OP_TYPES
     min_saving: float = INT8_MIN_SAVING  # share of fp32 encoder time int8 must save (0: any)
+    min_cosine: float = INT8_MIN_COSINE  # lowest segment cosine of int8 features (0: labels only)
 
 
 @dataclass
@@ -100,10 +113,18 @@ class Measure:
     agreement_live: float  # the same with a stream's windows
     probability_change: float  # mean total-variation distance of the segment probabilities
     segments: int
+    cosine_min: dict[str, float] = field(default_factory=dict)  # per int8 encoder, over segments
 
     @property
     def agreement(self) -> float:
         return min(self.agreement_offline, self.agreement_live)
+
+    def below(self, min_cosine: float) -> list[str]:
+        """The int8 encoders whose features fall below ``min_cosine`` on some segment."""
+        return [k for k in ENCODERS if self.cosine_min.get(k, 1.0) < min_cosine]
+
+    def passes(self, options: QuantizeOptions) -> bool:
+        return self.agreement >= options.target_agreement and not self.below(options.min_cosine)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +132,7 @@ class Measure:
             "agreement_offline": round(self.agreement_offline, 6),
             "agreement_live": round(self.agreement_live, 6),
             "probability_change": round(self.probability_change, 6),
+            "cosine_min": {k: round(v, 6) for k, v in self.cosine_min.items()},
             "segments": self.segments,
         }
 
@@ -477,6 +499,9 @@ class _Search:
     alone: dict[str, dict] = field(default_factory=dict)  # each encoder int8, the other fp32
     speed: dict[str, dict] = field(default_factory=dict)  # fp32 against all layers int8
     shipped: dict[str, dict] = field(default_factory=dict)  # fp32 against int8 with layers kept
+    reasons: list[str] = field(
+        default_factory=list
+    )  # why each kept group was kept: labels|features
 
     def measure(self, models: dict[str, Path | None], label: str) -> Measure:
         """Decisions with each encoder's given int8 file (None: fp32) against fp32's."""
@@ -494,8 +519,18 @@ class _Search:
             for key in ENCODERS:
                 holders[key].session = self.fp32_sessions[key]
         m = compare(self.reference, scored)
+        m.cosine_min = {
+            key: float(segment_cosines(self.reference, scored, key).min())
+            for key, path in models.items()
+            if path is not None
+        }
         self.trials.append({"trial": label} | m.to_dict())
-        log.info("quantize: %s: agreement %.4f", label, m.agreement)
+        log.info(
+            "quantize: %s: agreement %.4f, cosine %s",
+            label,
+            m.agreement,
+            " ".join(f"{k} {v:.4f}" for k, v in m.cosine_min.items()) or "-",
+        )
         return m
 
 
@@ -515,15 +550,22 @@ def _clip_metrics(
     return out
 
 
+def segment_cosines(
+    reference: Sequence[Scored], candidate: Sequence[Scored], key: str
+) -> np.ndarray:
+    """The cosine similarity of each segment's ``key`` features to the reference's, all clips."""
+    return np.concatenate(
+        [
+            cosine(c.features[key], r.features[key])
+            for r, c in zip(reference, candidate, strict=True)
+        ]
+    )
+
+
 def _cosines(reference: Sequence[Scored], candidate: Sequence[Scored]) -> dict:
     out = {}
     for key in ENCODERS:
-        c = np.concatenate(
-            [
-                cosine(c.features[key], r.features[key])
-                for r, c in zip(reference, candidate, strict=True)
-            ]
-        )
+        c = segment_cosines(reference, candidate, key)
         out[key] = {"mean": round(float(c.mean()), 6), "min": round(float(c.min()), 6)}
     return out
 
@@ -596,6 +638,8 @@ def quantize_checkpoint(
     start = time.perf_counter()
     if not 0 < options.target_agreement <= 1:
         raise QuantizeError(f"target agreement {options.target_agreement} is not in (0, 1]")
+    if not 0 <= options.min_cosine <= 1:
+        raise QuantizeError(f"minimum cosine {options.min_cosine} is not in [0, 1]")
     configure_cpu(options.threads)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     store = feats if isinstance(feats, FeatureStore) else FeatureStore.open(feats)
@@ -670,12 +714,7 @@ def quantize_checkpoint(
         "checkpoint": str(checkpoint) if not isinstance(checkpoint, Checkpoint) else None,
         "features": str(store.root),
         "feature_spec": spec.to_dict(),
-        "method": {
-            "quantisation": "static, QDQ (onnxruntime.quantization.quantize_static)",
-            "weights": "int8, per output channel",
-            "activations": "uint8, per tensor, MinMax ranges from the calibration inputs",
-            "op_types": list(options.op_types),
-        },
+        "method": METHOD | {"op_types": list(options.op_types)},
         "calibration": calibration,
         "search": {
             "split": next(iter(search_counts)),
@@ -690,8 +729,10 @@ def quantize_checkpoint(
             "all_quantised": full.to_dict(),
             "encoders_alone": search.alone,
             "groups": ranking,
+            "min_cosine": options.min_cosine,
             "kept_fp32": [
-                {"model": k, "group": g, "nodes": len(groups[k][g])} for k, g in excluded
+                {"model": k, "group": g, "nodes": len(groups[k][g]), "for": why}
+                for (k, g), why in zip(excluded, search.reasons, strict=True)
             ],
             "trials": search.trials,
         },
@@ -809,40 +850,59 @@ def _search(
         {key: model(key) for key in fast},
         "all layers int8" if fast == list(ENCODERS) else f"{', '.join(fast) or 'none'} int8",
     )
-    if full.agreement >= options.target_agreement:
+    if full.passes(options):
         return [], groups, [], full
-    # An encoder whose int8 alone keeps the decisions stays int8 throughout; the layers of the
-    # others are searched (of both when each keeps them alone but not the two together).
+    # An encoder that passes alone stays int8 throughout; the layers of the others are searched
+    # (of both when each passes alone but not the two together).
+    alone: dict[str, Measure] = {}
     if len(fast) > 1:
         say("search: each encoder alone")
-        search.alone = {
-            key: search.measure({key: model(key)}, f"{key} alone int8").to_dict() for key in fast
-        }
-    suspects = [k for k in search.alone if search.alone[k]["agreement"] < options.target_agreement]
+        alone = {key: search.measure({key: model(key)}, f"{key} alone int8") for key in fast}
+        search.alone = {key: m.to_dict() for key, m in alone.items()}
+    suspects = [k for k in alone if not alone[k].passes(options)]
     say("search: each layer alone")
-    damage = []
+    measured = []
     for key in suspects or fast:
         for g in groups[key]:
             m = search.measure({key: model(key, only=(g,))}, f"{key} {g} alone")
             drop(key, ("only", g))
-            damage.append((key, g, m))
-    damage.sort(key=lambda t: (t[2].agreement, -t[2].probability_change))  # worst first
-    ranking = [{"model": k, "group": g} | m.to_dict() for k, g, m in damage]
+            measured.append((key, g, m))
+    by_labels = sorted(measured, key=lambda t: (t[2].agreement, -t[2].probability_change))
+    by_features = sorted(by_labels, key=lambda t: t[2].cosine_min[t[0]])
+    ranking = [{"model": k, "group": g} | m.to_dict() for k, g, m in by_labels]  # worst first
     excluded: list[tuple[str, str]] = []
-    for key, g, _ in damage:
+    m = full
+    while len(excluded) < len(measured):
+        if m.agreement < options.target_agreement:
+            reason, pool = "labels", by_labels
+        else:
+            reason, pool = (
+                "features",
+                [t for t in by_features if t[0] in m.below(options.min_cosine)],
+            )
+        left = [(k, g) for k, g, _ in pool if (k, g) not in excluded]
+        if not left:
+            break
+        key, g = left[0]
         before = tuple(x for kk, x in excluded if kk == key)
         excluded.append((key, g))
+        search.reasons.append(reason)
         if before:
             drop(key, before)
         kept = {k: tuple(x for kk, x in excluded if kk == k) for k in fast}
         say(f"search: {len(excluded)} layer(s) in fp32")
         m = search.measure(
             {k: model(k, exclude=kept[k]) for k in fast},
-            f"{len(excluded)} layer(s) kept fp32 (last: {key} {g})",
+            f"{len(excluded)} layer(s) kept fp32 (last: {key} {g}, for the {reason})",
         )
-        if m.agreement >= options.target_agreement:
+        if m.passes(options):
             break
     return excluded, groups, ranking, full
+
+
+def _lowest(trial: dict) -> str:
+    cos = trial.get("cosine_min") or {}
+    return " / ".join(f"{k} {v:.4f}" for k, v in cos.items()) or "n/a (all fp32)"
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -853,8 +913,16 @@ def summary_lines(report: dict) -> list[str]:
         f"calibrated on {report['calibration']['segments']} training segments; "
         f"layers kept in fp32: {kept}",
         f"{s['split']} ({s['segments']} segments): all layers int8 agree on "
-        f"{s['all_quantised']['agreement']:.4f} of segment labels (target {s['target_agreement']})",
+        f"{s['all_quantised']['agreement']:.4f} of segment labels (target {s['target_agreement']}), "
+        f"features down to cosine {_lowest(s['all_quantised'])} (floor {s['min_cosine']})",
     ]
+    if s["kept_fp32"]:
+        last = s["trials"][-1]
+        shipped = " (as shipped)" if last["trial"].startswith("as shipped") else ""
+        lines.append(
+            f"  with the layers kept{shipped}: {last['agreement']:.4f} of segment labels, features "
+            f"down to cosine {_lowest(last)}"
+        )
     t = report["test"]
     if t is None:
         lines.append("test split: empty (no accuracy change measured)")

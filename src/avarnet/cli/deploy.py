@@ -10,6 +10,7 @@ from ..config import (
     DEFAULT_AUDIO_BACKBONE,
     DEFAULT_AUDIO_CONTEXT_S,
     DEVICES,
+    INT8_MIN_COSINE,
     INT8_MIN_SAVING,
     PRECISIONS,
     RUNTIMES,
@@ -71,6 +72,14 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
         default=0.99,
         help="per-segment label agreement with fp32 on the search's held-out segments that the "
         "layers kept in fp32 must reach",
+    )
+    p.add_argument(
+        "--min-cosine",
+        type=PROBABILITY,
+        default=INT8_MIN_COSINE,
+        metavar="C",
+        help="the layers kept in fp32 must also keep every search segment's int8 features at "
+        "this cosine similarity to fp32's or above (0: judge by labels only)",
     )
     p.add_argument(
         "--min-saving",
@@ -162,6 +171,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         search_segments=a.search_segments,
         target_agreement=a.target_agreement,
         min_saving=a.min_saving,
+        min_cosine=a.min_cosine,
         data_root=a.data,
         audio_context_seconds=a.audio_context,
         threads=a.threads,
