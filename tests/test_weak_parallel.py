@@ -4,7 +4,13 @@ default, and errors that arrive as one line."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +97,59 @@ def test_sharded_batches_split_each_batch_and_keep_processes_in_step():
     assert share == [[[0, 2, 4], [6]], [[1, 3], [7]]]  # [5] alone: left out by both
     scoring = [list(ShardedBatches(batches, Ranks(r, 2), lockstep=False)) for r in (0, 1)]
     assert scoring == [[[0, 2, 4], [5], [6]], [[1, 3], [7]]]  # every sample scored once
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """The pids of ``pid``'s children that multiprocessing spawned to run a function (not its
+    resource tracker)."""
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines())
+            cmdline = (status.parent / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(fields.get("PPid", "0")) == pid and b"spawn_main" in cmdline:
+            out.append(int(status.parent.name))
+    return out
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text().split("State:\t", 1)[1][0]
+    except (OSError, IndexError):
+        return True
+    return state in "ZX"
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_sigterm_during_two_process_training_leaves_no_process_and_no_file(store, tmp_path):
+    """A service manager stops `xdv train --processes 2` with SIGTERM: the training processes
+    stop with it, the folder that joined them is removed, and the command says so in one line."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = os.environ | {"TMPDIR": str(tmp), "AVARNET_DEBUG": ""}
+    cmd = [sys.executable, "-m", "avarnet", "-q", "xdv", "train", str(store.root),
+           "--out", str(tmp_path / "run"), "--epochs", "1000", "--objective", "mil",
+           "--batch-size", "8", "--processes", "2", "--device", "cpu", "--model", "gru"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(children := _spawned_children(proc.pid)) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the training processes never started"
+            time.sleep(0.1)
+        assert list(tmp.glob("avarnet-ranks-*"))
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == (
+        "avarnet xdv train: terminated: nothing resumes it; run the command again to start over"
+    )
+    deadline = time.monotonic() + 10
+    while not all(_gone(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(c) for c in children)
+    assert not list(tmp.glob("avarnet-ranks-*"))

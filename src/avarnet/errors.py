@@ -39,6 +39,11 @@ class OutputError(AvarnetError):
     """A result cannot be written: permission denied, disk full, read-only filesystem."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where a command is by code that must clean up after itself (its child
+    processes, its temporary files); the command line reports it as it reports Ctrl-C."""
+
+
 # OSError numbers that mean "the environment refused", not "avarnet is broken".
 ENVIRONMENT_ERRNOS = frozenset(
     {

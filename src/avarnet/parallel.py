@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import Sampler
 
-from .errors import AvarnetError
+from .errors import AvarnetError, Terminated
 
 
 def usable_cores() -> int:
@@ -140,26 +142,58 @@ def start(fn: Callable, args: Sequence, world: int, threads: int):
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # read by each process's OpenMP runtime as it starts
-    try:
-        mp.spawn(_run_rank, args=(fn, args, world, f"file://{tmp / 'init'}", reports), nprocs=world)
-    except mp.ProcessRaisedException as e:
-        while not reports.empty():
-            kind, *rest = reports.get()
-            if kind == "error":
-                module, name, message = rest
-                raise _error_type(module, name)(message) from None
-        raise RankFailed(f"a training process failed:\n{e}") from None
-    except mp.ProcessExitedException as e:
-        raise RankFailed(f"a training process died: {e}") from None
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        shutil.rmtree(tmp, ignore_errors=True)
+    processes = None
+    with _sigterm_raises():
+        try:
+            processes = mp.spawn(
+                _run_rank,
+                args=(fn, args, world, f"file://{tmp / 'init'}", reports),
+                nprocs=world,
+                join=False,
+            )
+            while not processes.join():
+                pass
+        except mp.ProcessRaisedException as e:
+            while not reports.empty():
+                kind, *rest = reports.get()
+                if kind == "error":
+                    module, name, message = rest
+                    raise _error_type(module, name)(message) from None
+            raise RankFailed(f"a training process failed:\n{e}") from None
+        except mp.ProcessExitedException as e:
+            raise RankFailed(f"a training process died: {e}") from None
+        finally:  # Ctrl-C, SIGTERM or an error here: no process and no file is left behind
+            for p in processes.processes if processes is not None else ():
+                if p.is_alive():
+                    p.terminate()
+                p.join(5)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            shutil.rmtree(tmp, ignore_errors=True)
     kind, value = reports.get()
     return value
+
+
+class _sigterm_raises:
+    """SIGTERM raises :class:`Terminated` in the main thread while inside (so that ``finally``
+    blocks run, as for Ctrl-C); elsewhere, or outside, the handler is left as it was."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise Terminated()
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def _error_type(module: str, name: str) -> type[AvarnetError]:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from ..config import FeatureSpec, TrainConfig
+from ..errors import Terminated
 
 log = logging.getLogger("avarnet")
 
@@ -157,15 +158,16 @@ def run(command, args: argparse.Namespace) -> int:
     debug = args.debug or os.environ.get("AVARNET_DEBUG", "") not in ("", "0")
     try:
         return command(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         name = " ".join(filter(None, (args.command, getattr(args, "xdv_command", None))))
         then = (
             "finished work is kept; run the same command again to resume"
             if name in RESUMABLE
             else "nothing resumes it; run the command again to start over"
         )
-        print(f"avarnet {name}: interrupted: {then}", file=sys.stderr)
-        return 130
+        how, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        print(f"avarnet {name}: {how}: {then}", file=sys.stderr)
+        return code
     except Exception as e:
         known = error_line(e)
         if known is not None and not debug:
