@@ -11,6 +11,7 @@ is one process on its own, where every method does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -177,23 +178,22 @@ def start(fn: Callable, args: Sequence, world: int, threads: int):
     return value
 
 
-class _sigterm_raises:
-    """SIGTERM raises :class:`Terminated` in the main thread while inside (so that ``finally``
-    blocks run, as for Ctrl-C); elsewhere, or outside, the handler is left as it was."""
+@contextlib.contextmanager
+def _sigterm_raises():
+    """Inside, SIGTERM raises :class:`Terminated` in the main thread, so that ``finally`` blocks
+    run as they do for Ctrl-C; in another thread, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-    def __enter__(self):
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._raise)
-        return self
-
-    @staticmethod
-    def _raise(signum, frame):
+    def on_sigterm(signum, frame):
         raise Terminated()
 
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _error_type(module: str, name: str) -> type[AvarnetError]:

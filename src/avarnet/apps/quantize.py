@@ -499,9 +499,8 @@ class _Search:
     alone: dict[str, dict] = field(default_factory=dict)  # each encoder int8, the other fp32
     speed: dict[str, dict] = field(default_factory=dict)  # fp32 against all layers int8
     shipped: dict[str, dict] = field(default_factory=dict)  # fp32 against int8 with layers kept
-    reasons: list[str] = field(
-        default_factory=list
-    )  # why each kept group was kept: labels|features
+    # why each group kept in fp32 was kept, in order: "labels" or "features"
+    reasons: list[str] = field(default_factory=list)
 
     def measure(self, models: dict[str, Path | None], label: str) -> Measure:
         """Decisions with each encoder's given int8 file (None: fp32) against fp32's."""
