@@ -459,6 +459,12 @@ def main() -> None:
         type=Path,
         help="a trained checkpoint (default: untrained, random backbones)",
     )
+    ap.add_argument(
+        "--export",
+        type=Path,
+        help="the export folder the onnx rows serve, e.g. one `avarnet quantize` wrote (default: "
+        "`avarnet export` of the checkpoint)",
+    )
     ap.add_argument("--video-backbone", default=DEFAULT_VIDEO_BACKBONE)
     ap.add_argument("--audio-backbone", default=DEFAULT_AUDIO_BACKBONE)
     ap.add_argument(
@@ -492,7 +498,9 @@ def main() -> None:
     ckpt = a.checkpoint or a.out / f"bench-lookback{a.audio_context:g}s.ckpt"
     if not ckpt.exists():
         build_checkpoint(clip, ckpt, a.video_backbone, a.audio_backbone, a.audio_context)
-    export = a.out / f"export-{ckpt.stem}"
+    if a.export is not None and not (a.export / "manifest.json").is_file():
+        sys.exit(f"bench_serve: {a.export}: not an export folder (no manifest.json)")
+    export = a.export or a.out / f"export-{ckpt.stem}"
     if "onnx" in a.runtimes and not (export / "manifest.json").exists():
         from avarnet.export import export_checkpoint
 
@@ -504,6 +512,7 @@ def main() -> None:
         "minutes": a.minutes,
         "video_backbone": a.video_backbone,
         "audio_backbone": a.audio_backbone,
+        "export": str(export) if "onnx" in a.runtimes else None,
     }
     cpu = torch.device("cpu")
     plan = []
