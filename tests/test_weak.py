@@ -25,6 +25,7 @@ from avarnet.train import TrainError, train
 from avarnet.weak import (
     SCORER_HISTORY_FILE,
     WEAK_CLASSES,
+    SnippetScorer,
     VideoScores,
     WeakConfig,
     evaluate_weak,
@@ -36,12 +37,14 @@ from avarnet.weak import (
     random_order,
     reversal_gap,
     reverse_valid,
+    snippet_context,
     snippet_scores,
     topk_pool,
     train_weak,
     uniform_indices,
     untrimmed_metrics,
     video_label,
+    weak_objective,
 )
 
 TINY = dict(hidden=16, stages=2, layers=3, heads=2)
@@ -242,6 +245,28 @@ def test_weak_training_is_reproducible(xd_store, tmp_path):
     )
 
 
+def test_scorer_restarts_keep_the_lowest_validation_loss(xd_store, tmp_path):
+    """Each start trains SCORER_TRIAL_EPOCHS epochs from its own weights; the one with the lowest
+    validation MIL loss trains on to local_epochs, and the first start is the single scorer."""
+    from avarnet.weak import SCORER_TRIAL_EPOCHS as TRIAL
+
+    cfg = WeakConfig(**(FAST | {"epochs": 1, "local_epochs": TRIAL + 2, "all_crops": False}))
+    one = train_weak(xd_store, tmp_path / "one", cfg.replace(scorer_restarts=1),
+                     model_overrides=TINY, progress=False)  # fmt: skip
+    train_weak(xd_store, tmp_path / "three", cfg, model_overrides=TINY, progress=False)
+    assert cfg.scorer_restarts == 3  # the default
+    h1 = json.loads((tmp_path / "one" / SCORER_HISTORY_FILE).read_text())
+    h3 = json.loads((tmp_path / "three" / SCORER_HISTORY_FILE).read_text())
+    by = {r: [h["val_loss"] for h in h3 if h["restart"] == r] for r in range(3)}
+    assert by[0][:TRIAL] == pytest.approx([h["val_loss"] for h in h1][:TRIAL])
+    assert by[1] != pytest.approx(by[0][: len(by[1])])  # its own initial weights
+    kept = {h["restart"] for h in h3 if h["kept"]}
+    assert kept == {min(by, key=lambda r: min(by[r][:TRIAL]))}
+    assert sorted(len(v) for v in by.values()) == [TRIAL, TRIAL, TRIAL + 2]
+    assert len(by[kept.pop()]) == TRIAL + 2  # the kept one trained on
+    assert all(h["kept"] for h in h1) and len(h1) == TRIAL + 2 and one.checkpoint.exists()
+
+
 def _test_frames(ck, store: FeatureStore) -> tuple[np.ndarray, np.ndarray]:
     """Frame truth and frame scores of the test split, built here from snippet_scores."""
     ys, ss = [], []
@@ -431,6 +456,64 @@ def test_pseudo_label_loss_is_bce_against_soft_targets_on_valid_snippets():
     assert pseudo_label_loss(logits, mask, target).item() == pytest.approx(np.log(2), rel=1e-4)
 
 
+def test_snippet_context_centres_each_video_and_averages_neighbouring_change():
+    x = torch.zeros(2, 6, 1)
+    x[0, :, 0] = torch.tensor([0.0, 1.0, 3.0, 6.0, 10.0, 15.0])  # squared steps 1, 4, 9, 16, 25
+    x[1, :3, 0] = torch.tensor([2.0, 2.0, 5.0])  # then three padded snippets
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    centred, rough = snippet_context(x + 7.0 * mask[..., None], mask)  # a scene offset: no change
+    assert centred[0, :, 0].tolist() == pytest.approx((x[0, :, 0] - 35 / 6).tolist(), abs=1e-5)
+    assert centred[1, :, 0].tolist() == pytest.approx([-1, -1, 2, 0, 0, 0])
+    # mean squared step over the valid pairs within two snippets (pair u joins u - 1 and u)
+    mean_sq = np.array([5 / 2, 14 / 3, 30 / 4, 55 / 5, 54 / 4, 50 / 3])
+    assert rough[0, :, 0].tolist() == pytest.approx(np.log1p(mean_sq).tolist())
+    assert rough[1, :, 0].tolist() == pytest.approx([np.log1p(4.5)] * 3 + [0] * 3)  # no padded pair
+
+
+def _flicker_videos(n: int, seed: int, D: int = 8, T: int = 30):
+    """AR(1) videos (rho 0.95); every other one holds 8 snippets of a flickering AR(1) (rho -0.8)
+    with the same marginal: each snippet alone looks normal."""
+    rng = np.random.default_rng(seed)
+
+    def ar1(length: int, rho: float) -> np.ndarray:
+        out = np.empty((length, D), np.float32)
+        out[0] = rng.normal(size=D)
+        for t in range(1, length):
+            out[t] = rho * out[t - 1] + np.sqrt(1 - rho * rho) * rng.normal(size=D)
+        return out
+
+    x, y, truth = np.zeros((n, T, D), np.float32), np.zeros(n, np.float32), np.zeros((n, T), bool)
+    for i in range(n):
+        x[i] = ar1(T, 0.95)
+        if i % 2:
+            s = int(rng.integers(0, T - 8))
+            x[i, s : s + 8], y[i], truth[i, s : s + 8] = ar1(8, -0.8), 1.0, True
+    return torch.from_numpy(x), torch.from_numpy(y), truth
+
+
+@pytest.mark.parametrize("context", [True, False])
+def test_scorer_finds_evidence_that_is_only_in_change_with_its_context(context):
+    """The default scorer reads its neighbourhood's roughness: by MIL on video labels alone it
+    finds flickering spans (snippet AP ~0.93 measured); the snippet alone cannot (~0.13, chance)."""
+    from sklearn.metrics import average_precision_score
+
+    torch.manual_seed(0)
+    x, y, _ = _flicker_videos(48, 1)
+    mask = torch.ones(x.shape[:2], dtype=torch.bool)
+    scorer = SnippetScorer(x.shape[-1], 32, context=context)
+    opt = torch.optim.Adam(scorer.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = weak_objective(scorer, x, mask, y, WeakConfig())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    xt, _, truth = _flicker_videos(24, 2)
+    with torch.no_grad():
+        s = scorer.eval()(xt, torch.ones(xt.shape[:2], dtype=torch.bool))[0, ..., 1]
+    ap = average_precision_score(truth.ravel(), s.numpy().ravel())
+    assert (ap > 0.8) if context else (ap < truth.mean() + 0.15)
+
+
 def covering_videos(n: int, seed: int, prefix: str) -> list[FakeVideo]:
     """Half normal; violent ones hold one event covering 60-90 % of the video."""
     rng = np.random.default_rng(seed)
@@ -461,7 +544,9 @@ def covering_store(tmp_path_factory) -> FeatureStore:
 @pytest.mark.slow
 def test_default_objective_scores_inside_long_events_above_outside(covering_store, tmp_path):
     """Events cover most of each violent video: the defaults must still score the event itself."""
-    cfg = WeakConfig(epochs=6, batch_size=8, device="cpu", num_threads=1)  # defaults otherwise
+    # 10 epochs: at 6 the second stage was still converging on one of three seeds (inside 0.51,
+    # outside 0.45, validation loss still falling); the CLI trains up to 50
+    cfg = WeakConfig(epochs=10, batch_size=8, device="cpu", num_threads=1)  # defaults otherwise
     assert cfg.objective == "refine"
     r = train_weak(covering_store, tmp_path / "run", cfg, progress=False)
     assert (tmp_path / "run" / SCORER_HISTORY_FILE).exists()
@@ -523,7 +608,13 @@ def test_flank_check_fires_on_the_former_defaults_output():
 
 
 def test_bad_objective_settings_are_refused(xd_store, tmp_path):
-    for bad in ({"objective": "nope"}, {"layers": -1}, {"local_epochs": 0}):
+    for bad in (
+        {"objective": "nope"},
+        {"layers": -1},
+        {"local_epochs": 0},
+        {"scorer_inputs": "x"},
+        {"scorer_restarts": 0},
+    ):
         with pytest.raises(TrainError):
             train_weak(xd_store, tmp_path, WeakConfig(**(FAST | bad)), progress=False)
 

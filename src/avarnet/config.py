@@ -52,6 +52,7 @@ DEVICES = ("auto", "cpu", "cuda")  # TrainConfig.device; auto: cuda when availab
 SPLITS = ("train", "val", "test")
 SENSES = ("audio", "video")  # a sense that can be blanked (modality dropout, evaluation)
 WEAK_OBJECTIVES = ("refine", "mil")  # weak.WeakConfig.objective
+SCORER_INPUTS = ("context", "snippet")  # weak.WeakConfig.scorer_inputs
 
 
 def check_choice(owner: str, name: str, value: Any, allowed: tuple) -> None:

@@ -11,10 +11,12 @@ CVPR 2018); consistency of the scores under time reversal or a random reordering
 Every stage of a multi-stage model is trained; the last one scores.
 
 The default objective, ``refine``, trains in two stages (after MIST, Feng et al., CVPR 2021): a
-per-snippet scorer without temporal context learns from the MIL term alone, then the model learns
-from the scorer's snippet probabilities as soft pseudo-labels plus the MIL term. The scorer cannot
-fire next to the evidence, which a model with a whole-video receptive field can learn to do under
-MIL; ``objective="mil"`` trains the model by MIL directly (the reference).
+per-snippet scorer learns from the MIL term alone, then the model learns from the scorer's snippet
+probabilities as soft pseudo-labels plus the MIL term. The scorer reads each snippet, the snippet
+minus its video's mean and the snippet's local roughness (change within two snippets), so it
+cannot fire a few snippets away from the evidence, which a model with a whole-video receptive
+field can learn to do under MIL; ``objective="mil"`` trains the model by MIL directly (the
+reference).
 
 A snippet's anomaly score is sigmoid(a_t) = p(anomaly); at test time the whole video is scored at
 once and the scores of the visual crops are averaged. Frame scores repeat each snippet's score over
@@ -40,7 +42,14 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .checkpoint import Checkpoint, save_checkpoint
-from .config import NORMAL_CLASS, WEAK_OBJECTIVES, DictMixin, ModelConfig, TrainConfig
+from .config import (
+    NORMAL_CLASS,
+    SCORER_INPUTS,
+    WEAK_OBJECTIVES,
+    DictMixin,
+    ModelConfig,
+    TrainConfig,
+)
 from .data import MODALITIES, Normalizer, missing_mask, select_inputs
 from .inference import anomaly_scores, model_input, step_probabilities
 from .io import write_json
@@ -74,6 +83,8 @@ FLANK_MARGIN = 4  # snippets around each annotated event compared with the event
 OBJECTIVES = WEAK_OBJECTIVES
 SCORER_HISTORY_FILE = "snippet_scorer_history.json"  # first stage of "refine"
 SCORER_LR = 1e-3  # learning rate of the per-snippet scorer
+SCORER_RESTART_SEED = 7919  # start r of the scorer draws its weights from seed + r * this
+SCORER_TRIAL_EPOCHS = 5  # epochs each start of the scorer trains before one is kept
 # Fewest training batches an epoch needs before training is split over processes by default:
 # starting them takes a few seconds, an epoch of this many full-length batches of 32 about half a
 # minute. Cautious: two processes were faster at 19 batches an epoch too (docs/weak-supervision.md).
@@ -115,6 +126,12 @@ class WeakConfig(DictMixin):
     layers: int = 0  # dilated layers per MTCN stage (receptive field); 0: ModelConfig's default
     local_epochs: int = 30  # epochs of the per-snippet scorer ("refine")
     local_hidden: int = 128  # width of the per-snippet scorer
+    # what the per-snippet scorer reads: "context" (the snippet, the snippet minus its video's
+    # mean, its local roughness) or "snippet" (the snippet alone)
+    scorer_inputs: str = "context"
+    # scorers started from different initial weights, SCORER_TRIAL_EPOCHS epochs each; the one
+    # with the lowest validation MIL loss trains on to local_epochs
+    scorer_restarts: int = 3
     pseudo_weight: float = 1.0  # weight of the pseudo-label term ("refine")
     all_crops: bool = True  # every visual crop is a training sample (official practice)
     autocast: str = "fp32"  # "bf16": the model runs under bfloat16 autocast (loss in float32)
@@ -275,22 +292,54 @@ def weak_objective(
 
 
 class SnippetScorer(torch.nn.Module):
-    """A two-layer perceptron on each snippet's own features: it cannot see its neighbours, so its
-    score can only come from the snippet's evidence. Output: two-way logits (1, B, L, 2) like the
-    registered models (normal logit 0)."""
+    """A two-layer perceptron on each snippet's features: its score can only come from the snippet
+    (and, with ``context``, from how it differs from its video and its close neighbours), never
+    from evidence a few snippets away. Output: two-way logits (1, B, L, 2) like the registered
+    models (normal logit 0).
 
-    def __init__(self, input_dim: int, hidden: int, dropout: float = 0.3):
+    ``context`` adds two views of each snippet to its features: the snippet minus its video's
+    mean (a per-video scene offset cancels) and its local roughness, log(1 + the mean squared
+    change between neighbouring snippets within ``ROUGHNESS_WINDOW`` snippets) (evidence that is
+    only in change over time)."""
+
+    def __init__(self, input_dim: int, hidden: int, dropout: float = 0.3, context: bool = False):
         super().__init__()
+        self.context = context
         self.net = torch.nn.Sequential(
-            torch.nn.Linear(input_dim, hidden),
+            torch.nn.Linear(input_dim * (3 if context else 1), hidden),
             torch.nn.ReLU(),
             torch.nn.Dropout(dropout),
             torch.nn.Linear(hidden, 1),
         )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.context:
+            x = torch.cat([x, *snippet_context(x, mask)], dim=-1)
         a = self.net(x).squeeze(-1).masked_fill(~mask, 0.0)  # (B, L)
         return torch.stack([torch.zeros_like(a), a], dim=-1)[None]  # (1, B, L, 2)
+
+
+ROUGHNESS_WINDOW = 5  # snippets over which SnippetScorer's local roughness is averaged
+
+
+def snippet_context(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x minus its video's mean, local roughness), both (B, L, D), 0 at padded snippets.
+
+    Roughness at t: log(1 + the mean of (x[u] - x[u-1])^2 over the valid pairs u within
+    ``ROUGHNESS_WINDOW // 2`` snippets of t), 0 for a one-snippet video. The logarithm keeps a
+    large step (an event's edge) from dwarfing the snippet's own features: with the plain mean
+    the scorer stayed at chance on a regime with such steps (docs/weak-supervision.md)."""
+    m = mask[..., None].to(x.dtype)  # (B, L, 1)
+    mean = (x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1)
+    pair = m[:, 1:] * m[:, :-1]  # (B, L-1, 1): both neighbours valid
+    d2 = F.pad((x[:, 1:] - x[:, :-1]) ** 2 * pair, (0, 0, 1, 0))  # (B, L, D): change into t
+    w = ROUGHNESS_WINDOW
+    total = F.avg_pool1d(d2.transpose(1, 2), w, 1, w // 2, count_include_pad=True)  # (B, D, L)
+    count = F.avg_pool1d(
+        F.pad(pair, (0, 0, 1, 0)).transpose(1, 2), w, 1, w // 2, count_include_pad=True
+    )
+    rough = torch.log1p(total / count.clamp(min=1e-6)).transpose(1, 2)  # (B, L, D)
+    return (x - mean) * m, rough * m
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -577,6 +626,10 @@ def _check_training_set(store: FeatureStore, entries: Sequence[Entry], cfg: Weak
         raise TrainError(f"unknown objective {cfg.objective!r}; use one of {OBJECTIVES}")
     if cfg.layers < 0:
         raise TrainError("layers must be >= 0 (0: the model's default)")
+    if cfg.scorer_inputs not in SCORER_INPUTS:
+        raise TrainError(f"unknown scorer inputs {cfg.scorer_inputs!r}; use one of {SCORER_INPUTS}")
+    if cfg.scorer_restarts < 1:
+        raise TrainError("scorer_restarts must be >= 1")
     if cfg.objective == "refine" and cfg.local_epochs < 1:
         raise TrainError("the refine objective needs local_epochs >= 1")
     if cfg.autocast not in AUTOCAST_DTYPES:
@@ -685,39 +738,80 @@ def train_snippet_scorer(
 ) -> tuple[SnippetScorer, list[dict]]:
     """First stage of "refine": the per-snippet scorer trained by the MIL term alone.
 
-    Returns the scorer of the epoch with the lowest validation MIL loss and its history.
+    With ``cfg.scorer_restarts`` > 1, that many scorers from different initial weights train
+    ``SCORER_TRIAL_EPOCHS`` epochs each, one after another; the one with the lowest validation MIL
+    loss so far trains on to ``cfg.local_epochs``. Returns the kept scorer at its epoch of lowest
+    validation MIL loss, and the history of every epoch (``restart`` numbers the scorers,
+    ``kept`` marks the one returned).
     """
-    scorer = SnippetScorer(input_dim, cfg.local_hidden).to(device)
-    if device.type == "cpu":
-        cheap_dropout(scorer)
-    _rank_seed(cfg, ranks)
-    opt = adam(scorer.parameters(), SCORER_LR, cfg.weight_decay, device)
-    mil = cfg.replace(smooth_weight=0.0, sparsity_weight=0.0, reversal_weight=0.0,
-                      permutation_weight=0.0)  # fmt: skip
-    gen = torch.Generator().manual_seed(cfg.seed + 2 + ranks.rank)
-    best, best_state, history = float("inf"), None, []
-    bar = progress_bar(range(1, cfg.local_epochs + 1), desc="weak snippet scorer", unit="epoch",
-               disable=not (progress and ranks.main))  # fmt: skip
-    for epoch in bar:
-        t0, c0 = time.perf_counter(), time.process_time()
-        train_loss = run_epoch(
-            scorer, train_loader, opt, batch_objective(mil, device), mil, video_dim, device, gen,
-            ranks,
-        )  # fmt: skip
-        seconds, (cpu,) = time.perf_counter() - t0, ranks.sum(time.process_time() - c0)
-        val_loss = _loader_loss(scorer, val_loader, mil, device, ranks)
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                        "seconds": seconds, "cpu_seconds": cpu})  # fmt: skip
-        if val_loss < best - 1e-6:
-            best = val_loss
-            best_state = {k: v.detach().clone() for k, v in scorer.state_dict().items()}
-    if best_state is None:
+    restarts = cfg.scorer_restarts
+    trial = min(cfg.local_epochs, SCORER_TRIAL_EPOCHS) if restarts > 1 else cfg.local_epochs
+    runs = []
+    for restart in range(restarts):
+        if restart:  # the same initial weights in every process, its own dropout in each
+            torch.manual_seed(cfg.seed + SCORER_RESTART_SEED * restart)
+        run = _ScorerRun(cfg, input_dim, device, ranks, restart)
+        run.train(trial, train_loader, val_loader, video_dim, progress)
+        runs.append(run)
+    kept = min(runs, key=lambda r: r.best)
+    kept.train(cfg.local_epochs - trial, train_loader, val_loader, video_dim, progress)
+    if kept.best_state is None:
+        last = kept.history[-1]["val_loss"]
         raise TrainError(
-            f"the snippet scorer reached no finite validation loss (last {history[-1]['val_loss']}); "
+            f"the snippet scorer reached no finite validation loss (last {last}); "
             "no checkpoint written"
         )
-    scorer.load_state_dict(best_state)
-    return scorer.eval(), history
+    if restarts > 1:
+        log.info("snippet scorer: start %d of %d kept (validation MIL loss %.4f)",
+                 kept.restart + 1, restarts, kept.best)  # fmt: skip
+    history = [h | {"kept": r is kept} for r in runs for h in r.history]
+    kept.scorer.load_state_dict(kept.best_state)
+    return kept.scorer.eval(), history
+
+
+class _ScorerRun:
+    """One start of :func:`train_snippet_scorer`: a scorer, its optimiser, its lowest validation
+    MIL loss so far, the weights of that epoch and the history."""
+
+    def __init__(
+        self, cfg: WeakConfig, input_dim: int, device: torch.device, ranks: Ranks, restart: int
+    ):
+        context = cfg.scorer_inputs == "context"
+        self.scorer = SnippetScorer(input_dim, cfg.local_hidden, context=context).to(device)
+        if device.type == "cpu":
+            cheap_dropout(self.scorer)
+        _rank_seed(cfg, ranks)
+        self.opt = adam(self.scorer.parameters(), SCORER_LR, cfg.weight_decay, device)
+        self.mil = cfg.replace(smooth_weight=0.0, sparsity_weight=0.0, reversal_weight=0.0,
+                               permutation_weight=0.0)  # fmt: skip
+        self.gen = torch.Generator().manual_seed(
+            cfg.seed + 2 + ranks.rank + SCORER_RESTART_SEED * restart
+        )
+        self.device, self.ranks, self.restart = device, ranks, restart
+        self.best, self.best_state, self.history = float("inf"), None, []
+
+    def train(self, epochs: int, train_loader, val_loader, video_dim: int, progress: bool) -> None:
+        cfg, ranks, device = self.mil, self.ranks, self.device
+        first = len(self.history) + 1
+        desc = f"weak snippet scorer {self.restart + 1}" if cfg.scorer_restarts > 1 else (
+            "weak snippet scorer")  # fmt: skip
+        bar = progress_bar(range(first, first + epochs), desc=desc, unit="epoch",
+                           disable=not (progress and ranks.main) or epochs < 1)  # fmt: skip
+        for epoch in bar:
+            t0, c0 = time.perf_counter(), time.process_time()
+            train_loss = run_epoch(
+                self.scorer, train_loader, self.opt, batch_objective(cfg, device), cfg, video_dim,
+                device, self.gen, ranks,
+            )  # fmt: skip
+            seconds, (cpu,) = time.perf_counter() - t0, ranks.sum(time.process_time() - c0)
+            val_loss = _loader_loss(self.scorer, val_loader, cfg, device, ranks)
+            self.history.append({"restart": self.restart, "epoch": epoch, "train_loss": train_loss,
+                                 "val_loss": val_loss, "seconds": seconds, "cpu_seconds": cpu})  # fmt: skip
+            if val_loss < self.best - 1e-6:
+                self.best = val_loss
+                self.best_state = {
+                    k: v.detach().clone() for k, v in self.scorer.state_dict().items()
+                }
 
 
 @torch.no_grad()

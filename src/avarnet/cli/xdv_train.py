@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import DEVICES, FUSIONS, MODALITIES, WEAK_OBJECTIVES
+from ..config import DEVICES, FUSIONS, MODALITIES, SCORER_INPUTS, WEAK_OBJECTIVES
 from .common import (
     NON_NEGATIVE_FLOAT,
     POSITIVE_FLOAT,
@@ -73,6 +73,18 @@ def weak_args(p: argparse.ArgumentParser) -> None:
         "--local-epochs", type=POSITIVE_INT, help="epochs of the per-snippet scorer (refine)"
     )
     p.add_argument(
+        "--scorer-inputs",
+        choices=SCORER_INPUTS,
+        help="what the per-snippet scorer reads (refine): context (default: the snippet, the "
+        "snippet minus its video's mean, its local roughness) or snippet (the snippet alone)",
+    )
+    p.add_argument(
+        "--scorer-restarts",
+        type=POSITIVE_INT,
+        help="per-snippet scorers trained from different initial weights, the one with the lowest "
+        "validation MIL loss kept (refine; default 3)",
+    )
+    p.add_argument(
         "--pseudo-weight", type=NON_NEGATIVE_FLOAT, help="weight of the pseudo-label term (refine)"
     )
     p.add_argument("--centre-crop-only", action="store_true", help="train on the centre crop only")
@@ -106,6 +118,8 @@ WEAK_FIELDS = (
     "permutation_weight",
     "layers",
     "local_epochs",
+    "scorer_inputs",
+    "scorer_restarts",
     "pseudo_weight",
     "seed",
     "device",
